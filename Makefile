@@ -1,0 +1,62 @@
+# vncgate — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+MODULES  := pkg services/consoleauth services/compute-agent services/novnc-proxy services/xvp-proxy deploy
+SERVICES := consoleauth compute-agent novnc-proxy xvp-proxy
+BIN      := $(CURDIR)/bin
+TOOLS    := $(CURDIR)/.bin
+GOTEST_FLAGS ?= -count=1 -timeout 20m
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(TOOLS)/buf: tools/go.mod tools/go.sum
+	cd tools && GOBIN=$(TOOLS) go install tool
+	@touch $@
+
+.PHONY: tools
+tools: $(TOOLS)/buf ## build the pinned code generators into .bin (no global installs)
+
+.PHONY: generate
+generate: tools ## regenerate Go code and OpenAPI from proto/ (offline)
+	rm -rf pkg/api services/consoleauth/internal/openapi/*.json
+	$(TOOLS)/buf lint
+	$(TOOLS)/buf generate
+
+.PHONY: check-generated
+check-generated: generate ## fail when committed generated code differs from make generate
+	@if [ -n "$$(git status --porcelain -- pkg/api services/consoleauth/internal/openapi)" ]; then \
+		git status --porcelain -- pkg/api services/consoleauth/internal/openapi; \
+		echo "generated code is stale: run make generate and commit"; exit 1; fi
+
+.PHONY: deps
+deps: ## install what tests need and a clean machine lacks (npm packages, Debian packages)
+	deploy/scripts/install-deps.sh
+
+.PHONY: build
+build: ## build every service and the dev stack into bin/
+	@mkdir -p $(BIN)
+	for s in $(SERVICES); do (cd services/$$s && go build -o $(BIN)/$$s .) || exit 1; done
+	cd deploy && go build -o $(BIN)/devstack ./cmd/devstack
+
+.PHONY: vet
+vet: ## go vet every module
+	for m in $(MODULES); do (cd $$m && go vet ./...) || exit 1; done
+
+.PHONY: test
+test: deps check-generated vet build ## run every module's tests (installs what they need)
+	for m in $(MODULES); do (cd $$m && go test $(GOTEST_FLAGS) ./...) || exit 1; done
+
+.PHONY: bench
+bench: deps build ## run the benchmarks and print ratios against baselines measured in the same run
+	cd deploy && go test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/...
+
+.PHONY: run
+run: deps build ## run the whole system on this machine (embedded etcd, demo VM) and print the console URL
+	$(BIN)/devstack -bin $(BIN)
+
+.PHONY: tidy
+tidy: ## go mod tidy every module
+	for m in $(MODULES); do (cd $$m && go mod tidy) || exit 1; done

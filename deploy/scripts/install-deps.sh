@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the tests and `make run` need and a clean machine lacks.
+# Idempotent and quiet when everything is present.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v chromium >/dev/null || need+=(chromium)
+command -v libvirtd >/dev/null || need+=(libvirt-daemon-system)
+command -v virsh >/dev/null || need+=(libvirt-clients)
+command -v websockify >/dev/null || need+=(websockify)
+if ((${#need[@]})); then
+	echo "install-deps: apt-get install ${need[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# npm packages, pinned by package-lock.json, into ignored node_modules folders.
+for dir in services/novnc-proxy/web deploy/e2e/browser; do
+	if [[ -f $dir/package-lock.json && ! -d $dir/node_modules ]]; then
+		echo "install-deps: npm ci in $dir"
+		(cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+	fi
+done

@@ -1,0 +1,143 @@
+// Package relay copies bytes both ways between a client and a server
+// connection, the one relay both proxies use.
+//
+// A relay never decides how a session ends: the caller ends it early by
+// closing either connection (after sending whatever goodbye its protocol
+// has), and reads the Result to learn which side finished first.
+package relay
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Side names one end of a relay.
+type Side int
+
+const (
+	// Client is the user's end (browser WebSocket, Java viewer).
+	Client Side = iota + 1
+	// Server is the VNC server's end.
+	Server
+)
+
+func (s Side) String() string {
+	switch s {
+	case Client:
+		return "client"
+	case Server:
+		return "server"
+	}
+	return "none"
+}
+
+// Result says how a relay went.
+type Result struct {
+	ClientToServer int64 // bytes read from the client and written to the server
+	ServerToClient int64 // bytes read from the server and written to the client
+	// FirstDone is the side whose read ended first: that side closed or failed.
+	FirstDone Side
+	// ClientErr and ServerErr are the read or write errors of each direction
+	// other than a clean EOF, tagged with the direction they happened in.
+	ClientErr, ServerErr error
+}
+
+// Relay copies between client and server until both directions are done.
+// When one side's read ends, the relay half-closes the other side's write if
+// it can (TCP), so a peer that closes its write half still gets the answer;
+// otherwise it closes both connections. Both connections are closed when Run
+// returns. Back-pressure is TCP's: each direction has one buffer and blocks
+// on write.
+type Relay struct {
+	client, server net.Conn
+	trackIdle      bool
+	lastActive     atomic.Int64 // unix nanoseconds of the last byte moved
+	closeOnce      sync.Once
+}
+
+// New returns a relay between client and server; call Run to start it.
+// With trackIdle, IdleFor reports how long no byte has moved; without it,
+// TCP to TCP copies go through the kernel (splice) and IdleFor stays zero.
+func New(client, server net.Conn, trackIdle bool) *Relay {
+	r := &Relay{client: client, server: server, trackIdle: trackIdle}
+	r.lastActive.Store(time.Now().UnixNano())
+	return r
+}
+
+// IdleFor is how long no byte has moved in either direction; zero when the
+// relay does not track idleness.
+func (r *Relay) IdleFor() time.Duration {
+	if !r.trackIdle {
+		return 0
+	}
+	return time.Since(time.Unix(0, r.lastActive.Load()))
+}
+
+// Run relays until both directions end, then closes both connections.
+func (r *Relay) Run() Result {
+	var res Result
+	var first atomic.Int32
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		res.ClientToServer, res.ClientErr = r.copy(r.server, r.client)
+		first.CompareAndSwap(0, int32(Client))
+	}()
+	go func() {
+		defer wg.Done()
+		res.ServerToClient, res.ServerErr = r.copy(r.client, r.server)
+		first.CompareAndSwap(0, int32(Server))
+	}()
+	wg.Wait()
+	r.Close()
+	res.FirstDone = Side(first.Load())
+	return res
+}
+
+// Close ends the relay at once by closing both connections.
+func (r *Relay) Close() {
+	r.closeOnce.Do(func() {
+		r.client.Close()
+		r.server.Close()
+	})
+}
+
+type closeWriter interface{ CloseWrite() error }
+type closeReader interface{ CloseRead() error }
+
+// copy moves src to dst, then half-closes: dst gets no more writes and src no
+// more reads. Without half-close support both connections are closed, which
+// ends the other direction too.
+func (r *Relay) copy(dst, src net.Conn) (int64, error) {
+	var w io.Writer = dst
+	if r.trackIdle {
+		w = &activityWriter{w: dst, r: r}
+	}
+	n, err := io.Copy(w, src)
+	if errors.Is(err, net.ErrClosed) {
+		err = nil // closed by the other direction or by the caller
+	}
+	cw, okW := dst.(closeWriter)
+	cr, okR := src.(closeReader)
+	if err != nil || !okW || !okR || cw.CloseWrite() != nil || cr.CloseRead() != nil {
+		r.Close()
+	}
+	return n, err
+}
+
+// activityWriter records when bytes last moved. It hides io.Copy's fast
+// paths (splice), so it is used only when idleness is tracked.
+type activityWriter struct {
+	w io.Writer
+	r *Relay
+}
+
+func (a *activityWriter) Write(p []byte) (int, error) {
+	a.r.lastActive.Store(time.Now().UnixNano())
+	return a.w.Write(p)
+}
