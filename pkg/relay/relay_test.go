@@ -1,0 +1,107 @@
+package relay
+
+import (
+	"bytes"
+	"crypto/rand"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// pair returns the two ends of a loopback TCP connection.
+func pair(t *testing.T) (a, b net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		accepted <- c
+	}()
+	a, err = net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = <-accepted
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+func TestRelayBothWaysWithHalfClose(t *testing.T) {
+	for _, trackIdle := range []bool{false, true} {
+		user, clientSide := pair(t)
+		serverSide, vnc := pair(t)
+		r := New(clientSide, serverSide, trackIdle)
+		done := make(chan Result, 1)
+		go func() { done <- r.Run() }()
+
+		up := make([]byte, 1<<20)
+		down := make([]byte, 3<<20)
+		rand.Read(up)
+		rand.Read(down)
+
+		// The VNC end answers with down after reading all of up: this only
+		// works if the relay half-closes instead of closing.
+		vncErr := make(chan error, 1)
+		go func() {
+			got, err := io.ReadAll(vnc)
+			if err == nil && !bytes.Equal(got, up) {
+				err = io.ErrUnexpectedEOF
+			}
+			if err == nil {
+				_, err = vnc.Write(down)
+			}
+			vnc.Close()
+			vncErr <- err
+		}()
+		if _, err := user.Write(up); err != nil {
+			t.Fatal(err)
+		}
+		user.(*net.TCPConn).CloseWrite()
+		got, err := io.ReadAll(user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := <-vncErr; err != nil {
+			t.Fatalf("vnc side: %v", err)
+		}
+		if !bytes.Equal(got, down) {
+			t.Fatalf("trackIdle=%v: got %d bytes back, want the %d sent", trackIdle, len(got), len(down))
+		}
+		res := <-done
+		if res.ClientToServer != int64(len(up)) || res.ServerToClient != int64(len(down)) {
+			t.Errorf("counts: got %d/%d, want %d/%d", res.ClientToServer, res.ServerToClient, len(up), len(down))
+		}
+		if res.FirstDone != Client {
+			t.Errorf("first done: got %v, want client", res.FirstDone)
+		}
+		if res.ClientErr != nil || res.ServerErr != nil {
+			t.Errorf("errors: got %v / %v, want none", res.ClientErr, res.ServerErr)
+		}
+	}
+}
+
+func TestCloseEndsRelay(t *testing.T) {
+	_, clientSide := pair(t)
+	serverSide, _ := pair(t)
+	r := New(clientSide, serverSide, true)
+	done := make(chan Result, 1)
+	go func() { done <- r.Run() }()
+	time.Sleep(20 * time.Millisecond)
+	if r.IdleFor() < 10*time.Millisecond {
+		t.Errorf("idle: got %v, want at least 10ms", r.IdleFor())
+	}
+	r.Close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("relay still running 5s after Close")
+	}
+}

@@ -1,0 +1,135 @@
+// Package sessions tracks a proxy's live console sessions, so that a proxy
+// can end an instance's sessions when its tokens are revoked, cap sessions
+// per instance, and wait for sessions to end when it shuts down (an
+// http.Server does not track hijacked connections).
+package sessions
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// ErrTooMany is returned by Add when an instance has its maximum of sessions.
+var ErrTooMany = errors.New("too many console sessions for this instance")
+
+// Session is one live console session.
+type Session struct {
+	Instance string
+	Started  time.Time
+	end      func(reason string)
+	once     sync.Once
+}
+
+// End asks the session's owner to end it, once; reason is shown to the user.
+func (s *Session) End(reason string) {
+	s.once.Do(func() { s.end(reason) })
+}
+
+// Table is safe for concurrent use.
+type Table struct {
+	maxPerInstance int
+
+	mu         sync.Mutex
+	byInstance map[string]map[*Session]struct{}
+	count      int
+	changed    chan struct{} // closed and replaced on every Remove
+}
+
+// NewTable caps sessions per instance at maxPerInstance; 0 means no cap.
+func NewTable(maxPerInstance int) *Table {
+	return &Table{maxPerInstance: maxPerInstance, byInstance: map[string]map[*Session]struct{}{}, changed: make(chan struct{})}
+}
+
+// Add registers a session of instance. end is called at most once, from any
+// goroutine, to end it early; the owner must still call Remove when done.
+func (t *Table) Add(instance string, end func(reason string)) (*Session, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	set := t.byInstance[instance]
+	if t.maxPerInstance > 0 && len(set) >= t.maxPerInstance {
+		return nil, ErrTooMany
+	}
+	if set == nil {
+		set = map[*Session]struct{}{}
+		t.byInstance[instance] = set
+	}
+	s := &Session{Instance: instance, Started: time.Now(), end: end}
+	set[s] = struct{}{}
+	t.count++
+	return s, nil
+}
+
+// Remove forgets a session that ended.
+func (t *Table) Remove(s *Session) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	set := t.byInstance[s.Instance]
+	if _, ok := set[s]; !ok {
+		return
+	}
+	delete(set, s)
+	if len(set) == 0 {
+		delete(t.byInstance, s.Instance)
+	}
+	t.count--
+	close(t.changed)
+	t.changed = make(chan struct{})
+}
+
+// Len is the number of live sessions.
+func (t *Table) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.count
+}
+
+// EndInstance ends the sessions of instance that started before before, and
+// returns how many it asked to end.
+func (t *Table) EndInstance(instance string, before time.Time, reason string) int {
+	t.mu.Lock()
+	var victims []*Session
+	for s := range t.byInstance[instance] {
+		if s.Started.Before(before) {
+			victims = append(victims, s)
+		}
+	}
+	t.mu.Unlock()
+	for _, s := range victims {
+		s.End(reason)
+	}
+	return len(victims)
+}
+
+// EndAll ends every session.
+func (t *Table) EndAll(reason string) {
+	t.mu.Lock()
+	var all []*Session
+	for _, set := range t.byInstance {
+		for s := range set {
+			all = append(all, s)
+		}
+	}
+	t.mu.Unlock()
+	for _, s := range all {
+		s.End(reason)
+	}
+}
+
+// Wait returns when no session is live, or with ctx's error.
+func (t *Table) Wait(ctx context.Context) error {
+	for {
+		t.mu.Lock()
+		n, changed := t.count, t.changed
+		t.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,68 @@
+// Package driver is how the compute agent learns where an instance's VNC
+// server listens. Drivers: static (an inventory file), libvirt and qmp.
+package driver
+
+import (
+	"context"
+	"errors"
+)
+
+// Errors every driver returns (wrapped with %w), mapped to gRPC codes once at
+// the agent's RPC edge.
+var (
+	// ErrNotFound: this host does not run the instance (gRPC NOT_FOUND, REST 404).
+	ErrNotFound = errors.New("instance not found on this host")
+	// ErrNotRunning: the instance exists but is not running (FAILED_PRECONDITION, 409).
+	ErrNotRunning = errors.New("instance is not running")
+	// ErrNoConsole: the instance has no VNC console (INVALID_ARGUMENT, 400).
+	ErrNoConsole = errors.New("instance has no vnc console")
+	// ErrUnavailable: the hypervisor cannot be reached right now (UNAVAILABLE, 503).
+	ErrUnavailable = errors.New("hypervisor unavailable")
+)
+
+// Console is where an instance's VNC server listens, as the proxies reach it.
+type Console struct {
+	Host string
+	Port int32
+	// InternalAccessPath, when set, is sent by the proxy as
+	// "CONNECT {path} HTTP/1.1" before RFB (Nova's internal_access_path).
+	InternalAccessPath string
+}
+
+// Driver answers for the instances of one host.
+type Driver interface {
+	// Console returns the VNC server of a running instance.
+	Console(ctx context.Context, uuid string) (Console, error)
+	// Instances lists the UUIDs of the instances this host runs, for the
+	// agent to publish in etcd.
+	Instances(ctx context.Context) ([]string, error)
+}
+
+// EventKind says what happened to an instance.
+type EventKind int
+
+const (
+	// Started: the instance runs (again); publish it.
+	Started EventKind = iota + 1
+	// Stopped: stopped, destroyed or undefined; revoke its tokens.
+	Stopped
+	// MigratedAway: it now runs on another host; revoke and unpublish.
+	MigratedAway
+	// ConsoleChanged: its VNC host or port changed; revoke its tokens.
+	ConsoleChanged
+)
+
+// Event is a lifecycle change of one instance.
+type Event struct {
+	UUID string
+	Kind EventKind
+	// Reason is shown to users whose sessions end ("the instance was stopped").
+	Reason string
+}
+
+// Watcher is implemented by drivers that report lifecycle changes (libvirt,
+// qmp). Watch sends events until ctx ends; it reconnects with backoff by
+// itself and never closes the channel before ctx is done.
+type Watcher interface {
+	Watch(ctx context.Context) <-chan Event
+}
