@@ -35,6 +35,11 @@ func Start(dir, clientAddr string) (*Server, error) {
 	cfg.Name = "vncgate"
 	cfg.Dir = dir
 	cfg.LogLevel = "error"
+	// One member never loses an election: short ticks make start and stop
+	// faster and allow 1 s leases (etcd's minimum TTL follows the election
+	// timeout).
+	cfg.TickMs = 10
+	cfg.ElectionMs = 100
 	clientURL := url.URL{Scheme: "http", Host: clientAddr}
 	peerURL := url.URL{Scheme: "http", Host: peerAddr}
 	cfg.ListenClientUrls = []url.URL{clientURL}

@@ -45,6 +45,14 @@ func NewTable(maxPerInstance int) *Table {
 // Add registers a session of instance. end is called at most once, from any
 // goroutine, to end it early; the owner must still call Remove when done.
 func (t *Table) Add(instance string, end func(reason string)) (*Session, error) {
+	return t.AddAt(instance, time.Now(), end)
+}
+
+// AddAt is Add for a session whose start time is started, typically when
+// its token was checked: a revocation stamped after the check but seen
+// before the session was added must still end it (EndInstance compares
+// Started with the revocation time).
+func (t *Table) AddAt(instance string, started time.Time, end func(reason string)) (*Session, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	set := t.byInstance[instance]
@@ -55,7 +63,7 @@ func (t *Table) Add(instance string, end func(reason string)) (*Session, error) 
 		set = map[*Session]struct{}{}
 		t.byInstance[instance] = set
 	}
-	s := &Session{Instance: instance, Started: time.Now(), end: end}
+	s := &Session{Instance: instance, Started: started, end: end}
 	set[s] = struct{}{}
 	t.count++
 	return s, nil

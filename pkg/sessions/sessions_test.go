@@ -75,3 +75,19 @@ func TestWait(t *testing.T) {
 		t.Fatalf("got %d live, want 0", tab.Len())
 	}
 }
+
+func TestAddAtEndsSessionsCheckedBeforeARevocation(t *testing.T) {
+	tab := NewTable(0)
+	checked := time.Now()
+	revokedAt := checked.Add(time.Millisecond) // revoked after the check, before the Add
+	time.Sleep(2 * time.Millisecond)
+	var got []string
+	tab.AddAt("A", checked, func(reason string) { got = append(got, "checked before: "+reason) })
+	tab.Add("A", func(reason string) { got = append(got, "added now: "+reason) })
+	if n := tab.EndInstance("A", revokedAt, "revoked"); n != 1 {
+		t.Fatalf("ended %d sessions, want 1", n)
+	}
+	if len(got) != 1 || got[0] != "checked before: revoked" {
+		t.Fatalf("got %q, want only the session checked before the revocation ended", got)
+	}
+}

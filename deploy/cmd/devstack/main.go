@@ -1,0 +1,86 @@
+// Command devstack runs the whole of vncgate on this machine (`make run`):
+// embedded etcd, the demo VM's VNC server, consoleauth, one compute agent
+// and both proxies on DESIGN.md's default ports, then prints how to open the
+// demo console. Ctrl-C stops everything.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/vncgate/vncgate/deploy/devstack"
+)
+
+func main() {
+	bin := flag.String("bin", "bin", "folder of the service binaries (make build)")
+	host := flag.String("host", "127.0.0.1", "address every service listens on")
+	dir := flag.String("dir", "", "folder for etcd data and logs (default: a new temporary folder, removed on exit)")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *bin, *host, *dir); err != nil {
+		slog.Error("devstack", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, bin, host, dir string) error {
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "vncgate-devstack-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	w, err := devstack.Start(ctx, devstack.Options{
+		Bin: bin, Dir: dir, Host: host, Ports: devstack.DefaultPorts(), Logs: os.Stderr,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Fprintln(os.Stderr, "devstack: stopping")
+		if err := w.Stop(); err != nil {
+			slog.Error("devstack stop", "err", err)
+		}
+	}()
+
+	uctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	novnc, err := w.ConsoleURL(uctx, devstack.DemoUUID, "novnc")
+	if err == nil {
+		var xvp string
+		xvp, err = w.ConsoleURL(uctx, devstack.DemoUUID, "xvpvnc")
+		printBanner(w, novnc, xvp)
+	}
+	cancel()
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func printBanner(w *devstack.World, novnc, xvp string) {
+	fmt.Printf(`
+vncgate is running (etcd %s, data in %s).
+
+  demo instance   %s
+  ask for a URL   curl -s -X POST %s/v2.1/servers/%s/remote-consoles \
+                    -H 'Content-Type: application/json' \
+                    -d '{"remote_console": {"protocol": "vnc", "type": "novnc"}}'
+  console (open in a browser; valid for the token TTL, 600 s by default)
+                  %s
+  Java/XVP client %s
+  OpenAPI         %s/openapi.json
+
+Ctrl-C stops everything.
+`, w.Etcd.Endpoint, w.Dir, devstack.DemoUUID, w.RESTURL(), devstack.DemoUUID, novnc, xvp, w.RESTURL())
+}

@@ -1,0 +1,119 @@
+// Package devstacktest starts a devstack for a test: it builds the service
+// binaries once per test process and tears the stack down in t.Cleanup.
+package devstacktest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vncgate/vncgate/deploy/devstack"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// RepoRoot is the repository's root folder (the one holding go.work).
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.work above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Binaries builds the four services (once per process) and returns their folder.
+func Binaries(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		root, err := RepoRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binDir, buildErr = os.MkdirTemp("", "vncgate-bin-")
+		if buildErr != nil {
+			return
+		}
+		for _, s := range []string{devstack.ConsoleAuth, devstack.ComputeAgent, devstack.NoVNCProxy, devstack.XVPProxy} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, s), ".")
+			cmd.Dir = filepath.Join(root, "services", s)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", s, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+// Start runs a stack on free loopback ports for the test. Service output goes
+// to the test log when the test fails or runs with -v.
+func Start(t testing.TB, opts devstack.Options) *devstack.World {
+	t.Helper()
+	opts.Bin = Binaries(t)
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	logs := &testLog{t: t}
+	if opts.Logs == nil {
+		opts.Logs = logs
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	w, err := devstack.Start(ctx, opts)
+	if err != nil {
+		t.Fatalf("devstack: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := w.Stop(); err != nil {
+			t.Errorf("devstack stop: %v", err)
+		}
+		logs.done()
+	})
+	return w
+}
+
+// testLog forwards service output to t.Log until the test ends (t.Log after
+// the end panics).
+type testLog struct {
+	t     testing.TB
+	mu    sync.Mutex
+	ended bool
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.ended {
+		l.t.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+func (l *testLog) done() {
+	l.mu.Lock()
+	l.ended = true
+	l.mu.Unlock()
+}
