@@ -1,0 +1,185 @@
+// Package agentclient calls the compute agents: it asks an instance's agent
+// where its VNC server listens and whether a host and port still belong to
+// it. It keeps one gRPC connection per agent address, and turns the agent's
+// gRPC codes into sentinel errors for consoleauth's RPC edge.
+package agentclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// Errors of the agent calls, wrapped by errors whose message names the
+// instance and host.
+var (
+	// ErrNotFound: the agent does not run the instance (agent NOT_FOUND).
+	ErrNotFound = errors.New("instance not found on its compute host")
+	// ErrNotReady: the instance is not running (agent FAILED_PRECONDITION).
+	ErrNotReady = errors.New("instance not ready")
+	// ErrNoConsole: the instance has no console of that type (agent INVALID_ARGUMENT).
+	ErrNoConsole = errors.New("instance has no such console")
+	// ErrUnreachable: the agent could not be reached or did not answer in time.
+	ErrUnreachable = errors.New("compute agent unreachable")
+	// ErrFailed: the agent answered with any other error.
+	ErrFailed = errors.New("compute agent failed")
+)
+
+// DefaultTimeout bounds each agent call when Options.Timeout is zero.
+const DefaultTimeout = 5 * time.Second
+
+// Options configures a Pool.
+type Options struct {
+	// Timeout bounds every call to an agent.
+	Timeout time.Duration
+	// TLS, when set, is the client side of mTLS to the agents; nil dials
+	// plaintext.
+	TLS credentials.TransportCredentials
+}
+
+// Pool holds one gRPC connection per agent address. It is safe for
+// concurrent use.
+type Pool struct {
+	timeout time.Duration
+	creds   credentials.TransportCredentials
+
+	mu     sync.Mutex
+	conns  map[string]*grpc.ClientConn
+	closed bool
+}
+
+// New returns an empty pool.
+func New(opts Options) *Pool {
+	if opts.Timeout == 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	creds := opts.TLS
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	return &Pool{timeout: opts.Timeout, creds: creds, conns: map[string]*grpc.ClientConn{}}
+}
+
+// Console is where an instance's VNC server listens.
+type Console struct {
+	Host               string
+	Port               int32
+	InternalAccessPath string
+}
+
+// GetConsole asks the agent at address (of compute host computeHost) where
+// the VNC server of an instance listens.
+func (p *Pool) GetConsole(ctx context.Context, computeHost, address, uuid, consoleType string) (Console, error) {
+	client, err := p.client(address)
+	if err != nil {
+		return Console{}, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	resp, err := client.GetConsole(cctx, &computeagentv1.GetConsoleRequest{InstanceUuid: uuid, ConsoleType: consoleType})
+	if err != nil {
+		return Console{}, p.fail(ctx, err, computeHost, address, uuid, consoleType)
+	}
+	return Console{Host: resp.GetHost(), Port: resp.GetPort(), InternalAccessPath: resp.GetInternalAccessPath()}, nil
+}
+
+// ValidateConsolePort asks the agent whether host and port are still the
+// instance's VNC server. When not, reason says why.
+func (p *Pool) ValidateConsolePort(ctx context.Context, computeHost, address, uuid, consoleType, host string, port int32) (valid bool, reason string, err error) {
+	client, err := p.client(address)
+	if err != nil {
+		return false, "", err
+	}
+	cctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	resp, err := client.ValidateConsolePort(cctx, &computeagentv1.ValidateConsolePortRequest{
+		InstanceUuid: uuid, ConsoleType: consoleType, Host: host, Port: port,
+	})
+	if err != nil {
+		return false, "", p.fail(ctx, err, computeHost, address, uuid, consoleType)
+	}
+	return resp.GetValid(), resp.GetReason(), nil
+}
+
+// Close closes every connection; later calls fail.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	var errs []error
+	for addr, conn := range p.conns {
+		errs = append(errs, conn.Close())
+		delete(p.conns, addr)
+	}
+	return errors.Join(errs...)
+}
+
+// client returns the cached connection to address, creating it (lazily
+// connected) on first use.
+func (p *Pool) client(address string) (computeagentv1.ComputeAgentServiceClient, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, fmt.Errorf("%w: client pool closed", ErrUnreachable)
+	}
+	conn, ok := p.conns[address]
+	if !ok {
+		var err error
+		conn, err = grpc.NewClient(address,
+			grpc.WithTransportCredentials(p.creds),
+			// An agent that restarts should be usable again within
+			// seconds, not after gRPC's default backoff of up to 2 min.
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
+				MinConnectTimeout: 2 * time.Second,
+			}))
+		if err != nil {
+			return nil, fmt.Errorf("%w: agent address %q: %v", ErrUnreachable, address, err)
+		}
+		p.conns[address] = conn
+	}
+	return computeagentv1.NewComputeAgentServiceClient(conn), nil
+}
+
+// fail maps an agent's gRPC error to a sentinel, with a message that names
+// the instance and the compute host.
+func (p *Pool) fail(ctx context.Context, err error, computeHost, address, uuid, consoleType string) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("compute agent call: %w", ctx.Err())
+	}
+	st := status.Convert(err)
+	var kind error
+	var msg string
+	switch st.Code() {
+	case codes.NotFound:
+		kind, msg = ErrNotFound, fmt.Sprintf("instance %s not found on compute host %s", uuid, computeHost)
+	case codes.FailedPrecondition:
+		kind, msg = ErrNotReady, fmt.Sprintf("instance %s is not ready: %s", uuid, st.Message())
+	case codes.InvalidArgument:
+		kind, msg = ErrNoConsole, fmt.Sprintf("instance %s has no %s console: %s", uuid, consoleType, st.Message())
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+		kind, msg = ErrUnreachable, fmt.Sprintf("compute agent of host %s at %s unreachable: %s", computeHost, address, st.Message())
+	default:
+		kind, msg = ErrFailed, fmt.Sprintf("compute agent of host %s failed: %s: %s", computeHost, st.Code(), st.Message())
+	}
+	return &detailError{kind: kind, msg: msg}
+}
+
+// detailError carries a sentinel for errors.Is and a message of its own.
+type detailError struct {
+	kind error
+	msg  string
+}
+
+func (e *detailError) Error() string { return e.msg }
+func (e *detailError) Unwrap() error { return e.kind }

@@ -1,0 +1,278 @@
+// Package authserver implements consoleauth's gRPC service: it validates
+// requests with Nova-like messages, mints tokens for an instance's console
+// after asking its compute agent where the VNC server listens, checks tokens
+// for the proxies (re-validating with the instance's current agent), and
+// revokes an instance's tokens. Domain errors become gRPC codes in one
+// table (errors.go); the REST gateway maps those codes to HTTP.
+package authserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+
+	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/registry"
+	"github.com/vncgate/vncgate/services/consoleauth/internal/agentclient"
+	"github.com/vncgate/vncgate/services/consoleauth/internal/tokenstore"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Config is what the service needs beside its dependencies.
+type Config struct {
+	// NoVNCBaseURL is novncproxy_base_url, XVPBaseURL xvpvncproxy_base_url.
+	NoVNCBaseURL, XVPBaseURL *url.URL
+	// EnabledTypes lists the console types served (enabled_console_types).
+	EnabledTypes []string
+	// SingleUse makes CheckToken consume the token (single_use_tokens).
+	SingleUse bool
+}
+
+// Server implements consoleauthv1.ConsoleAuthServiceServer.
+type Server struct {
+	consoleauthv1.UnimplementedConsoleAuthServiceServer
+
+	cfg     Config
+	enabled map[string]bool
+	store   *tokenstore.Store
+	agents  *agentclient.Pool
+	log     *slog.Logger
+	metrics *Metrics
+}
+
+// New returns the service. metrics may be nil.
+func New(cfg Config, store *tokenstore.Store, agents *agentclient.Pool, log *slog.Logger, metrics *Metrics) (*Server, error) {
+	if cfg.NoVNCBaseURL == nil || cfg.XVPBaseURL == nil {
+		return nil, errors.New("authserver: both proxy base URLs are required")
+	}
+	enabled := map[string]bool{}
+	for _, t := range cfg.EnabledTypes {
+		t = strings.TrimSpace(t)
+		if t == "" {
+			continue
+		}
+		if t != TypeNoVNC && t != TypeXVPVNC {
+			return nil, fmt.Errorf("enabled_console_types: unknown console type %q: want novnc or xvpvnc", t)
+		}
+		enabled[t] = true
+	}
+	if metrics == nil {
+		metrics = NewMetrics(nil)
+	}
+	return &Server{cfg: cfg, enabled: enabled, store: store, agents: agents, log: log, metrics: metrics}, nil
+}
+
+// GetConsoleURL mints a token and returns the console URL (Nova's
+// POST /servers/{id}/remote-consoles).
+func (s *Server) GetConsoleURL(ctx context.Context, req *consoleauthv1.GetConsoleURLRequest) (*consoleauthv1.GetConsoleURLResponse, error) {
+	rc := req.GetRemoteConsole()
+	if rc == nil {
+		return nil, toStatus(detail(ErrInvalidArgument, `missing "remote_console" in request body`))
+	}
+	if err := checkProtocol(rc.GetProtocol()); err != nil {
+		return nil, toStatus(err)
+	}
+	consoleURL, err := s.consoleURL(ctx, req.GetServerId(), rc.GetType())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &consoleauthv1.GetConsoleURLResponse{RemoteConsole: &consoleauthv1.RemoteConsole{
+		Protocol: rc.GetProtocol(), Type: rc.GetType(), Url: consoleURL,
+	}}, nil
+}
+
+// GetVNCConsole is Nova's legacy os-getVNCConsole action.
+func (s *Server) GetVNCConsole(ctx context.Context, req *consoleauthv1.GetVNCConsoleRequest) (*consoleauthv1.GetVNCConsoleResponse, error) {
+	action := req.GetOsGetVncConsole()
+	if action == nil {
+		return nil, toStatus(detail(ErrInvalidArgument, `missing "os-getVNCConsole" in request body: it is the only action served`))
+	}
+	consoleURL, err := s.consoleURL(ctx, req.GetServerId(), action.GetType())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &consoleauthv1.GetVNCConsoleResponse{Console: &consoleauthv1.Console{Type: action.GetType(), Url: consoleURL}}, nil
+}
+
+// consoleURL validates the request, asks the instance's agent for its VNC
+// server, mints a token and builds the URL.
+func (s *Server) consoleURL(ctx context.Context, uuid, consoleType string) (string, error) {
+	if uuid == "" {
+		return "", detail(ErrInvalidArgument, "missing server_id")
+	}
+	if err := s.checkType(consoleType); err != nil {
+		return "", err
+	}
+	agent, err := s.store.Locate(ctx, uuid)
+	if err != nil {
+		return "", err
+	}
+	console, err := s.agents.GetConsole(ctx, agent.ComputeHost, agent.Address, uuid, consoleType)
+	if errors.Is(err, agentclient.ErrUnreachable) {
+		// Nova answers 409 when the instance's compute host is down.
+		err = detail(tokenstore.ErrComputeDown,
+			fmt.Sprintf("compute host %s of instance %s is down: %v", agent.ComputeHost, uuid, err))
+	}
+	if err != nil {
+		return "", err
+	}
+	minted, err := s.store.Mint(ctx, registry.Token{
+		InstanceUUID:       uuid,
+		ConsoleType:        consoleType,
+		ComputeHost:        agent.ComputeHost,
+		Host:               console.Host,
+		Port:               console.Port,
+		InternalAccessPath: console.InternalAccessPath,
+	})
+	if err != nil {
+		return "", err
+	}
+	s.metrics.minted.WithLabelValues(consoleType).Inc()
+	s.log.InfoContext(ctx, "console token minted", "instance", uuid, "console_type", consoleType,
+		"compute_host", agent.ComputeHost, "token_hash", registry.HashPrefix(minted.Hash))
+	if consoleType == TypeXVPVNC {
+		return xvpURL(s.cfg.XVPBaseURL, minted.Token), nil
+	}
+	return noVNCURL(s.cfg.NoVNCBaseURL, minted.Token), nil
+}
+
+// CheckToken returns where a valid token connects to, after the instance's
+// current agent confirmed the host and port.
+func (s *Server) CheckToken(ctx context.Context, req *consoleauthv1.CheckTokenRequest) (*consoleauthv1.CheckTokenResponse, error) {
+	resp, err := s.checkToken(ctx, req)
+	err = toStatus(err)
+	s.metrics.checked.WithLabelValues(status.Code(err).String()).Inc()
+	return resp, err
+}
+
+func (s *Server) checkToken(ctx context.Context, req *consoleauthv1.CheckTokenRequest) (*consoleauthv1.CheckTokenResponse, error) {
+	if req.GetToken() == "" {
+		return nil, detail(ErrInvalidArgument, "missing token")
+	}
+	if t := req.GetConsoleType(); t != "" && t != TypeNoVNC && t != TypeXVPVNC {
+		return nil, detail(ErrInvalidArgument, fmt.Sprintf("unsupported console type %q: want novnc or xvpvnc", t))
+	}
+	entry, err := s.store.Lookup(ctx, req.GetToken())
+	if err != nil {
+		return nil, err
+	}
+	rec := entry.Record
+	if t := req.GetConsoleType(); t != "" && t != rec.ConsoleType {
+		return nil, detail(ErrWrongType, fmt.Sprintf("token is for a %s console, not %s", rec.ConsoleType, t))
+	}
+	if s.cfg.SingleUse {
+		if err := s.store.Consume(ctx, entry); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.revalidate(ctx, rec); err != nil {
+		return nil, err
+	}
+	return &consoleauthv1.CheckTokenResponse{ConnectInfo: &consoleauthv1.ConnectInfo{
+		InstanceUuid:       rec.InstanceUUID,
+		ConsoleType:        rec.ConsoleType,
+		Host:               rec.Host,
+		Port:               rec.Port,
+		InternalAccessPath: rec.InternalAccessPath,
+		CreatedAt:          timestamppb.New(rec.CreatedAt),
+		ExpiresAt:          timestamppb.New(rec.ExpiresAt),
+		TokenHashPrefix:    registry.HashPrefix(entry.Hash),
+		ComputeHost:        rec.ComputeHost,
+	}}, nil
+}
+
+// revalidate asks the instance's current agent whether the token's host and
+// port are still its VNC server (the instance may have moved or restarted
+// on another port since the token was minted).
+func (s *Server) revalidate(ctx context.Context, rec registry.Token) error {
+	agent, err := s.store.Locate(ctx, rec.InstanceUUID)
+	switch {
+	case errors.Is(err, tokenstore.ErrUnknownInstance):
+		return detail(ErrConsoleMoved, fmt.Sprintf("console moved: instance %s is no longer known", rec.InstanceUUID))
+	case errors.Is(err, tokenstore.ErrComputeDown):
+		return detail(ErrAgentGone, err.Error())
+	case err != nil:
+		return err
+	}
+	valid, reason, err := s.agents.ValidateConsolePort(ctx, agent.ComputeHost, agent.Address,
+		rec.InstanceUUID, rec.ConsoleType, rec.Host, rec.Port)
+	switch {
+	case errors.Is(err, agentclient.ErrUnreachable):
+		return detail(ErrAgentGone, err.Error())
+	case errors.Is(err, agentclient.ErrNotFound):
+		return detail(ErrConsoleMoved, "console moved: "+err.Error())
+	case err != nil:
+		return err
+	case !valid:
+		if reason == "" {
+			reason = fmt.Sprintf("%s:%d is no longer the console of instance %s", rec.Host, rec.Port, rec.InstanceUUID)
+		}
+		return detail(ErrConsoleMoved, "console moved: "+reason)
+	}
+	return nil
+}
+
+// GetConsoleAuthToken is token introspection (Nova's
+// GET /os-console-auth-tokens/{token}).
+func (s *Server) GetConsoleAuthToken(ctx context.Context, req *consoleauthv1.GetConsoleAuthTokenRequest) (*consoleauthv1.GetConsoleAuthTokenResponse, error) {
+	if req.GetConsoleToken() == "" {
+		return nil, toStatus(detail(ErrInvalidArgument, "missing console_token"))
+	}
+	entry, err := s.store.Lookup(ctx, req.GetConsoleToken())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	rec := entry.Record
+	return &consoleauthv1.GetConsoleAuthTokenResponse{Console: &consoleauthv1.ConsoleAuthToken{
+		InstanceUuid:       rec.InstanceUUID,
+		Host:               rec.Host,
+		Port:               rec.Port,
+		InternalAccessPath: rec.InternalAccessPath,
+	}}, nil
+}
+
+// RevokeInstanceTokens deletes an instance's tokens and announces it.
+func (s *Server) RevokeInstanceTokens(ctx context.Context, req *consoleauthv1.RevokeInstanceTokensRequest) (*consoleauthv1.RevokeInstanceTokensResponse, error) {
+	uuid := req.GetInstanceUuid()
+	if uuid == "" {
+		return nil, toStatus(detail(ErrInvalidArgument, "missing instance_uuid"))
+	}
+	reason := req.GetReason()
+	if reason == "" {
+		reason = "console access to the instance was revoked"
+	}
+	n, err := s.store.Revoke(ctx, uuid, reason)
+	s.metrics.revoked.Add(float64(n))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	s.log.InfoContext(ctx, "instance console tokens revoked", "instance", uuid, "revoked", n, "reason", reason)
+	return &consoleauthv1.RevokeInstanceTokensResponse{RevokedCount: int32(n)}, nil
+}
+
+func checkProtocol(protocol string) error {
+	switch protocol {
+	case "vnc":
+		return nil
+	case "":
+		return detail(ErrInvalidArgument, `missing remote_console.protocol: only "vnc" is served`)
+	default:
+		return detail(ErrInvalidArgument, fmt.Sprintf("unsupported protocol %q: only vnc is served", protocol))
+	}
+}
+
+func (s *Server) checkType(consoleType string) error {
+	switch {
+	case consoleType == "":
+		return detail(ErrInvalidArgument, "missing console type: want novnc or xvpvnc")
+	case consoleType != TypeNoVNC && consoleType != TypeXVPVNC:
+		return detail(ErrInvalidArgument, fmt.Sprintf("unsupported console type %q: want novnc or xvpvnc", consoleType))
+	case !s.enabled[consoleType]:
+		return detail(ErrTypeDisabled, fmt.Sprintf("console type %q is not enabled (enabled_console_types)", consoleType))
+	}
+	return nil
+}

@@ -1,0 +1,82 @@
+package authserver
+
+import (
+	"context"
+	"errors"
+
+	"github.com/vncgate/vncgate/services/consoleauth/internal/agentclient"
+	"github.com/vncgate/vncgate/services/consoleauth/internal/tokenstore"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Errors of the service itself, beside those of the token store and the
+// agent client.
+var (
+	// ErrInvalidArgument: the request is malformed (REST 400).
+	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrTypeDisabled: the console type is valid but not enabled here (501).
+	ErrTypeDisabled = errors.New("console type not enabled")
+	// ErrWrongType: the token is for another console type (403).
+	ErrWrongType = errors.New("token is for another console type")
+	// ErrConsoleMoved: the instance's VNC server is no longer where the
+	// token points (409).
+	ErrConsoleMoved = errors.New("console moved")
+	// ErrAgentGone: CheckToken could not ask the instance's agent (503).
+	ErrAgentGone = errors.New("compute agent unavailable")
+)
+
+// codeTable maps domain errors to gRPC codes: the one place that does. The
+// first entry that errors.Is matches wins; anything else is INTERNAL.
+var codeTable = []struct {
+	err  error
+	code codes.Code
+}{
+	{ErrInvalidArgument, codes.InvalidArgument},
+	{ErrTypeDisabled, codes.Unimplemented},
+	{ErrWrongType, codes.PermissionDenied},
+	{ErrConsoleMoved, codes.FailedPrecondition},
+	{ErrAgentGone, codes.Unavailable},
+	{tokenstore.ErrNotFound, codes.NotFound},
+	{tokenstore.ErrUnknownInstance, codes.NotFound},
+	{tokenstore.ErrComputeDown, codes.FailedPrecondition},
+	{tokenstore.ErrStoreUnavailable, codes.Unavailable},
+	{agentclient.ErrNotFound, codes.NotFound},
+	{agentclient.ErrNotReady, codes.FailedPrecondition},
+	{agentclient.ErrNoConsole, codes.InvalidArgument},
+	// GetConsoleURL reports an unreachable agent as ErrComputeDown (409)
+	// and CheckToken as ErrAgentGone (503); this entry is the fallback.
+	{agentclient.ErrUnreachable, codes.Unavailable},
+	{context.Canceled, codes.Canceled},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+}
+
+// toStatus turns a domain error into a gRPC status error carrying the
+// error's message.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	for _, e := range codeTable {
+		if errors.Is(err, e.err) {
+			return status.Error(e.code, err.Error())
+		}
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// detailError carries a sentinel for errors.Is and a message of its own, so
+// a client reads `unsupported protocol "rdp": only vnc is served` rather
+// than a sentinel's text followed by the detail.
+type detailError struct {
+	kind error
+	msg  string
+}
+
+func (e *detailError) Error() string { return e.msg }
+func (e *detailError) Unwrap() error { return e.kind }
+
+func detail(kind error, msg string) error { return &detailError{kind: kind, msg: msg} }

@@ -1,0 +1,36 @@
+package authserver
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics counts what the service does. Its counters work unregistered, so
+// a nil Registerer costs nothing but the export.
+type Metrics struct {
+	minted  *prometheus.CounterVec
+	checked *prometheus.CounterVec
+	revoked prometheus.Counter
+}
+
+// NewMetrics creates the counters and registers them with reg when it is
+// not nil.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		minted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "vncgate", Subsystem: "consoleauth", Name: "tokens_minted_total",
+			Help: "Console tokens minted, by console type.",
+		}, []string{"console_type"}),
+		checked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "vncgate", Subsystem: "consoleauth", Name: "token_checks_total",
+			Help: "CheckToken calls, by gRPC result code.",
+		}, []string{"code"}),
+		revoked: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "vncgate", Subsystem: "consoleauth", Name: "tokens_revoked_total",
+			Help: "Console tokens deleted by RevokeInstanceTokens.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.minted, m.checked, m.revoked)
+	}
+	return m
+}

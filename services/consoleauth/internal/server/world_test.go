@@ -1,0 +1,191 @@
+package server_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/etcdembed"
+	"github.com/vncgate/vncgate/services/consoleauth/internal/server"
+	"github.com/vncgate/vncgate/services/consoleauth/internal/testworld"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// world is a running consoleauth on loopback with its own embedded etcd and
+// one in-test compute agent, "compute-1".
+type world struct {
+	etcd  *etcdembed.Server
+	cli   *clientv3.Client
+	agent *testworld.Agent
+	srv   *server.Server
+	rest  string // http://host:port
+	grpc  consoleauthv1.ConsoleAuthServiceClient
+	logs  *syncBuffer
+	http  *http.Client
+}
+
+// newWorld starts a world; edit adjusts the service's configuration.
+func newWorld(t testing.TB, edit func(*server.Config)) *world {
+	t.Helper()
+	etcd, cli := testworld.Etcd(t)
+	w := &world{etcd: etcd, cli: cli, logs: &syncBuffer{}, http: &http.Client{Timeout: 20 * time.Second}}
+	w.agent = testworld.StartAgent(t, cli, "compute-1")
+	cfg := server.Config{
+		GRPCListen:          "127.0.0.1:0",
+		RESTListen:          "127.0.0.1:0",
+		EtcdEndpoints:       []string{etcd.Endpoint},
+		EtcdTimeout:         time.Second,
+		ComputeTimeout:      time.Second,
+		TokenTTL:            10 * time.Minute,
+		NoVNCBaseURL:        "http://127.0.0.1:6080/vnc_lite.html",
+		XVPBaseURL:          "http://127.0.0.1:6081/console",
+		EnabledConsoleTypes: []string{"novnc", "xvpvnc"},
+		ShutdownTimeout:     5 * time.Second,
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	log := slog.New(slog.NewJSONHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv, err := server.Start(testworld.Ctx(t), cfg, log)
+	if err != nil {
+		t.Fatalf("start consoleauth: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Shutdown(); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	w.srv = srv
+	w.rest = "http://" + srv.RESTAddr()
+	conn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("grpc client: %v", err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	w.grpc = consoleauthv1.NewConsoleAuthServiceClient(conn)
+	return w
+}
+
+// do sends a REST request and decodes the JSON answer.
+func (w *world) do(t testing.TB, method, path, body string) (int, map[string]any) {
+	t.Helper()
+	code, raw := w.doRaw(t, method, path, body)
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatalf("%s %s: answer is not a JSON object: %q (%v)", method, path, raw, err)
+	}
+	return code, m
+}
+
+func (w *world) doRaw(t testing.TB, method, path, body string) (int, []byte) {
+	t.Helper()
+	var r io.Reader
+	if body != "" {
+		r = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(testworld.Ctx(t), method, w.rest+path, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := w.http.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read: %v", method, path, err)
+	}
+	return resp.StatusCode, raw
+}
+
+// consoleURL asks REST for a console URL and returns it.
+func (w *world) consoleURL(t testing.TB, uuid, consoleType string) string {
+	t.Helper()
+	code, m := w.do(t, "POST", "/v2.1/servers/"+uuid+"/remote-consoles",
+		`{"remote_console": {"protocol": "vnc", "type": "`+consoleType+`"}}`)
+	if code != http.StatusOK {
+		t.Fatalf("remote-consoles: got %d %v, want 200", code, m)
+	}
+	return str(t, m, "remote_console", "url")
+}
+
+// mint returns a fresh novnc token of an instance.
+func (w *world) mint(t testing.TB, uuid string) string {
+	t.Helper()
+	return tokenOf(t, w.consoleURL(t, uuid, "novnc"))
+}
+
+// tokenOf takes the token out of a console URL of either type.
+func tokenOf(t testing.TB, raw string) string {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatalf("console URL %q: %v", raw, err)
+	}
+	if tok := u.Query().Get("token"); tok != "" {
+		return tok
+	}
+	tok, ok := strings.CutPrefix(u.Query().Get("path"), "?token=")
+	if !ok || tok == "" {
+		t.Fatalf("console URL %q: no token", raw)
+	}
+	return tok
+}
+
+// str walks nested JSON objects and returns the string at the end.
+func str(t testing.TB, m map[string]any, keys ...string) string {
+	t.Helper()
+	v := walk(t, m, keys...)
+	s, ok := v.(string)
+	if !ok {
+		t.Fatalf("%v in %v: got %T, want a string", keys, m, v)
+	}
+	return s
+}
+
+func walk(t testing.TB, m map[string]any, keys ...string) any {
+	t.Helper()
+	var v any = m
+	for _, k := range keys {
+		obj, ok := v.(map[string]any)
+		if !ok {
+			t.Fatalf("%v in %v: %q is not inside an object", keys, m, k)
+		}
+		if v, ok = obj[k]; !ok {
+			t.Fatalf("%v in %v: no %q", keys, m, k)
+		}
+	}
+	return v
+}
+
+// syncBuffer collects logs written from many goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -1,0 +1,357 @@
+// Package tokenstore is consoleauth's state in etcd: console tokens and the
+// instance registry it reads to find an instance's compute agent.
+//
+// A token is 32 bytes from crypto/rand, base64url without padding. Only its
+// SHA-256 is stored: registry.TokenKey(hash) holds the JSON registry.Token
+// and registry.InstanceTokenKey(uuid, hash) indexes it for revocation; both
+// are written in one transaction and bound to one lease. Leases are shared:
+// tokens minted in the same time bucket reuse one lease, whose TTL is the
+// token TTL plus the bucket width so it always outlives its tokens. Expiry is
+// also checked on every read (Token.ExpiresAt), so a token is refused as soon
+// as it expires, whatever its lease.
+//
+// Every etcd call runs under a timeout. When etcd cannot be reached the
+// methods return an error wrapping ErrStoreUnavailable; nothing is cached, so
+// the store serves again as soon as the etcd client has reconnected.
+package tokenstore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vncgate/vncgate/pkg/registry"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Errors of the store, wrapped with %w; consoleauth's RPC edge maps them to
+// gRPC codes.
+var (
+	// ErrNotFound: the token is unknown, expired, revoked or already used.
+	ErrNotFound = errors.New("console token not found: unknown, expired, revoked or already used")
+	// ErrStoreUnavailable: etcd did not answer in time.
+	ErrStoreUnavailable = errors.New("token store (etcd) unavailable")
+)
+
+// Defaults of Options.
+const (
+	DefaultTTL           = 600 * time.Second
+	DefaultTimeout       = 5 * time.Second
+	DefaultRevocationTTL = 60 * time.Second
+)
+
+// maxTxnOps is etcd's default limit of operations in one transaction
+// (--max-txn-ops=128). Revoke splits larger revocations into batches of this
+// size: each batch is atomic, the revocation as a whole is not.
+const maxTxnOps = 128
+
+// Options configures a Store. Zero fields take the defaults.
+type Options struct {
+	// TTL is how long a token is valid; at least one second.
+	TTL time.Duration
+	// Timeout bounds every etcd call.
+	Timeout time.Duration
+	// RevocationTTL is how long a revocation announcement stays in etcd for
+	// proxies to see.
+	RevocationTTL time.Duration
+}
+
+// Store keeps tokens in etcd. It is safe for concurrent use.
+type Store struct {
+	cli           *clientv3.Client
+	ttl           time.Duration
+	timeout       time.Duration
+	revocationTTL time.Duration
+	bucket        time.Duration // width of a lease-sharing time bucket
+	leaseTTL      int64         // seconds: ttl + bucket, rounded up
+
+	mu    sync.Mutex
+	grant *leaseGrant // the newest lease, or the grant of it in flight
+}
+
+// leaseGrant is one shared lease, granted once for a time bucket. done is
+// closed when id and err are set.
+type leaseGrant struct {
+	bucket int64
+	done   chan struct{}
+	id     clientv3.LeaseID
+	err    error
+}
+
+// New returns a store on cli. The caller keeps ownership of cli.
+func New(cli *clientv3.Client, opts Options) (*Store, error) {
+	if opts.TTL == 0 {
+		opts.TTL = DefaultTTL
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.RevocationTTL == 0 {
+		opts.RevocationTTL = DefaultRevocationTTL
+	}
+	if opts.TTL < time.Second {
+		return nil, fmt.Errorf("token ttl %v: want at least 1s", opts.TTL)
+	}
+	bucket := max(opts.TTL/10, time.Second)
+	return &Store{
+		cli:           cli,
+		ttl:           opts.TTL,
+		timeout:       opts.Timeout,
+		revocationTTL: opts.RevocationTTL,
+		bucket:        bucket,
+		leaseTTL:      ceilSeconds(opts.TTL + bucket),
+	}, nil
+}
+
+// TTL is how long a minted token is valid.
+func (s *Store) TTL() time.Duration { return s.ttl }
+
+// Minted is a new token and what was stored for it.
+type Minted struct {
+	// Token is the secret handed to the client; it is not stored anywhere.
+	Token string
+	// Hash is registry.TokenHash(Token), the token's key in etcd.
+	Hash   string
+	Record registry.Token
+}
+
+// Mint creates a token for rec, setting its CreatedAt and ExpiresAt.
+func (s *Store) Mint(ctx context.Context, rec registry.Token) (Minted, error) {
+	token, err := newToken()
+	if err != nil {
+		return Minted{}, err
+	}
+	hash := registry.TokenHash(token)
+	now := time.Now()
+	rec.CreatedAt = now.UTC()
+	rec.ExpiresAt = now.Add(s.ttl).UTC()
+	value, err := json.Marshal(rec)
+	if err != nil {
+		return Minted{}, fmt.Errorf("encode token record: %w", err)
+	}
+	key := registry.TokenKey(hash)
+	for attempt := 0; ; attempt++ {
+		lease, err := s.lease(ctx, now)
+		if err != nil {
+			return Minted{}, err
+		}
+		cctx, cancel := context.WithTimeout(ctx, s.timeout)
+		resp, err := s.cli.Txn(cctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(
+				clientv3.OpPut(key, string(value), clientv3.WithLease(lease)),
+				clientv3.OpPut(registry.InstanceTokenKey(rec.InstanceUUID, hash), "", clientv3.WithLease(lease)),
+			).Commit()
+		cancel()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0 {
+			// The shared lease ended early (revoked by an operator, or
+			// expired while etcd was down): forget it and grant another.
+			s.forgetLease(lease)
+			continue
+		}
+		if err != nil {
+			return Minted{}, s.fail(ctx, "mint token", err)
+		}
+		if !resp.Succeeded {
+			// Two equal 256-bit random tokens: not expected in practice.
+			return Minted{}, errors.New("mint token: token hash collision")
+		}
+		return Minted{Token: token, Hash: hash, Record: rec}, nil
+	}
+}
+
+// Entry is a token found in the store.
+type Entry struct {
+	Hash   string
+	Record registry.Token
+	// revision is the record's ModRevision, the guard of Consume.
+	revision int64
+}
+
+// Lookup returns the record of a valid token, or ErrNotFound when it is
+// unknown or expired (even if its lease has not ended yet).
+func (s *Store) Lookup(ctx context.Context, token string) (Entry, error) {
+	hash := registry.TokenHash(token)
+	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	resp, err := s.cli.Get(cctx, registry.TokenKey(hash))
+	cancel()
+	if err != nil {
+		return Entry{}, s.fail(ctx, "get token", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return Entry{}, ErrNotFound
+	}
+	var rec registry.Token
+	if err := json.Unmarshal(resp.Kvs[0].Value, &rec); err != nil {
+		return Entry{}, fmt.Errorf("decode token record %s: %w", registry.HashPrefix(hash), err)
+	}
+	if !time.Now().Before(rec.ExpiresAt) {
+		return Entry{}, ErrNotFound
+	}
+	return Entry{Hash: hash, Record: rec, revision: resp.Kvs[0].ModRevision}, nil
+}
+
+// Consume deletes a token found by Lookup, for single-use tokens. Of
+// concurrent callers holding the same Entry exactly one succeeds: the delete
+// is guarded by the revision Lookup saw, so the others get ErrNotFound.
+func (s *Store) Consume(ctx context.Context, e Entry) error {
+	key := registry.TokenKey(e.Hash)
+	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	resp, err := s.cli.Txn(cctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", e.revision)).
+		Then(
+			clientv3.OpDelete(key),
+			clientv3.OpDelete(registry.InstanceTokenKey(e.Record.InstanceUUID, e.Hash)),
+		).Commit()
+	cancel()
+	if err != nil {
+		return s.fail(ctx, "consume token", err)
+	}
+	if !resp.Succeeded {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// Revoke deletes every token of an instance with its index, and announces
+// the revocation under registry.RevocationKey(uuid) on a short lease so that
+// proxies end the instance's open sessions. It returns how many tokens it
+// deleted. The announcement is written even when no token was left, since
+// sessions outlive their tokens.
+func (s *Store) Revoke(ctx context.Context, uuid, reason string) (int, error) {
+	prefix := registry.InstanceTokensPrefix(uuid)
+	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	list, err := s.cli.Get(cctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	cancel()
+	if err != nil {
+		return 0, s.fail(ctx, "list instance tokens", err)
+	}
+
+	cctx, cancel = context.WithTimeout(ctx, s.timeout)
+	grant, err := s.cli.Grant(cctx, ceilSeconds(s.revocationTTL))
+	cancel()
+	if err != nil {
+		return 0, s.fail(ctx, "grant revocation lease", err)
+	}
+	announcement, err := json.Marshal(registry.Revocation{Reason: reason, RevokedAt: time.Now().UTC()})
+	if err != nil {
+		return 0, fmt.Errorf("encode revocation: %w", err)
+	}
+
+	// The announcement goes with the first batch: with up to 63 tokens
+	// (2 deletes each) the revocation is one atomic transaction.
+	ops := []clientv3.Op{clientv3.OpPut(registry.RevocationKey(uuid), string(announcement), clientv3.WithLease(grant.ID))}
+	isToken := []bool{false}
+	for _, kv := range list.Kvs {
+		hash := strings.TrimPrefix(string(kv.Key), prefix)
+		ops = append(ops, clientv3.OpDelete(registry.TokenKey(hash)), clientv3.OpDelete(string(kv.Key)))
+		isToken = append(isToken, true, false)
+	}
+	revoked := 0
+	for start := 0; start < len(ops); start += maxTxnOps {
+		end := min(start+maxTxnOps, len(ops))
+		cctx, cancel := context.WithTimeout(ctx, s.timeout)
+		resp, err := s.cli.Txn(cctx).Then(ops[start:end]...).Commit()
+		cancel()
+		if err != nil {
+			return revoked, s.fail(ctx, "revoke instance tokens", err)
+		}
+		for i, r := range resp.Responses {
+			if del := r.GetResponseDeleteRange(); del != nil && isToken[start+i] {
+				revoked += int(del.Deleted)
+			}
+		}
+	}
+	return revoked, nil
+}
+
+// Ping reports whether etcd answers a linearizable read.
+func (s *Store) Ping(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if _, err := s.cli.Get(cctx, registry.Root, clientv3.WithCountOnly()); err != nil {
+		return s.fail(ctx, "ping", err)
+	}
+	return nil
+}
+
+// lease returns the shared lease of now's time bucket, granting it if this
+// caller is the first of the bucket. Concurrent callers of a new bucket wait
+// for one Grant instead of each granting their own.
+func (s *Store) lease(ctx context.Context, now time.Time) (clientv3.LeaseID, error) {
+	bucket := now.UnixNano() / int64(s.bucket)
+	s.mu.Lock()
+	g := s.grant
+	// A lease of a later bucket serves too: it was granted later, so it
+	// outlives every token of this one.
+	if g == nil || g.bucket < bucket || failed(g) {
+		g = &leaseGrant{bucket: bucket, done: make(chan struct{})}
+		s.grant = g
+		s.mu.Unlock()
+		// Not bound to this caller's cancellation: others wait on it too.
+		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+		resp, err := s.cli.Grant(gctx, s.leaseTTL)
+		cancel()
+		if err != nil {
+			g.err = s.fail(ctx, "grant token lease", err)
+		} else {
+			g.id = resp.ID
+		}
+		close(g.done)
+	} else {
+		s.mu.Unlock()
+	}
+	select {
+	case <-g.done:
+		return g.id, g.err
+	case <-ctx.Done():
+		return 0, fmt.Errorf("grant token lease: %w", ctx.Err())
+	}
+}
+
+// forgetLease drops the shared lease id if it is still the current one.
+func (s *Store) forgetLease(id clientv3.LeaseID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.grant != nil && s.grant.id == id {
+		s.grant = nil
+	}
+}
+
+// failed reports whether a finished grant failed. Called with s.mu held.
+func failed(g *leaseGrant) bool {
+	select {
+	case <-g.done:
+		return g.err != nil
+	default:
+		return false
+	}
+}
+
+// fail wraps an etcd error: the caller's own cancellation stays what it is,
+// anything else means the store is unavailable.
+func (s *Store) fail(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", op, ctx.Err())
+	}
+	return fmt.Errorf("%w: %s: %v", ErrStoreUnavailable, op, err)
+}
+
+func newToken() (string, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("read random token: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+func ceilSeconds(d time.Duration) int64 {
+	return int64((d + time.Second - 1) / time.Second)
+}
