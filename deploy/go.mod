@@ -3,6 +3,7 @@ module github.com/vncgate/vncgate/deploy
 go 1.26.0
 
 require (
+	github.com/coder/websocket v1.8.15
 	github.com/vncgate/vncgate/pkg v0.0.0
 	go.etcd.io/etcd/client/v3 v3.7.3
 	google.golang.org/grpc v1.85.0

@@ -121,14 +121,17 @@ func (w *World) NoVNCBaseURL() string {
 func (w *World) XVPBaseURL() string { return "http://" + w.Addr(w.Ports.XVP) + "/console" }
 
 // Start runs a stack and returns when every service is ready.
-func Start(ctx context.Context, opts Options) (w *World, err error) {
+func Start(ctx context.Context, opts Options) (_ *World, err error) {
 	if opts.Host == "" {
 		opts.Host = "127.0.0.1"
 	}
 	if opts.Logs == nil {
 		opts.Logs = io.Discard
 	}
-	w = &World{Options: opts}
+	if opts.Bin, err = filepath.Abs(opts.Bin); err != nil {
+		return nil, err
+	}
+	w := &World{Options: opts}
 	defer func() {
 		if err != nil {
 			w.Stop()

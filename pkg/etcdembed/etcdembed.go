@@ -34,7 +34,10 @@ func Start(dir, clientAddr string) (*Server, error) {
 	cfg := embed.NewConfig()
 	cfg.Name = "vncgate"
 	cfg.Dir = dir
-	cfg.LogLevel = "error"
+	// etcd logs expected noise at error level on every start and stop
+	// ("failed to update storage version", "use of closed network
+	// connection"); a dev and test server keeps quiet unless it dies.
+	cfg.LogLevel = "fatal"
 	// One member never loses an election: short ticks make start and stop
 	// faster and allow 1 s leases (etcd's minimum TTL follows the election
 	// timeout).

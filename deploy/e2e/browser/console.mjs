@@ -1,0 +1,111 @@
+// console.mjs drives Debian's chromium (via playwright-core) through console
+// pages for deploy/e2e/novnc_test.go. It launches one browser, then reads
+// jobs from stdin and answers each on stdout, one JSON object per line.
+//
+// Job:    {"url": "...", "page": "vncgate" | "novnc-lite", "expect": "connected" | "disconnected",
+//          "typeKey": "a", "ctrlAltDel": true, "screenshot": "/tmp/x.png", "timeoutMs": 20000}
+// Result: {"state", "status", "message", "closeCode", "canvas": {x, y, width, height},
+//          "colours", "painted", "logs": [...], "error"}
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import readline from "node:readline";
+import { chromium } from "playwright-core";
+
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "vncgate-chromium-"));
+const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath,
+    headless: true,
+    viewport: { width: 1024, height: 768 },
+    args: [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+});
+process.stdout.write(JSON.stringify({ ready: true }) + "\n");
+
+// canvasStats says how far the console canvas is drawn: distinct colours
+// (up to 64) and the share of pixels painted (a canvas starts transparent;
+// noVNC draws updates as they arrive), sampling about 20000 pixels. It runs
+// in the page, so it must not refer to anything outside itself.
+function canvasStats() {
+    const canvas = document.querySelector("canvas");
+    if (!canvas || !canvas.width || !canvas.height) return { colours: 0, painted: 0 };
+    const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+    const step = Math.max(1, Math.floor(data.length / 4 / 20000)) * 4;
+    const seen = new Set();
+    let painted = 0, total = 0;
+    for (let i = 0; i < data.length; i += step, total++) {
+        if (data[i + 3] > 0) painted++;
+        if (seen.size < 64) seen.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+    }
+    return { colours: seen.size, painted: painted / total };
+}
+const stats = "(" + canvasStats.toString() + ")()";
+
+async function runJob(job) {
+    const timeout = job.timeoutMs || 20000;
+    const page = await context.newPage();
+    const result = { logs: [] };
+    page.on("console", (m) => result.logs.push(m.type() + ": " + m.text()));
+    page.on("pageerror", (e) => result.logs.push("pageerror: " + e.message));
+    try {
+        await page.goto(job.url, { timeout });
+        if (job.page === "novnc-lite") {
+            // noVNC's own vnc_lite.html: #status says "Connected ..." or "Disconnected ...".
+            await page.waitForFunction(() => /connected/i.test(document.querySelector("#status")?.textContent || ""), null, { timeout });
+            result.state = /disconnected/i.test(await page.textContent("#status")) ? "disconnected" : "connected";
+        } else {
+            await page.waitForFunction(() => ["connected", "disconnected"].includes(document.body.dataset.state), null, { timeout });
+            result.state = await page.evaluate(() => document.body.dataset.state);
+        }
+        if (result.state === "connected" && job.expect === "connected") {
+            // Wait for a picture: several colours, (nearly) the whole canvas drawn.
+            await page.waitForFunction(`${stats}.colours > 4 && ${stats}.painted > 0.95`, null, { timeout, polling: 100 })
+                .catch(() => {}); // the Go side judges what was drawn
+            Object.assign(result, await page.evaluate(stats));
+            const canvas = page.locator("canvas").first();
+            result.canvas = await canvas.boundingBox();
+            if (job.typeKey) {
+                await canvas.click();
+                await page.keyboard.press(job.typeKey);
+            }
+            if (job.ctrlAltDel) {
+                await page.click("#ctrlaltdel");
+            }
+        }
+        if (job.expect === "disconnected" && result.state !== "disconnected") {
+            await page.waitForFunction(() => document.body.dataset.state === "disconnected", null, { timeout });
+            result.state = "disconnected";
+        }
+        result.status = ((await page.textContent("#status")) || "").trim();
+        result.message = ((await page.locator("#message").count()) ? (await page.textContent("#message")) || "" : "").trim();
+        result.closeCode = await page.evaluate(() => document.body.dataset.closeCode || "");
+        if (job.screenshot) {
+            await page.screenshot({ path: job.screenshot });
+        }
+        // Let queued WebSocket messages (typed keys) leave before the page closes.
+        await page.waitForTimeout(job.settleMs ?? 300);
+    } catch (e) {
+        result.error = String(e && e.message || e);
+        if (job.screenshot) await page.screenshot({ path: job.screenshot }).catch(() => {});
+    } finally {
+        await page.close().catch(() => {});
+    }
+    return result;
+}
+
+const lines = readline.createInterface({ input: process.stdin });
+for await (const line of lines) {
+    if (!line.trim()) continue;
+    let result;
+    try {
+        result = await runJob(JSON.parse(line));
+    } catch (e) {
+        result = { error: String(e) };
+    }
+    process.stdout.write(JSON.stringify(result) + "\n");
+}
+await context.close();
+fs.rmSync(userDataDir, { recursive: true, force: true });
