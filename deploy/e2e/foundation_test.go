@@ -15,9 +15,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
 	"github.com/vncgate/vncgate/deploy/devstack"
 	"github.com/vncgate/vncgate/deploy/devstack/devstacktest"
+	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
 )
 
 // consoleAuthClient dials the stack's consoleauth as a proxy does.
@@ -132,4 +132,3 @@ func getJSON(t *testing.T, u string, want int) string {
 }
 
 func itoa(n int32) string { return strconv.Itoa(int(n)) }
-

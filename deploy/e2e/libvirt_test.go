@@ -1,10 +1,3 @@
-//go:build libvirt_e2e
-
-// This test needs compute-agent's `driver` flag hooked to the libvirt driver
-// (flags driver=libvirt, libvirt_uri): until then it runs only with
-// `go test -tags libvirt_e2e ./e2e/`. Drop the build tag once the agent is
-// hooked.
-
 package e2e
 
 // The whole system against a real libvirt guest: a TCG guest under

@@ -390,15 +390,16 @@ type browser struct {
 
 // browserResult is console.mjs's answer to a job.
 type browserResult struct {
-	State     string   `json:"state"`
-	Status    string   `json:"status"`
-	Message   string   `json:"message"`
-	CloseCode string   `json:"closeCode"`
-	Colours   int      `json:"colours"`
-	Painted   float64  `json:"painted"` // share of the canvas drawn
-	Canvas    *rectBox `json:"canvas"`
-	Logs      []string `json:"logs"`
-	Error     string   `json:"error"`
+	State       string   `json:"state"`
+	Status      string   `json:"status"`
+	Message     string   `json:"message"`
+	CloseCode   string   `json:"closeCode"`
+	Colours     int      `json:"colours"`
+	Painted     float64  `json:"painted"` // share of the canvas drawn
+	Reconnected bool     `json:"reconnected"`
+	Canvas      *rectBox `json:"canvas"`
+	Logs        []string `json:"logs"`
+	Error       string   `json:"error"`
 }
 
 type rectBox struct{ X, Y, Width, Height float64 }
@@ -505,8 +506,9 @@ func screenshotColours(t *testing.T, path string, box *rectBox) int {
 }
 
 // TestNoVNCInABrowser opens console URLs from the REST API in Debian's
-// chromium: our page connects and shows the demo VM's picture, a typed key
-// and Ctrl-Alt-Del reach the VM, an expired token gets its sentence, and
+// chromium: our page connects and shows the demo VM's picture, a typed key,
+// Ctrl-Alt-Del and a clipboard paste reach the VM, Reconnect connects again,
+// an expired token gets its sentence, and
 // Debian's own noVNC build served through `web` works too.
 func TestNoVNCInABrowser(t *testing.T) {
 	requireNoVNCLibrary(t)
@@ -525,7 +527,7 @@ func TestNoVNCInABrowser(t *testing.T) {
 		shot := filepath.Join(shots, "connected.png")
 		r := b.run(map[string]any{
 			"url": consoleURLOf(t, w, devstack.DemoUUID, "novnc"), "expect": "connected",
-			"typeKey": "a", "ctrlAltDel": true, "screenshot": shot,
+			"typeKey": "a", "ctrlAltDel": true, "paste": "pasted from vncgate", "reconnect": true, "screenshot": shot,
 		})
 		if r.State != "connected" || !strings.HasPrefix(r.Status, "Connected") {
 			t.Fatalf("page state %q status %q, want connected\n%s", r.State, r.Status, strings.Join(r.Logs, "\n"))
@@ -537,6 +539,12 @@ func TestNoVNCInABrowser(t *testing.T) {
 		}
 		if _, err := w.Demo.WaitKey(ctx, 0xffff); err != nil { // XK_Delete
 			t.Errorf("Ctrl-Alt-Del did not reach the VM: %v", err)
+		}
+		if _, err := w.Demo.WaitCutText(ctx, "pasted from vncgate"); err != nil {
+			t.Errorf("clipboard paste did not reach the VM: %v", err)
+		}
+		if !r.Reconnected || r.State != "connected" {
+			t.Errorf("reconnect: got reconnected=%v state %q, want connected again", r.Reconnected, r.State)
 		}
 		if r.Colours < 5 || r.Painted < 0.95 {
 			t.Errorf("canvas has %d colours, %.0f%% drawn; want the demo's whole picture", r.Colours, 100*r.Painted)
@@ -572,6 +580,7 @@ func TestNoVNCInABrowser(t *testing.T) {
 		r := b.run(map[string]any{
 			"url":  "http://" + addr + "/vnc_lite.html?path=" + url.QueryEscape("?token="+token),
 			"page": "novnc-lite", "expect": "connected", "typeKey": "b", "screenshot": shot,
+			"pictureTimeoutMs": 2000, // it never draws it all; see below
 		})
 		if r.State != "connected" {
 			t.Fatalf("Debian's noVNC: status %q, want connected\n%s", r.Status, strings.Join(r.Logs, "\n"))
@@ -581,9 +590,14 @@ func TestNoVNCInABrowser(t *testing.T) {
 		if _, err := w.Demo.WaitKey(ctx, 'b'); err != nil {
 			t.Errorf("the key typed in Debian's noVNC did not reach the VM: %v", err)
 		}
-		if n := screenshotColours(t, shot, r.Canvas); n < 5 || r.Painted < 0.95 {
-			t.Errorf("screenshot has %d colours, canvas %.0f%% drawn; want the VM's whole picture", n, 100*r.Painted)
+		// Only colours, not how much is drawn: noVNC 1.3's Raw decoder sets
+		// the alpha of the wrong bytes (it forgets the queue offset), so the
+		// demo VM's pixels, whose padding byte is 0, mostly stay transparent;
+		// the same happens through websockify.
+		if n := screenshotColours(t, shot, r.Canvas); n < 5 {
+			t.Errorf("screenshot has %d colours, want the VM's picture", n)
 		}
+		t.Logf("Debian's noVNC: %q, canvas %.0f%% drawn (screenshot %s)", r.Status, 100*r.Painted, shot)
 	})
 }
 

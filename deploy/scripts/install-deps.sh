@@ -10,6 +10,7 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v libvirtd >/dev/null || need+=(libvirt-daemon-system)
 command -v virsh >/dev/null || need+=(libvirt-clients)
 command -v websockify >/dev/null || need+=(websockify)
+[[ -d /usr/share/novnc ]] || need+=(novnc)
 if ((${#need[@]})); then
 	echo "install-deps: apt-get install ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive

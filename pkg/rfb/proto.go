@@ -134,9 +134,14 @@ func unmarshalPixelFormat(b []byte) PixelFormat {
 // pixel packs an 8-bit-per-channel colour into pf's pixel value.
 func (pf PixelFormat) pixel(c rgb) uint32 {
 	scale := func(v uint8, max uint16) uint32 { return (uint32(v)*uint32(max) + 127) / 255 }
-	return scale(c.r, pf.RedMax)<<pf.RedShift |
+	v := scale(c.r, pf.RedMax)<<pf.RedShift |
 		scale(c.g, pf.GreenMax)<<pf.GreenShift |
 		scale(c.b, pf.BlueMax)<<pf.BlueShift
+	// Unused bits are set, as QEMU does: noVNC <= 1.3's Raw decoder reads the
+	// padding byte of 32-bit pixels as alpha and draws nothing where it is 0.
+	used := uint32(pf.RedMax)<<pf.RedShift | uint32(pf.GreenMax)<<pf.GreenShift | uint32(pf.BlueMax)<<pf.BlueShift
+	all := uint32(uint64(1)<<pf.BitsPerPixel - 1)
+	return v | (all &^ used)
 }
 
 // put writes a pixel value into b (BytesPerPixel bytes).

@@ -24,6 +24,8 @@ type Config struct {
 	GRPCTLS            tlsconfig.Files
 	Driver             string
 	InventoryFile      string
+	LibvirtURI         string
+	QMPSockets         string
 	ProxyClientAddress string
 	RegistrationTTL    time.Duration
 	ConsoleAuthAddress string
@@ -52,6 +54,8 @@ func loadConfig(args []string) (Config, error) {
 	fs.StringVar(&c.GRPCTLS.CA, "grpc_ca", "", "CA (PEM) for mutual TLS: clients of the API and consoleauth's certificate")
 	fs.StringVar(&c.Driver, "driver", "static", "where instances come from: static, libvirt or qmp")
 	fs.StringVar(&c.InventoryFile, "inventory_file", "", "JSON inventory of the static driver")
+	fs.StringVar(&c.LibvirtURI, "libvirt_uri", "qemu:///system", "libvirt connection URI of the libvirt driver (Nova's [libvirt] connection_uri)")
+	fs.StringVar(&c.QMPSockets, "qmp_sockets", "", "instances of the qmp driver: comma-separated uuid=/path/to/qmp.sock")
 	fs.StringVar(&c.ProxyClientAddress, "server_proxyclient_address", "127.0.0.1", "address proxies use to reach VNC servers on this host (Nova's name)")
 	fs.IntVar(&ttlSecs, "registration_ttl", 10, "seconds a dead agent stays registered in etcd")
 	fs.StringVar(&c.ConsoleAuthAddress, "consoleauth_address", "127.0.0.1:6090", "host:port of consoleauth's gRPC API, to revoke tokens")

@@ -40,7 +40,7 @@ func TestLoadConfig(t *testing.T) {
 		{name: "defaults", check: func(c Config) error {
 			want := Config{
 				GRPCListen: "0.0.0.0:6092", Host: hostname, EtcdEndpoints: []string{"127.0.0.1:2379"},
-				Driver: "static", ProxyClientAddress: "127.0.0.1", RegistrationTTL: 10 * time.Second,
+				Driver: "static", LibvirtURI: "qemu:///system", ProxyClientAddress: "127.0.0.1", RegistrationTTL: 10 * time.Second,
 				ConsoleAuthAddress: "127.0.0.1:6090", LogLevel: "info",
 			}
 			if fmt.Sprint(c) != fmt.Sprint(want) {
@@ -109,8 +109,8 @@ func TestAdvertiseFrom(t *testing.T) {
 
 func TestRunRefusesDrivers(t *testing.T) {
 	tests := []struct{ driver, inventory, wantErr string }{
-		{"libvirt", "", `driver "libvirt" not built yet`},
-		{"qmp", "", `driver "qmp" not built yet`},
+		{"libvirt", "", `libvirt uri "no-scheme": no scheme`},
+		{"qmp", "", `qmp_sockets: "not-a-pair" is not uuid=path`},
 		{"hyperv", "", `driver "hyperv" unknown`},
 		{"static", "", "driver static needs inventory_file"},
 		{"static", "/nonexistent/inventory.json", "no such file"},
@@ -119,6 +119,8 @@ func TestRunRefusesDrivers(t *testing.T) {
 		t.Run(tt.driver+tt.inventory, func(t *testing.T) {
 			cfg := testConfig("127.0.0.1:1", tt.inventory)
 			cfg.Driver = tt.driver
+			cfg.LibvirtURI = "no-scheme"
+			cfg.QMPSockets = "not-a-pair"
 			err := run(context.Background(), cfg, env{log: slog.New(slog.DiscardHandler)})
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("got %v, want an error containing %q", err, tt.wantErr)

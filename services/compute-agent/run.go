@@ -14,6 +14,8 @@ import (
 	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
+	"github.com/vncgate/vncgate/services/compute-agent/internal/driver/libvirt"
+	"github.com/vncgate/vncgate/services/compute-agent/internal/driver/qmp"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver/static"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/etcdconn"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/grpcapi"
@@ -163,8 +165,22 @@ func openDriver(cfg Config, log *slog.Logger) (driver.Driver, func(context.Conte
 			return nil, nil, fmt.Errorf("driver static: %w", err)
 		}
 		return d, d.Run, nil
-	case "libvirt", "qmp":
-		return nil, nil, fmt.Errorf("driver %q not built yet", cfg.Driver)
+	case "libvirt":
+		d, err := libvirt.New(libvirt.Config{URI: cfg.LibvirtURI, ProxyClientAddress: cfg.ProxyClientAddress, Logger: log})
+		if err != nil {
+			return nil, nil, fmt.Errorf("driver libvirt: %w", err)
+		}
+		return d, func(ctx context.Context) { <-ctx.Done(); d.Close() }, nil
+	case "qmp":
+		instances, err := qmp.ParseSockets(cfg.QMPSockets)
+		if err != nil {
+			return nil, nil, fmt.Errorf("driver qmp: %w", err)
+		}
+		d, err := qmp.New(qmp.Config{Instances: instances, ProxyClientAddress: cfg.ProxyClientAddress, Logger: log})
+		if err != nil {
+			return nil, nil, fmt.Errorf("driver qmp: %w", err)
+		}
+		return d, func(ctx context.Context) { <-ctx.Done(); d.Close() }, nil
 	default:
 		return nil, nil, fmt.Errorf("driver %q unknown (want static, libvirt or qmp)", cfg.Driver)
 	}

@@ -3,9 +3,11 @@
 // jobs from stdin and answers each on stdout, one JSON object per line.
 //
 // Job:    {"url": "...", "page": "vncgate" | "novnc-lite", "expect": "connected" | "disconnected",
-//          "typeKey": "a", "ctrlAltDel": true, "screenshot": "/tmp/x.png", "timeoutMs": 20000}
+//          "typeKey": "a", "ctrlAltDel": true, "paste": "text", "reconnect": true,
+//          "screenshot": "/tmp/x.png", "timeoutMs": 20000,
+//          "pictureTimeoutMs": 10000}
 // Result: {"state", "status", "message", "closeCode", "canvas": {x, y, width, height},
-//          "colours", "painted", "logs": [...], "error"}
+//          "colours", "painted", "reconnected", "logs": [...], "error"}
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -27,27 +29,32 @@ process.stdout.write(JSON.stringify({ ready: true }) + "\n");
 
 // canvasStats says how far the console canvas is drawn: distinct colours
 // (up to 64) and the share of pixels painted (a canvas starts transparent;
-// noVNC draws updates as they arrive), sampling about 20000 pixels. It runs
+// noVNC draws updates as they arrive), sampling about 20000 pixels. Given
+// want, it returns false until both exceed it (for waitForFunction). It runs
 // in the page, so it must not refer to anything outside itself.
-function canvasStats() {
+function canvasStats(want) {
     const canvas = document.querySelector("canvas");
-    if (!canvas || !canvas.width || !canvas.height) return { colours: 0, painted: 0 };
-    const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-    const step = Math.max(1, Math.floor(data.length / 4 / 20000)) * 4;
-    const seen = new Set();
-    let painted = 0, total = 0;
-    for (let i = 0; i < data.length; i += step, total++) {
-        if (data[i + 3] > 0) painted++;
-        if (seen.size < 64) seen.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+    let stats = { colours: 0, painted: 0 };
+    if (canvas && canvas.width && canvas.height) {
+        const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+        const step = Math.max(1, Math.floor(data.length / 4 / 20000)) * 4;
+        const seen = new Set();
+        let painted = 0, total = 0;
+        for (let i = 0; i < data.length; i += step, total++) {
+            if (data[i + 3] > 0) painted++;
+            if (seen.size < 64) seen.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+        }
+        stats = { colours: seen.size, painted: painted / total };
     }
-    return { colours: seen.size, painted: painted / total };
+    if (!want) return stats;
+    return stats.colours > want.colours && stats.painted > want.painted && stats;
 }
-const stats = "(" + canvasStats.toString() + ")()";
 
 async function runJob(job) {
     const timeout = job.timeoutMs || 20000;
     const page = await context.newPage();
     const result = { logs: [] };
+    let shot = false;
     page.on("console", (m) => result.logs.push(m.type() + ": " + m.text()));
     page.on("pageerror", (e) => result.logs.push("pageerror: " + e.message));
     try {
@@ -62,17 +69,33 @@ async function runJob(job) {
         }
         if (result.state === "connected" && job.expect === "connected") {
             // Wait for a picture: several colours, (nearly) the whole canvas drawn.
-            await page.waitForFunction(`${stats}.colours > 4 && ${stats}.painted > 0.95`, null, { timeout, polling: 100 })
+            await page.waitForFunction(canvasStats, { colours: 4, painted: 0.95 },
+                { timeout: job.pictureTimeoutMs || 10000, polling: 100 })
                 .catch(() => {}); // the Go side judges what was drawn
-            Object.assign(result, await page.evaluate(stats));
+            Object.assign(result, await page.evaluate(canvasStats));
             const canvas = page.locator("canvas").first();
             result.canvas = await canvas.boundingBox();
+            if (job.screenshot) {
+                await page.screenshot({ path: job.screenshot }); // the picture, before the actions
+                shot = true;
+            }
             if (job.typeKey) {
                 await canvas.click();
                 await page.keyboard.press(job.typeKey);
             }
             if (job.ctrlAltDel) {
                 await page.click("#ctrlaltdel");
+            }
+            if (job.paste) {
+                await page.click("#paste-toggle");
+                await page.fill("#clipboard", job.paste);
+                await page.click("#paste-send");
+            }
+            if (job.reconnect) {
+                const before = Number(await page.evaluate(() => document.body.dataset.connects));
+                await page.click("#reconnect");
+                await page.waitForFunction((n) => Number(document.body.dataset.connects) > n, before, { timeout });
+                result.reconnected = true;
             }
         }
         if (job.expect === "disconnected" && result.state !== "disconnected") {
@@ -82,7 +105,7 @@ async function runJob(job) {
         result.status = ((await page.textContent("#status")) || "").trim();
         result.message = ((await page.locator("#message").count()) ? (await page.textContent("#message")) || "" : "").trim();
         result.closeCode = await page.evaluate(() => document.body.dataset.closeCode || "");
-        if (job.screenshot) {
+        if (job.screenshot && !shot) {
             await page.screenshot({ path: job.screenshot });
         }
         // Let queued WebSocket messages (typed keys) leave before the page closes.

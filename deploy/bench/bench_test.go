@@ -1,0 +1,258 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+	"text/tabwriter"
+	"time"
+)
+
+// Targets (DESIGN.md, "Targets").
+const (
+	targetNoVNCVsBase   = 0.70                 // novnc-proxy throughput / plain relay
+	targetXVPVsBase     = 0.90                 // xvp-proxy throughput / plain relay
+	targetSetupP99      = 5 * time.Millisecond // novnc-proxy session setup p99
+	targetIdleKiB       = 64                   // resident memory per idle session
+	targetURLsPerSecond = 2000                 // GetConsoleURL against one embedded etcd
+	wantFileLimit       = 1 << 18              // open files for this process and the services
+)
+
+// BenchmarkConsoleStack runs every measurement of `make bench` once, each on
+// its own stack of services, and prints one table. Run it with -benchtime 1x.
+func BenchmarkConsoleStack(b *testing.B) {
+	limit, err := raiseFileLimit(wantFileLimit)
+	if err != nil {
+		b.Fatalf("open-file limit: %v", err)
+	}
+	rep := &report{started: time.Now(), fileLimit: limit}
+	b.Run("relay", func(b *testing.B) { rep.relay = benchRelay(b) })
+	b.Run("setup", func(b *testing.B) { rep.setup = benchSetup(b) })
+	b.Run("mint", func(b *testing.B) { rep.mint = benchMint(b) })
+	b.Run("idle-memory", func(b *testing.B) { rep.memory = benchIdleMemory(b, limit) })
+	rep.elapsed = time.Since(rep.started)
+	rep.print(os.Stdout)
+}
+
+// report is everything measured; a nil section was not measured (its
+// sub-benchmark failed and said why).
+type report struct {
+	started   time.Time
+	elapsed   time.Duration
+	fileLimit uint64
+	relay     *relayResult
+	setup     *setupResult
+	mint      *mintResult
+	memory    *memoryResult
+}
+
+// verdict says whether a target was met.
+func verdict(ok bool) string {
+	if ok {
+		return "ok"
+	}
+	return "MISSED"
+}
+
+func cpuModel() string {
+	raw, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "?"
+	}
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		if name, value, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(name) == "model name" {
+			return strings.TrimSpace(value)
+		}
+	}
+	return "?"
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/1e6) }
+
+func mib(kib int64) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }
+
+// thousands formats n with comma separators.
+func thousands(n int) string {
+	s := fmt.Sprint(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
+
+func (r *report) print(out io.Writer) {
+	var sb strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&sb, format, args...) }
+	table := func(write func(tw *tabwriter.Writer)) {
+		tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', 0)
+		write(tw)
+		tw.Flush()
+	}
+	rule := strings.Repeat("=", 110)
+
+	p("\n%s\nvncgate make bench: %s, %d CPUs (%s), %s %s/%s, took %s\n", rule,
+		r.started.UTC().Format("2006-01-02 15:04 UTC"), runtime.NumCPU(), cpuModel(), runtime.Version(), runtime.GOOS, runtime.GOARCH,
+		r.elapsed.Round(time.Second))
+	p("Services as separate processes on 127.0.0.1 (deploy/devstack); ratios are against baselines measured in this run.\n")
+	p("Open-file limit of this process and the services it starts: %d.\n", r.fileLimit)
+
+	p("\n1. Relay throughput, MB/s (10^6 B/s): median of %d interleaved rounds (%d-%d MiB each, a fresh session per round).\n",
+		relayRounds, minRoundBytes>>20, maxRoundBytes>>20)
+	if r.relay == nil {
+		p("   not measured: the relay sub-benchmark failed (see above) or -bench left it out.\n")
+	} else {
+		r.printRelay(p, table)
+	}
+
+	p("\n2. Session setup to the first RFB byte from the demo RFB server: %d sequential sessions per path, interleaved.\n", setupSessions)
+	if r.setup == nil {
+		p("   not measured: the setup sub-benchmark failed (see above) or -bench left it out.\n")
+	} else {
+		base := r.setup.paths[0]
+		table(func(tw *tabwriter.Writer) {
+			fmt.Fprintln(tw, "   path\tp50\tp99\tmax\tmean\tp50 vs base\tp99 vs base\ttarget\t")
+			for _, f := range r.setup.paths {
+				target := ""
+				if f.name == pathNoVNC {
+					target = fmt.Sprintf("p99 <= %v: %s", targetSetupP99, verdict(f.p99 <= targetSetupP99))
+				}
+				fmt.Fprintf(tw, "   %s\t%s\t%s\t%s\t%s\t%.1fx\t%.1fx\t%s\t\n", f.name, ms(f.p50), ms(f.p99), ms(f.max), ms(f.mean),
+					float64(f.p50)/float64(base.p50), float64(f.p99)/float64(base.p99), target)
+			}
+		})
+		p("   novnc-proxy: TCP connect, HTTP upgrade, CheckToken (consoleauth: etcd read + compute agent check), dial, first message.\n")
+		p("   xvp-proxy: TCP connect, CONNECT head, CheckToken, dial, 200, first byte. Baseline: TCP connect, dial, first byte.\n")
+	}
+
+	p("\n3. GetConsoleURL rate against the single embedded etcd: %d concurrent clients, median of %d rounds of %v.\n",
+		mintClients, mintRounds, mintRound)
+	if r.mint == nil {
+		p("   not measured: the mint sub-benchmark failed (see above) or -bench left it out.\n")
+	} else {
+		etcd := r.mint.find(mintEtcd)
+		table(func(tw *tabwriter.Writer) {
+			fmt.Fprintln(tw, "   way\tper second\t(rounds min-max)\tvs etcd txn\ttarget\t")
+			for _, f := range r.mint.ways {
+				rounds := append([]float64(nil), f.rounds...)
+				median(rounds)
+				target := ""
+				if f.name != mintEtcd {
+					target = fmt.Sprintf(">= %s/s: %s", thousands(targetURLsPerSecond), verdict(f.median >= targetURLsPerSecond))
+				}
+				fmt.Fprintf(tw, "   %s\t%.0f\t(%.0f-%.0f)\t%.2f\t%s\t\n", f.name, f.median, rounds[0], rounds[len(rounds)-1],
+					f.median/etcd.median, target)
+			}
+		})
+		p("   A mint: REST/gRPC edge, compute agent GetConsole (gRPC), one etcd txn (guarded put of the token record and its\n")
+		p("   instance index entry on a shared lease). The etcd row sends that txn straight from this process.\n")
+	}
+
+	p("\n4. Memory per idle session: growth of the proxy's VmRSS (/proc/PID/status) over a reading with no session (taken\n")
+	p("   after %d warm-up sessions), divided by the sessions. Each session exchanged RFB versions both ways, then idles;\n", idleWarmup)
+	p("   novnc clients answer the proxy's pings. Readings %v after the last session opened.\n", idleSettle)
+	if r.memory == nil {
+		p("   not measured: the idle-memory sub-benchmark failed (see above) or -bench left it out.\n")
+	} else {
+		r.printMemory(p, table)
+	}
+	p("%s\n", rule)
+	io.WriteString(out, sb.String())
+}
+
+func (r *report) printRelay(p func(string, ...any), table func(func(*tabwriter.Writer))) {
+	base := r.relay.find(pathBaseline)
+	targets := map[string]float64{pathNoVNC: targetNoVNCVsBase, pathXVP: targetXVPVsBase}
+	table(func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "   path\tserver->client\tvs base\t(rounds)\tclient->server\tvs base\t(rounds)\ttarget\t")
+		for _, f := range r.relay.paths {
+			if f.note != "" {
+				fmt.Fprintf(tw, "   %s\tnot measured: %s\t\t\t\t\t\t\t\n", f.name, f.note)
+				continue
+			}
+			fmt.Fprintf(tw, "   %s", f.name)
+			for _, dir := range []direction{down, up} {
+				rounds := append([]float64(nil), f.rounds[dir]...)
+				median(rounds) // sorts
+				fmt.Fprintf(tw, "\t%.0f\t%.2f\t(%.0f-%.0f)", f.medianMBps[dir], f.medianMBps[dir]/base.medianMBps[dir],
+					rounds[0], rounds[len(rounds)-1])
+			}
+			if t, ok := targets[f.name]; ok {
+				d, u := f.medianMBps[down]/base.medianMBps[down], f.medianMBps[up]/base.medianMBps[up]
+				fmt.Fprintf(tw, "\t>= %.2f both ways: %s", t, verdict(d >= t && u >= t))
+			} else {
+				fmt.Fprint(tw, "\t")
+			}
+			fmt.Fprintln(tw, "\t")
+		}
+	})
+	if n, w := r.relay.find(pathNoVNC), r.relay.find(pathWebsockify); n != nil && w != nil {
+		d, u := n.medianMBps[down]/w.medianMBps[down], n.medianMBps[up]/w.medianMBps[up]
+		p("   novnc-proxy / websockify: %.2fx server->client, %.2fx client->server; target ahead both ways: %s\n",
+			d, u, verdict(d > 1 && u > 1))
+	}
+	p("   CPU time per GB moved (ms per 10^9 B, all rounds); \"bench\" is this process: client, stream server (and the baseline relay).\n")
+	table(func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "   path\tserver->client: relay\tbench\tclient->server: relay\tbench\tround size\t")
+		for _, f := range r.relay.paths {
+			if f.note != "" {
+				continue
+			}
+			fmt.Fprintf(tw, "   %s", f.name)
+			for _, dir := range []direction{down, up} {
+				relay := fmt.Sprintf("%.0f", f.cpuPerGB(f.relayCPU[dir], dir))
+				if f.inProcess {
+					relay = "(in bench)"
+				}
+				fmt.Fprintf(tw, "\t%s\t%.0f", relay, f.cpuPerGB(f.benchCPU[dir], dir))
+			}
+			fmt.Fprintf(tw, "\t%d/%d MiB\t\n", f.roundBytes[down]>>20, f.roundBytes[up]>>20)
+		}
+	})
+	if r.relay.websockify != "" {
+		p("   %s (Debian package), run as `websockify ADDR TARGET`; its CPU includes the process it forks per connection.\n",
+			r.relay.websockify)
+	}
+	p("   Clients: coder/websocket sending %d KiB binary messages (masked, as browsers do) and reading with a %d KiB buffer;\n",
+		chunkBytes>>10, chunkBytes>>10)
+	p("   raw TCP for the baseline and xvp-proxy. The baseline relay is io.Copy both ways (the kernel splices).\n")
+}
+
+func (r *report) printMemory(p func(string, ...any), table func(func(*tabwriter.Writer))) {
+	table(func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "   proxy\tsessions\tVmRSS\tgrowth\tper session\tRssAnon per session\topen files\tfiles per session\tthreads\ttarget\t")
+		for _, f := range r.memory.proxies {
+			fmt.Fprintf(tw, "   %s\t0\t%s\t\t\t\t%d\t\t%d\t\t\n", f.name, mib(f.base.rssKiB), f.base.fds, f.base.threads)
+			for _, pt := range f.points {
+				per := perSessionKiB(f.base, pt)
+				anon := float64(pt.anonKiB-f.base.anonKiB) / float64(pt.sessions)
+				files := float64(pt.fds-f.base.fds) / float64(pt.sessions)
+				count := thousands(pt.sessions)
+				if pt.requested != 0 {
+					count += " (of " + thousands(pt.requested) + ")"
+				}
+				fmt.Fprintf(tw, "   %s\t%s\t%s\t%s\t%.1f KiB\t%.1f KiB\t%d\t%.1f\t%d\t<= %d KiB: %s\t\n", f.name, count,
+					mib(pt.rssKiB), mib(pt.rssKiB-f.base.rssKiB), per, anon, pt.fds, files, pt.threads, targetIdleKiB,
+					verdict(per <= targetIdleKiB))
+			}
+		}
+	})
+	for _, f := range r.memory.proxies {
+		if n := len(f.points); n > 0 {
+			p("   %s: open-file limit %d; %s sessions opened in %v, %d at a time.\n", f.name, f.fileLimit,
+				thousands(f.points[n-1].sessions), f.openTime.Round(100*time.Millisecond), idleWorkers)
+		}
+		for _, note := range f.notes {
+			p("   %s: NOT MEASURED at the full count: %s.\n", f.name, note)
+		}
+		if f.err != nil {
+			p("   %s: FAILED: %v\n", f.name, f.err)
+		}
+	}
+	if r.memory.fileLimit < wantFileLimit {
+		p("   This machine's hard open-file limit is %d and this process may not raise it (no CAP_SYS_RESOURCE):\n", r.memory.fileLimit)
+		p("   on a host allowing more (e.g. systemd LimitNOFILE=65536), the same run measures the full 10,000.\n")
+	}
+}

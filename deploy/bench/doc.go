@@ -1,0 +1,14 @@
+// Package bench holds vncgate's benchmarks, run by `make bench`: relay
+// throughput through novnc-proxy, xvp-proxy and websockify against a plain Go
+// TCP relay, session setup latency, memory per idle session at 1,000 and
+// 10,000 sessions, and the GetConsoleURL rate over REST and gRPC.
+//
+// Everything is measured in one run, on loopback, against the services
+// running as separate processes (deploy/devstack), and printed as one table
+// of absolute figures and of ratios against baselines measured in the same
+// run, so a shared, noisy machine moves both sides of a ratio alike. A missed
+// target is printed as MISSED, never failed: the benchmarks report figures,
+// the tests elsewhere judge behaviour. Only a broken set-up fails the run.
+//
+// The package has no exported API; the code lives in its test files.
+package bench

@@ -1,0 +1,151 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/vncgate/vncgate/deploy/devstack"
+)
+
+const (
+	setupSessions = 400 // measured sessions per path, one after another
+	setupWarmup   = 20  // unmeasured sessions per path first
+)
+
+// setupPath opens one session to the demo RFB server, returns once the
+// first RFB byte arrived, and closes it.
+type setupPath struct {
+	name    string
+	session func(ctx context.Context) (time.Duration, error)
+}
+
+// setupFigures are one path's session setup latencies.
+type setupFigures struct {
+	name          string
+	p50, p99, max time.Duration
+	mean          time.Duration
+}
+
+type setupResult struct {
+	sessions int
+	paths    []setupFigures // baseline first
+}
+
+// readVersion reads the RFB version through r and checks it.
+func readVersion(r io.Reader) error {
+	got := make([]byte, len(rfbVersion))
+	if _, err := io.ReadFull(r, got); err != nil {
+		return fmt.Errorf("first RFB bytes: %w", err)
+	}
+	if !bytes.Equal(got, rfbVersion) {
+		return fmt.Errorf("first RFB bytes: got %q, want %q", got, rfbVersion)
+	}
+	return nil
+}
+
+// benchSetup measures session setup to the first RFB byte, sequentially,
+// through novnc-proxy (upgrade, token check, dial), xvp-proxy (CONNECT,
+// token check, dial, 200) and the plain relay (connect, dial).
+func benchSetup(b *testing.B) *setupResult {
+	w := startStack(b)
+	base := startPlainRelay(b, w.DemoVNC)
+	wsURL, origin, err := novncTarget(consoleURL(b, w, devstack.DemoUUID, "novnc"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	xvpToken, err := devstack.TokenOf(consoleURL(b, w, devstack.DemoUUID, "xvpvnc"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	xvpAddr := w.Addr(w.Ports.XVP)
+
+	tcpSession := func(ctx context.Context, addr string, preamble func(net.Conn) error) (time.Duration, error) {
+		start := time.Now()
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if preamble != nil {
+			if err := preamble(c); err != nil {
+				return 0, err
+			}
+		}
+		if err := readVersion(c); err != nil {
+			return 0, err
+		}
+		return time.Since(start), nil
+	}
+	wsOpts := &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {origin}}}
+	paths := []setupPath{
+		{pathBaseline, func(ctx context.Context) (time.Duration, error) {
+			return tcpSession(ctx, base, nil)
+		}},
+		{pathNoVNC, func(ctx context.Context) (time.Duration, error) {
+			start := time.Now()
+			ws, _, err := websocket.Dial(ctx, wsURL, wsOpts)
+			if err != nil {
+				return 0, err
+			}
+			defer ws.CloseNow()
+			if err := readVersion(websocket.NetConn(ctx, ws, websocket.MessageBinary)); err != nil {
+				return 0, err
+			}
+			return time.Since(start), nil
+		}},
+		{pathXVP, func(ctx context.Context) (time.Duration, error) {
+			return tcpSession(ctx, xvpAddr, func(c net.Conn) error { return xvpConnect(c, xvpToken) })
+		}},
+	}
+
+	times := make([][]time.Duration, len(paths))
+	run := func(i int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		d, err := paths[i].session(ctx)
+		if err != nil {
+			b.Fatalf("%s: session: %v", paths[i].name, err)
+		}
+		times[i] = append(times[i], d)
+	}
+	for range setupWarmup {
+		for i := range paths {
+			run(i)
+		}
+	}
+	clear(times)
+	// Interleaved, so that noise falls on every path alike.
+	for range setupSessions {
+		for i := range paths {
+			run(i)
+		}
+	}
+
+	res := &setupResult{sessions: setupSessions}
+	for i, p := range paths {
+		ds := times[i]
+		slices.Sort(ds)
+		var sum time.Duration
+		for _, d := range ds {
+			sum += d
+		}
+		f := setupFigures{name: p.name, p50: percentile(ds, 50), p99: percentile(ds, 99), max: ds[len(ds)-1],
+			mean: sum / time.Duration(len(ds))}
+		res.paths = append(res.paths, f)
+		unit := map[string]string{pathBaseline: "base", pathNoVNC: "novnc", pathXVP: "xvp"}[p.name]
+		b.ReportMetric(float64(f.p50)/1e6, unit+"-p50-ms")
+		b.ReportMetric(float64(f.p99)/1e6, unit+"-p99-ms")
+	}
+	return res
+}

@@ -1,0 +1,645 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/vncgate/vncgate/pkg/rfb"
+	"github.com/vncgate/vncgate/services/novnc-proxy/internal/closecode"
+)
+
+func TestConsoleRelaysRFBBothWays(t *testing.T) {
+	checkNoLeak(t)
+	w := newWorld(t, nil)
+	nc, si := w.console(w.token())
+	if si.Width != 64 || si.Height != 48 {
+		t.Fatalf("got a %dx%d framebuffer, want 64x48", si.Width, si.Height)
+	}
+	if err := rfb.RequestUpdate(nc, si, false); err != nil {
+		t.Fatal(err)
+	}
+	up, err := rfb.ReadUpdate(nc, si)
+	if err != nil {
+		t.Fatalf("read update: %v", err)
+	}
+	if len(up.Rects) == 0 || up.Rects[0].DistinctColours() < 2 {
+		t.Fatalf("got update %d rects, want a test pattern of several colours", len(up.Rects))
+	}
+	if err := rfb.SendKey(nc, 0x61, true); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := w.vnc.WaitKey(ctx, 0x61); err != nil {
+		t.Fatalf("key 'a' did not reach the VNC server: %v", err)
+	}
+	if got := w.table.Len(); got != 1 {
+		t.Errorf("live sessions: got %d, want 1", got)
+	}
+	nc.Close()
+	waitFor(t, "the session to end", func() bool { return w.table.Len() == 0 && w.vnc.ActiveConns() == 0 })
+}
+
+func TestUpgradeOnAnyPathWithTokenFromQueryOrCookie(t *testing.T) {
+	w := newWorld(t, nil)
+	good := w.token()
+	for _, tc := range []struct {
+		name   string
+		url    string
+		cookie string
+	}{
+		{"root path", w.wsURL("/", good), ""},
+		{"websockify path", w.wsURL("/websockify", good), ""},
+		{"page path", w.wsURL("/vnc.html", good), ""},
+		{"last token wins", w.wsURL("/", "bad") + "&token=" + good, ""},
+		{"cookie", w.wsURL("/websockify", ""), "token=" + good},
+		{"empty query token falls back to cookie", w.wsURL("/", "") + "?token=", "token=" + good},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := w.dialOpts()
+			if tc.cookie != "" {
+				opts.HTTPHeader.Set("Cookie", tc.cookie)
+			}
+			c, _, err := w.dial(tc.url, opts)
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			nc := websocket.NetConn(context.Background(), c, websocket.MessageBinary)
+			nc.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := rfb.Handshake(nc); err != nil {
+				t.Fatalf("rfb handshake: %v", err)
+			}
+			nc.Close()
+		})
+	}
+}
+
+func TestSubprotocolNegotiation(t *testing.T) {
+	w := newWorld(t, nil)
+	for _, tc := range []struct {
+		name    string
+		offered []string
+		want    string // answered subprotocol; "400" for a refusal
+	}{
+		{"none offered, none answered (noVNC >= 1.2)", nil, ""},
+		{"binary offered", []string{"binary"}, "binary"},
+		{"binary among others", []string{"base64", "binary"}, "binary"},
+		{"base64 only", []string{"base64"}, "400"},
+		{"unknown only", []string{"chat"}, "400"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := w.dialOpts()
+			opts.Subprotocols = tc.offered
+			c, resp, err := w.dial(w.wsURL("/", w.token()), opts)
+			if tc.want == "400" {
+				if err == nil {
+					t.Fatalf("got an upgrade with subprotocol %q, want 400", c.Subprotocol())
+				}
+				wantJSONError(t, resp, http.StatusBadRequest)
+				return
+			}
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			if got := c.Subprotocol(); got != tc.want {
+				t.Errorf("got subprotocol %q, want %q", got, tc.want)
+			}
+			c.Close(websocket.StatusNormalClosure, "")
+		})
+	}
+}
+
+func TestRefusalsAfterUpgradeCarryACloseCode(t *testing.T) {
+	w := newWorld(t, nil)
+	closedPort := func() int32 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return int32(l.Addr().(*net.TCPAddr).Port)
+	}()
+	moved := w.token()
+	w.auth.SetMoved(moved)
+	for _, tc := range []struct {
+		name  string
+		token func() string
+		down  bool
+		want  closecode.Code
+	}{
+		{"unknown token", func() string { return "no-such-token" }, false, closecode.TokenInvalid},
+		{"no token", func() string { return "" }, false, closecode.TokenInvalid},
+		{"expired token", func() string {
+			tok := w.auth.Mint(w.instance, "novnc", w.vncHost, w.vncPort, time.Millisecond)
+			time.Sleep(5 * time.Millisecond)
+			return tok
+		}, false, closecode.TokenInvalid},
+		{"revoked token", func() string { tok := w.token(); w.auth.Revoke(tok); return tok }, false, closecode.TokenInvalid},
+		{"token of another console type", func() string {
+			return w.auth.Mint(w.instance, "xvpvnc", w.vncHost, w.vncPort, time.Minute)
+		}, false, closecode.WrongType},
+		{"console moved", func() string { return moved }, false, closecode.Moved},
+		{"vm unreachable", func() string {
+			return w.auth.Mint(w.instance, "novnc", "127.0.0.1", closedPort, time.Minute)
+		}, false, closecode.Unreachable},
+		{"consoleauth unavailable", func() string { return w.token() }, true, closecode.Unavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tok := tc.token()
+			w.auth.SetUnavailable(tc.down)
+			defer w.auth.SetUnavailable(false)
+			c, _, err := w.dial(w.wsURL("/websockify", tok), w.dialOpts())
+			if err != nil {
+				t.Fatalf("got %v, want an upgrade closed with %d", err, tc.want)
+			}
+			ce := closeOf(t, c)
+			if ce.Code != websocket.StatusCode(tc.want) {
+				t.Fatalf("got close %d %q, want %d", ce.Code, ce.Reason, tc.want)
+			}
+			if ce.Reason == "" || strings.Contains(ce.Reason, "127.0.0.1") {
+				t.Errorf("got reason %q, want a reason without internal addresses", ce.Reason)
+			}
+		})
+	}
+	if w.vnc.Accepted() != 0 {
+		t.Errorf("the VNC server got %d connections, want 0", w.vnc.Accepted())
+	}
+}
+
+func TestOriginCheck(t *testing.T) {
+	w := newWorld(t, func(c *worldConfig) {
+		c.allowedOrigins = []string{"dashboard.example.com"}
+		c.trusted = []string{"127.0.0.1"}
+	})
+	upper := strings.Replace(w.origin, "127.0.0.1", "127.0.0.1", 1)
+	for _, tc := range []struct {
+		name   string
+		origin string
+		proto  string // X-Forwarded-Proto
+		token  string // "" for a valid one
+		ok     bool
+	}{
+		{"no origin (not a browser)", "", "", "", true},
+		{"our page", w.origin, "", "", true},
+		{"host compared case-insensitively", "http://DASHBOARD.Example.com", "", "", true},
+		{"allowed origin", "http://dashboard.example.com:8443", "", "", true},
+		{"port does not matter", upper[:strings.LastIndex(upper, ":")] + ":1", "", "", true},
+		{"other site", "http://evil.example", "", "", false},
+		{"other site with a bad token is still 403", "http://evil.example", "", "bad", false},
+		{"https page over plain ws", "https://dashboard.example.com", "", "", false},
+		{"https page behind a TLS-terminating proxy", "https://dashboard.example.com", "https", "", true},
+		{"http page, proxy says https", "http://dashboard.example.com", "https", "", false},
+		{"opaque origin", "null", "", "", false},
+		{"origin without host", "http://", "", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := &websocket.DialOptions{HTTPHeader: http.Header{}}
+			if tc.origin != "" {
+				opts.HTTPHeader.Set("Origin", tc.origin)
+			}
+			if tc.proto != "" {
+				opts.HTTPHeader.Set("X-Forwarded-Proto", tc.proto)
+			}
+			tok := tc.token
+			if tok == "" {
+				tok = w.token()
+			}
+			c, resp, err := w.dial(w.wsURL("/", tok), opts)
+			if !tc.ok {
+				if err == nil {
+					t.Fatal("got an upgrade, want 403 before it")
+				}
+				wantJSONError(t, resp, http.StatusForbidden)
+				return
+			}
+			if err != nil {
+				t.Fatalf("got %v, want the console", err)
+			}
+			c.Close(websocket.StatusNormalClosure, "")
+		})
+	}
+}
+
+func TestForwardedProtoIgnoredFromUntrustedPeers(t *testing.T) {
+	w := newWorld(t, nil) // trusts nobody
+	opts := &websocket.DialOptions{HTTPHeader: http.Header{
+		"Origin":            {strings.Replace(w.origin, "http:", "https:", 1)},
+		"X-Forwarded-Proto": {"https"},
+	}}
+	_, resp, err := w.dial(w.wsURL("/", w.token()), opts)
+	if err == nil {
+		t.Fatal("got an upgrade, want 403: X-Forwarded-Proto from an untrusted peer")
+	}
+	wantJSONError(t, resp, http.StatusForbidden)
+}
+
+func TestHTTPGuards(t *testing.T) {
+	w := newWorld(t, nil)
+	addr := w.http.Listener.Addr().String()
+	for _, tc := range []struct {
+		name string
+		raw  string
+		want string
+	}{
+		{"open redirect guard", "GET //evil.example/ HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400 Bad Request"},
+		{"open redirect guard, backslash", "GET /\\evil.example/ HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400 Bad Request"},
+		{"open redirect guard, upgrade", "GET //evil.example/?token=x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", "HTTP/1.1 400 Bad Request"},
+		{"POST", "POST /vnc_lite.html HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", "HTTP/1.1 405 Method Not Allowed"},
+		{"PUT", "PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", "HTTP/1.1 405 Method Not Allowed"},
+		{"OPTIONS", "OPTIONS /vnc.html HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 405 Method Not Allowed"},
+		{"HEAD", "HEAD /vnc_lite.html HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200 OK"},
+		{"upgrade with HEAD", "HEAD /?token=x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", "HTTP/1.1 400 Bad Request"},
+		{"upgrade without key", "GET /?token=x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", "HTTP/1.1 400 Bad Request"},
+		{"upgrade of an old version", "GET /?token=x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", "HTTP/1.1 400 Bad Request"},
+		{"page", "GET /vnc_lite.html HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200 OK"},
+		{"health", "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200 OK"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := rawRequest(t, addr, []byte(tc.raw)); got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+	resp, err := http.Post(w.base+"/", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := resp.Header.Get("Allow"); got != "GET, HEAD" {
+		t.Errorf("Allow: got %q, want %q", got, "GET, HEAD")
+	}
+	wantJSONError(t, resp, http.StatusMethodNotAllowed)
+}
+
+func TestBadHandshakesAreClosedWhileSessionsGoOn(t *testing.T) {
+	w := newWorld(t, func(c *worldConfig) { c.headerTimeout = 300 * time.Millisecond })
+	nc, si := w.console(w.token())
+	addr := w.http.Listener.Addr().String()
+
+	huge := "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 256<<10) + "\r\n\r\n"
+	var wg sync.WaitGroup
+	for _, tc := range []struct {
+		name, raw, want string
+	}{
+		{"garbage", "\x16\x03\x01garbage\x00\xff\r\n\r\n", "HTTP/1.1 400 Bad Request"},
+		{"not http", "SSH-2.0-OpenSSH_9.6\r\n\r\n", "HTTP/1.1 400 Bad Request"},
+		{"oversized head", huge, "HTTP/1.1 431 Request Header Fields Too Large"},
+		{"never-ending head (slowloris)", "GET / HTTP/1.1\r\nHost: x\r\n", "closed: EOF"},
+	} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got := rawRequest(t, addr, []byte(tc.raw)); got != tc.want {
+				t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
+			}
+		}()
+	}
+	// The live session keeps working meanwhile.
+	for i := 0; i < 20; i++ {
+		if err := rfb.RequestUpdate(nc, si, false); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rfb.ReadUpdate(nc, si); err != nil {
+			t.Fatalf("update %d during bad handshakes: %v", i, err)
+		}
+	}
+	wg.Wait()
+	if err := rfb.RequestUpdate(nc, si, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rfb.ReadUpdate(nc, si); err != nil {
+		t.Fatalf("update after bad handshakes: %v", err)
+	}
+}
+
+func TestRepeatedBadTokensFromOneAddressAreThrottled(t *testing.T) {
+	w := newWorld(t, func(c *worldConfig) {
+		c.failLimit = 3
+		c.trusted = []string{"127.0.0.0/8"}
+	})
+	from := func(ip, token string) websocket.CloseError {
+		opts := w.dialOpts()
+		opts.HTTPHeader.Set("X-Forwarded-For", ip)
+		c, _, err := w.dial(w.wsURL("/", token), opts)
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		return closeOf(t, c)
+	}
+	for i := 0; i < 3; i++ {
+		if ce := from("192.0.2.1", "guess"); ce.Code != websocket.StatusCode(closecode.TokenInvalid) {
+			t.Fatalf("bad token %d: got close %d, want %d", i, ce.Code, closecode.TokenInvalid)
+		}
+	}
+	checks := w.auth.Checks()
+	for _, tok := range []string{"guess", w.token()} {
+		ce := from("192.0.2.1", tok)
+		if ce.Code != websocket.StatusCode(closecode.Throttled) || !strings.Contains(ce.Reason, "retry in") {
+			t.Fatalf("after 3 failures: got close %d %q, want %d with a retry time", ce.Code, ce.Reason, closecode.Throttled)
+		}
+	}
+	if got := w.auth.Checks(); got != checks {
+		t.Errorf("a throttled client reached consoleauth %d times, want 0", got-checks)
+	}
+	// Another client is not affected.
+	opts := w.dialOpts()
+	opts.HTTPHeader.Set("X-Forwarded-For", "192.0.2.2")
+	c, _, err := w.dial(w.wsURL("/", w.token()), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := websocket.NetConn(context.Background(), c, websocket.MessageBinary)
+	nc.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := rfb.Handshake(nc); err != nil {
+		t.Fatalf("another client's console: %v", err)
+	}
+}
+
+func TestMaxSessionsPerInstance(t *testing.T) {
+	w := newWorld(t, func(c *worldConfig) { c.maxPerInstance = 1 })
+	first, _ := w.console(w.token())
+	c, _, err := w.dial(w.wsURL("/", w.token()), w.dialOpts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ce := closeOf(t, c); ce.Code != websocket.StatusCode(closecode.Throttled) {
+		t.Fatalf("second session: got close %d %q, want %d", ce.Code, ce.Reason, closecode.Throttled)
+	}
+	other := w.auth.Mint("another-instance", "novnc", w.vncHost, w.vncPort, time.Minute)
+	w.console(other) // another instance is not capped
+	first.Close()
+	waitFor(t, "the first session to end", func() bool { return w.table.Len() == 1 })
+	w.console(w.token())
+}
+
+func TestSessionEndsWith(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		adjust func(*worldConfig)
+		act    func(w *world) // after the RFB handshake
+		want   closecode.Code
+		reason string
+	}{
+		{"revocation", nil, func(w *world) {
+			time.Sleep(5 * time.Millisecond)
+			w.table.EndInstance(w.instance, time.Now(), "the instance was stopped")
+		}, closecode.Revoked, "the instance was stopped"},
+		{"idle timeout", func(c *worldConfig) { c.opts.IdleTimeout = 300 * time.Millisecond }, nil, closecode.IdleTimeout, "idle"},
+		{"max session length", func(c *worldConfig) { c.opts.MaxSessionLength = 300 * time.Millisecond }, nil, closecode.SessionTooLong, "session longer"},
+		{"token expiry when enforced", func(c *worldConfig) { c.opts.EnforceSessionTimeout = true }, nil, closecode.TokenExpired, "expired"},
+		{"shutdown", nil, func(w *world) { w.srv.EndSessions() }, closecode.ShuttingDown, "shutting down"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, tc.adjust)
+			tok := w.token()
+			if tc.want == closecode.TokenExpired {
+				tok = w.auth.Mint(w.instance, "novnc", w.vncHost, w.vncPort, 700*time.Millisecond)
+			}
+			nc, _ := w.console(tok)
+			start := time.Now()
+			if tc.act != nil {
+				tc.act(w)
+			}
+			code, reason := closeCodeOfNetConn(t, nc)
+			if code != websocket.StatusCode(tc.want) || !strings.Contains(reason, tc.reason) {
+				t.Fatalf("got close %d %q, want %d with %q", code, reason, tc.want, tc.reason)
+			}
+			if took := time.Since(start); took > 2*time.Second {
+				t.Errorf("session took %s to end, want < 2s", took)
+			}
+			waitFor(t, "the VNC connection to close", func() bool { return w.vnc.ActiveConns() == 0 })
+		})
+	}
+}
+
+func TestIdleTimeoutSparesActiveSessions(t *testing.T) {
+	w := newWorld(t, func(c *worldConfig) { c.opts.IdleTimeout = 300 * time.Millisecond })
+	nc, si := w.console(w.token())
+	for end := time.Now().Add(time.Second); time.Now().Before(end); {
+		if err := rfb.RequestUpdate(nc, si, false); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rfb.ReadUpdate(nc, si); err != nil {
+			t.Fatalf("an active session was cut: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestPings(t *testing.T) {
+	w := newWorld(t, func(c *worldConfig) { c.opts.PingInterval = 50 * time.Millisecond })
+
+	// A client that never reads answers no ping: its session is ended.
+	if _, _, err := w.dial(w.wsURL("/", w.token()), w.dialOpts()); err != nil {
+		t.Fatal(err)
+	}
+
+	// A client that answers pings (it reads often) keeps its session.
+	var mu sync.Mutex
+	pings := 0
+	opts := w.dialOpts()
+	opts.OnPingReceived = func(context.Context, []byte) bool { mu.Lock(); pings++; mu.Unlock(); return true }
+	c, _, err := w.dial(w.wsURL("/", w.token()), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := websocket.NetConn(context.Background(), c, websocket.MessageBinary)
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	si, err := rfb.Handshake(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for w.table.Len() > 1 || time.Since(start) < 400*time.Millisecond {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("the session of a client that answers no ping was not ended")
+		}
+		if err := rfb.RequestUpdate(nc, si, false); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rfb.ReadUpdate(nc, si); err != nil {
+			t.Fatalf("the session of a client that answers pings was cut: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	mu.Lock()
+	got := pings
+	mu.Unlock()
+	if got < 3 {
+		t.Errorf("got %d pings in %s, want several at 50ms", got, time.Since(start))
+	}
+}
+
+func TestTextFramesAreRefused(t *testing.T) {
+	w := newWorld(t, nil)
+	c, _, err := w.dial(w.wsURL("/", w.token()), w.dialOpts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Write(ctx, websocket.MessageText, []byte("RFB 003.008\n")); err != nil {
+		t.Fatal(err)
+	}
+	if ce := closeOf(t, c); ce.Code != websocket.StatusUnsupportedData {
+		t.Fatalf("got close %d %q, want 1003", ce.Code, ce.Reason)
+	}
+}
+
+// echoServer is a VNC stand-in that echoes bytes, then closes when the
+// client half-closes.
+func echoServer(t *testing.T) (string, int32) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				io.Copy(c, c)
+				c.Close()
+			}()
+		}
+	}()
+	a := l.Addr().(*net.TCPAddr)
+	return "127.0.0.1", int32(a.Port)
+}
+
+func TestLargeTransfersArriveIntactWithBackPressure(t *testing.T) {
+	checkNoLeak(t)
+	w := newWorld(t, func(c *worldConfig) { c.opts.IdleTimeout = time.Minute })
+	host, port := echoServer(t)
+	tok := w.auth.Mint(w.instance, "novnc", host, port, time.Minute)
+	c, _, err := w.dial(w.wsURL("/", tok), w.dialOpts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	data := make([]byte, 8<<20)
+	rand.Read(data)
+	sent := make(chan error, 1)
+	go func() {
+		// Messages of many sizes, across the copy buffer's size.
+		sizes := []int{1, 7, 100, 4095, 32 << 10, 32<<10 + 1, 200 << 10}
+		for off, i := 0, 0; off < len(data); i++ {
+			n := min(sizes[i%len(sizes)], len(data)-off)
+			if err := c.Write(ctx, websocket.MessageBinary, data[off:off+n]); err != nil {
+				sent <- err
+				return
+			}
+			off += n
+		}
+		sent <- nil
+	}()
+	var got bytes.Buffer
+	for got.Len() < len(data) {
+		typ, b, err := c.Read(ctx)
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", got.Len(), err)
+		}
+		if typ != websocket.MessageBinary {
+			t.Fatalf("got a %v message, want binary", typ)
+		}
+		got.Write(b)
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Bytes(), data) {
+		t.Fatal("echoed bytes differ from those sent")
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+	waitFor(t, "the session to end", func() bool { return w.table.Len() == 0 })
+}
+
+func TestVNCServerClosingEndsTheSessionNormally(t *testing.T) {
+	w := newWorld(t, nil)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			c.Write([]byte("RFB 003.008\n"))
+			c.Close()
+		}
+	}()
+	tok := w.auth.Mint(w.instance, "novnc", "127.0.0.1", int32(l.Addr().(*net.TCPAddr).Port), time.Minute)
+	c, _, err := w.dial(w.wsURL("/", tok), w.dialOpts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, b, err := c.Read(ctx)
+	if err != nil || string(b) != "RFB 003.008\n" {
+		t.Fatalf("got %q, %v; want the server's greeting", b, err)
+	}
+	if ce := closeOf(t, c); ce.Code != websocket.StatusNormalClosure || !strings.Contains(ce.Reason, "VNC server closed") {
+		t.Fatalf("got close %d %q, want 1000 saying the VNC server closed", ce.Code, ce.Reason)
+	}
+}
+
+func TestDrain(t *testing.T) {
+	w := newWorld(t, nil)
+	nc, si := w.console(w.token())
+	w.srv.Drain()
+	resp, err := http.Get(w.base + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("healthz while draining: got %d, want 503", resp.StatusCode)
+	}
+	c, _, err := w.dial(w.wsURL("/", w.token()), w.dialOpts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ce := closeOf(t, c); ce.Code != websocket.StatusGoingAway {
+		t.Errorf("new console while draining: got close %d %q, want 1001", ce.Code, ce.Reason)
+	}
+	if err := rfb.RequestUpdate(nc, si, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rfb.ReadUpdate(nc, si); err != nil {
+		t.Fatalf("a live session was cut by draining: %v", err)
+	}
+}
+
+func TestCloseReasonFitsAFrame(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   string
+		want int
+	}{
+		{"short", "stopped", 7},
+		{"long ascii", strings.Repeat("a", 300), 123},
+		{"long multibyte cut at a rune", strings.Repeat("é", 100), 122},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := len(closeReason(tc.in)); got != tc.want {
+				t.Errorf("got %d bytes, want %d", got, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,115 @@
+package tlssniff
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// selfSigned returns a certificate for 127.0.0.1 and a pool trusting it.
+func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
+}
+
+func TestTLSAndPlainShareAPort(t *testing.T) {
+	cert, pool := selfSigned(t)
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := New(inner, &tls.Config{Certificates: []tls.Certificate{cert}}, 300*time.Millisecond)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS != nil {
+			io.WriteString(w, "tls")
+		} else {
+			io.WriteString(w, "plain")
+		}
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	addr := l.Addr().String()
+
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 5 * time.Second}
+	for _, tc := range []struct{ url, want string }{
+		{"https://" + addr + "/", "tls"},
+		{"http://" + addr + "/", "plain"},
+	} {
+		t.Run(tc.url, func(t *testing.T) {
+			resp, err := client.Get(tc.url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if string(b) != tc.want {
+				t.Errorf("got %q, want %q (request must know whether it came over TLS)", b, tc.want)
+			}
+		})
+	}
+
+	// A connection that says nothing is closed after the timeout, and does
+	// not hold up others.
+	silent, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	silent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := client.Get("http://" + addr + "/"); err != nil {
+		t.Fatalf("request beside a silent connection: %v", err)
+	}
+	start := time.Now()
+	if _, err := silent.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("silent connection: got %v, want EOF", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("silent connection closed after %s, want about 300ms", took)
+	}
+}
+
+func TestCloseEndsAccept(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := New(inner, &tls.Config{}, time.Second)
+	done := make(chan error, 1)
+	go func() { _, err := l.Accept(); done <- err }()
+	l.Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("got a connection, want an error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Accept did not return after Close")
+	}
+}

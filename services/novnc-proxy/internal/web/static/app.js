@@ -1,0 +1,148 @@
+// vncgate console page: noVNC's RFB class, plus the one thing Nova's page
+// never did: saying why a console failed. The proxy closes the WebSocket
+// with a code from its table (closecodes.js is generated from it); this page
+// turns the code into a sentence.
+import RFB from "../novnc/core/rfb.js";
+import { closeMessages } from "./closecodes.js";
+
+const $ = (id) => document.getElementById(id);
+const statusEl = $("status");
+const messageEl = $("message");
+
+// The token comes from ?path=%3Ftoken%3D… (Nova's URL for noVNC >= 1.1) or
+// from ?token=… (older Nova URLs).
+function tokenFromURL() {
+    const params = new URLSearchParams(location.search);
+    const path = params.get("path");
+    if (path) {
+        const q = path.includes("?") ? path.slice(path.indexOf("?") + 1) : path;
+        const t = new URLSearchParams(q).get("token");
+        if (t) return t;
+    }
+    return params.get("token") || "";
+}
+
+// Same host and path prefix as the page, ws or wss by the page's scheme.
+function webSocketURL(token) {
+    const u = new URL("websockify", location.href);
+    u.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    u.search = "?token=" + encodeURIComponent(token);
+    u.hash = "";
+    return u.href;
+}
+
+function setState(state, text) {
+    document.body.dataset.state = state;
+    statusEl.textContent = text;
+    $("ctrlaltdel").disabled = state !== "connected";
+    $("paste-send").disabled = state !== "connected";
+    $("reconnect").disabled = state === "connecting";
+}
+
+function showMessage(text) {
+    messageEl.textContent = text;
+    messageEl.hidden = !text;
+}
+
+// explain turns how the WebSocket closed into a sentence for the user.
+function explain(close) {
+    if (!close) return "The connection to the console was lost.";
+    const sentence = closeMessages[close.code];
+    if (sentence) {
+        if (close.code === 1000 && close.reason) return sentence + " (" + close.reason + ")";
+        if (close.code === 4410 && close.reason) return sentence + " Reason: " + close.reason + ".";
+        return sentence;
+    }
+    if (close.code === 1006) {
+        return close.opened
+            ? "The connection to the console proxy was lost."
+            : "The console proxy could not be reached or refused the connection.";
+    }
+    return "The console closed (code " + close.code + (close.reason ? ": " + close.reason : "") + ").";
+}
+
+let rfb = null;
+let lastClose = null;
+let desktopName = "";
+
+function connect() {
+    const token = tokenFromURL();
+    showMessage("");
+    if (!token) {
+        setState("disconnected", "Not connected");
+        document.body.dataset.closeCode = "4401";
+        showMessage("This page was opened without a console token. " + closeMessages[4401]);
+        return;
+    }
+    setState("connecting", "Connecting…");
+    delete document.body.dataset.closeCode;
+    lastClose = null;
+
+    // We open the WebSocket ourselves (no subprotocol, like noVNC >= 1.2)
+    // so that we can read its close code, which noVNC does not pass on.
+    const ws = new WebSocket(webSocketURL(token));
+    const close = { code: 0, reason: "", opened: false };
+    ws.addEventListener("open", () => { close.opened = true; });
+    ws.addEventListener("close", (e) => {
+        close.code = e.code;
+        close.reason = e.reason;
+        lastClose = close;
+    });
+
+    rfb = new RFB($("screen"), ws, { shared: true });
+    rfb.scaleViewport = $("scale").checked;
+    rfb.addEventListener("connect", () => {
+        // Counts connections (tests wait on it after Reconnect).
+        document.body.dataset.connects = String(Number(document.body.dataset.connects || 0) + 1);
+        setState("connected", desktopName ? "Connected to " + desktopName : "Connected");
+        rfb.focus();
+    });
+    rfb.addEventListener("desktopname", (e) => {
+        desktopName = e.detail.name;
+        document.title = desktopName + " – console";
+        if (document.body.dataset.state === "connected") statusEl.textContent = "Connected to " + desktopName;
+    });
+    rfb.addEventListener("disconnect", () => {
+        const c = lastClose;
+        if (c) document.body.dataset.closeCode = String(c.code);
+        setState("disconnected", "Disconnected");
+        showMessage(explain(c));
+        rfb = null;
+    });
+    rfb.addEventListener("securityfailure", (e) => {
+        showMessage("The server refused the console: " + (e.detail.reason || "security negotiation failed") + ".");
+    });
+    rfb.addEventListener("credentialsrequired", () => {
+        const password = window.prompt("The console asks for a password:");
+        if (password === null) rfb.disconnect();
+        else rfb.sendCredentials({ password });
+    });
+    rfb.addEventListener("clipboard", (e) => { $("clipboard").value = e.detail.text; });
+}
+
+$("ctrlaltdel").addEventListener("click", () => { if (rfb) { rfb.sendCtrlAltDel(); rfb.focus(); } });
+$("scale").addEventListener("change", (e) => { if (rfb) rfb.scaleViewport = e.target.checked; });
+$("fullscreen").addEventListener("click", () => {
+    if (document.fullscreenElement) document.exitFullscreen();
+    else document.documentElement.requestFullscreen().catch(() => showMessage("This browser refused full screen."));
+});
+$("paste-toggle").addEventListener("click", (e) => {
+    const panel = $("paste");
+    panel.hidden = !panel.hidden;
+    e.target.setAttribute("aria-expanded", String(!panel.hidden));
+});
+$("paste-send").addEventListener("click", () => {
+    if (rfb) { rfb.clipboardPasteFrom($("clipboard").value); rfb.focus(); }
+});
+$("reconnect").addEventListener("click", () => {
+    if (rfb) {
+        const old = rfb;
+        rfb = null;
+        old.addEventListener("disconnect", () => setTimeout(connect, 0));
+        old.disconnect();
+        return;
+    }
+    connect();
+});
+
+connect();

@@ -1,0 +1,197 @@
+package web
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/vncgate/vncgate/services/novnc-proxy/internal/closecode"
+)
+
+// fakeNoVNC makes a directory shaped like the @novnc/novnc package.
+func fakeNoVNC(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"core/rfb.js":                     "export default class RFB {}\n",
+		"vendor/pako/lib/zlib/inflate.js": "export {}\n",
+		"package.json":                    "{}\n",
+	} {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func get(t *testing.T, h http.Handler, target string) *http.Response {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, target, nil))
+	return rec.Result()
+}
+
+func TestConsolePage(t *testing.T) {
+	h, err := New(Options{NoVNCDir: fakeNoVNC(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, target string
+		status       int
+		location     string
+		contains     string
+	}{
+		{"lite page", "/vnc_lite.html?path=%3Ftoken%3Dabc", 200, "", `src="vncgate/app.js"`},
+		{"full page name", "/vnc.html?token=abc", 200, "", `id="screen"`},
+		{"auto page redirects, keeping the query", "/vnc_auto.html?token=abc", 302, "vnc_lite.html?token=abc", ""},
+		{"root redirects", "/", 302, "vnc_lite.html", ""},
+		{"script", "/vncgate/app.js", 200, "", "new RFB("},
+		{"style", "/vncgate/app.css", 200, "", "#screen"},
+		{"close codes", "/vncgate/closecodes.js", 200, "", "export const closeMessages"},
+		{"noVNC library", "/novnc/core/rfb.js", 200, "", "class RFB"},
+		{"no directory listing", "/novnc/core/", 404, "", ""},
+		{"no traversal", "/novnc/../web.go", 404, "", ""},
+		{"unknown", "/nope", 404, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := get(t, h, tc.target)
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.status {
+				t.Fatalf("got %d, want %d", resp.StatusCode, tc.status)
+			}
+			if got := resp.Header.Get("Location"); got != tc.location {
+				t.Errorf("Location: got %q, want %q", got, tc.location)
+			}
+			if !strings.Contains(string(body), tc.contains) {
+				t.Errorf("body does not contain %q", tc.contains)
+			}
+			if got := resp.Header.Get("Referrer-Policy"); got != "no-referrer" {
+				t.Errorf("Referrer-Policy: got %q, want no-referrer (the token is in the URL)", got)
+			}
+		})
+	}
+	resp := get(t, h, "/vnc_lite.html")
+	if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "connect-src 'self'") {
+		t.Errorf("CSP: got %q, want connect-src 'self'", csp)
+	}
+	if xfo := resp.Header.Get("X-Frame-Options"); xfo != "" {
+		t.Errorf("X-Frame-Options: got %q, want none (dashboards embed consoles)", xfo)
+	}
+}
+
+// TestPageImportsResolve follows the page's script and its imports as a
+// browser would, so a moved file cannot break the page unnoticed.
+func TestPageImportsResolve(t *testing.T) {
+	h, err := New(Options{NoVNCDir: fakeNoVNC(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(get(t, h, "/vnc_lite.html").Body)
+	base, _ := url.Parse("http://proxy/vnc_lite.html")
+	refs := regexp.MustCompile(`(?:src|href)="([^"]+)"`).FindAllStringSubmatch(string(page), -1)
+	if len(refs) < 2 {
+		t.Fatalf("got %d references in the page, want the script and the style", len(refs))
+	}
+	for _, ref := range refs {
+		u := base.ResolveReference(mustURL(t, ref[1]))
+		if resp := get(t, h, u.Path); resp.StatusCode != 200 {
+			t.Errorf("page references %s: got %d", u.Path, resp.StatusCode)
+		}
+		if !strings.HasSuffix(u.Path, ".js") {
+			continue
+		}
+		script, _ := io.ReadAll(get(t, h, u.Path).Body)
+		for _, imp := range regexp.MustCompile(`(?m)^import .* from "([^"]+)";`).FindAllStringSubmatch(string(script), -1) {
+			iu := u.ResolveReference(mustURL(t, imp[1]))
+			if resp := get(t, h, iu.Path); resp.StatusCode != 200 {
+				t.Errorf("%s imports %s: got %d", u.Path, iu.Path, resp.StatusCode)
+			}
+		}
+	}
+}
+
+func mustURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func TestCloseCodesScriptHasEverySentence(t *testing.T) {
+	h, err := New(Options{NoVNCDir: fakeNoVNC(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(get(t, h, "/vncgate/closecodes.js").Body)
+	for _, e := range closecode.All() {
+		if !strings.Contains(string(body), e.Sentence) {
+			t.Errorf("closecodes.js lacks the sentence of %d", e.Code)
+		}
+	}
+}
+
+func TestWebDirServesAnotherNoVNC(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"vnc.html", "vnc_lite.html", "app/ui.js"} {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		os.WriteFile(p, []byte("noVNC "+name), 0o644)
+	}
+	h, err := New(Options{WebDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		target   string
+		status   int
+		location string
+	}{
+		{"/vnc.html?path=%3Ftoken%3Dabc", 200, ""},
+		{"/vnc_lite.html", 200, ""},
+		{"/app/ui.js", 200, ""},
+		{"/vnc_auto.html?token=abc", 302, "vnc_lite.html?token=abc"},
+		{"/app/", 404, ""},
+	} {
+		t.Run(tc.target, func(t *testing.T) {
+			resp := get(t, h, tc.target)
+			if resp.StatusCode != tc.status || resp.Header.Get("Location") != tc.location {
+				t.Fatalf("got %d %q, want %d %q", resp.StatusCode, resp.Header.Get("Location"), tc.status, tc.location)
+			}
+		})
+	}
+}
+
+func TestMissingLibraryIsAClearError(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"no noVNC", Options{NoVNCDir: t.TempDir()}, "npm ci"},
+		{"no web dir", Options{WebDir: filepath.Join(t.TempDir(), "nope")}, "not a readable directory"},
+		{"nothing", Options{}, "no noVNC"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(tc.opts)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error saying %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := FindNoVNC([]string{t.TempDir()}); err == nil || !strings.Contains(err.Error(), "npm ci") {
+		t.Errorf("FindNoVNC: got %v, want an error saying npm ci", err)
+	}
+}

@@ -1,0 +1,211 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/vncgate/vncgate/pkg/backend"
+	"github.com/vncgate/vncgate/pkg/failban"
+	"github.com/vncgate/vncgate/pkg/registry"
+	"github.com/vncgate/vncgate/pkg/revocation"
+	"github.com/vncgate/vncgate/pkg/sessions"
+	"github.com/vncgate/vncgate/pkg/tokencheck"
+	"github.com/vncgate/vncgate/services/novnc-proxy/internal/forwarded"
+	"github.com/vncgate/vncgate/services/novnc-proxy/internal/origin"
+	"github.com/vncgate/vncgate/services/novnc-proxy/internal/proxy"
+	"github.com/vncgate/vncgate/services/novnc-proxy/internal/tlssniff"
+	"github.com/vncgate/vncgate/services/novnc-proxy/internal/web"
+)
+
+const (
+	// maxHeaderBytes caps a request head (Go adds 4 KiB of slack).
+	maxHeaderBytes = 32 << 10
+	// pageWriteTimeout bounds writing a page response; sessions clear it.
+	pageWriteTimeout = time.Minute
+	// endGrace is how long ended sessions get for their close handshakes.
+	endGrace = 10 * time.Second
+)
+
+// run serves until ctx ends, then shuts down in two phases: readiness goes
+// red and the port closes; live sessions get cfg.DrainTimeout to end, then
+// are closed with 1001 "proxy shutting down". listening, if not nil, is told
+// the bound address once the port is open.
+func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.Addr)) error {
+	pages, pagesFrom, err := webHandler(cfg)
+	if err != nil {
+		return err
+	}
+	policy, err := origin.NewPolicy(cfg.BaseURL, cfg.AllowedOrigins)
+	if err != nil {
+		return err
+	}
+	trust, err := forwarded.ParseTrust(cfg.TrustedProxies)
+	if err != nil {
+		return err
+	}
+	publicTLS, err := publicTLSConfig(cfg)
+	if err != nil {
+		return err
+	}
+	grpcTLS, err := cfg.GRPC.Client()
+	if err != nil {
+		return fmt.Errorf("grpc tls: %w", err)
+	}
+	conn, err := tokencheck.Dial(cfg.ConsoleAuthAddress, grpcTLS)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+
+	table := sessions.NewTable(cfg.MaxSessionsPerInstance)
+	px := proxy.New(proxy.Options{
+		Checker:               tokencheck.New(conn, cfg.HandshakeTimeout),
+		Dialer:                backend.Dialer{Timeout: cfg.DialTimeout},
+		Origin:                policy,
+		Trust:                 trust,
+		Sessions:              table,
+		FailBan:               failban.New(cfg.FailedTokenLimit, cfg.FailedTokenWindow),
+		Web:                   pages,
+		Log:                   log,
+		HandshakeTimeout:      cfg.HandshakeTimeout,
+		PingInterval:          cfg.PingInterval,
+		IdleTimeout:           cfg.IdleTimeout,
+		MaxSessionLength:      cfg.MaxSessionLength,
+		EnforceSessionTimeout: cfg.EnforceSessionTimeout,
+	})
+
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	if len(cfg.EtcdEndpoints) > 0 {
+		cli, err := etcdClient(cfg)
+		if err != nil {
+			return err
+		}
+		defer cli.Close()
+		go revocation.Watch(watchCtx, cli, log, func(uuid string, r registry.Revocation) {
+			if n := table.EndInstance(uuid, r.RevokedAt, r.Reason); n > 0 {
+				log.Info("sessions revoked", "instance", uuid, "sessions", n, "reason", r.Reason)
+			}
+		})
+	}
+
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+	if err != nil {
+		return err
+	}
+	scheme := "http"
+	switch {
+	case publicTLS != nil && cfg.SSLOnly:
+		ln, scheme = tls.NewListener(ln, publicTLS), "https"
+	case publicTLS != nil:
+		ln, scheme = tlssniff.New(ln, publicTLS, cfg.HandshakeTimeout), "https+http"
+	}
+	srv := &http.Server{
+		Handler:           px,
+		ReadHeaderTimeout: cfg.HandshakeTimeout,
+		WriteTimeout:      pageWriteTimeout,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("novnc-proxy listening", "addr", ln.Addr().String(), "scheme", scheme,
+		"base_url", cfg.BaseURL, "pages", pagesFrom, "consoleauth", cfg.ConsoleAuthAddress, "revocation_watch", len(cfg.EtcdEndpoints) > 0)
+	if listening != nil {
+		listening(ln.Addr())
+	}
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+
+	// Phase 1: readiness red, stop accepting, let sessions finish.
+	px.Drain()
+	log.Info("shutting down: draining", "sessions", table.Len(), "drain_timeout", cfg.DrainTimeout)
+	if cfg.ShutdownDelay > 0 {
+		time.Sleep(cfg.ShutdownDelay)
+	}
+	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+	defer cancel()
+	if err := srv.Shutdown(drainCtx); err != nil {
+		srv.Close()
+	}
+	if table.Wait(drainCtx) == nil {
+		log.Info("shut down: all sessions ended")
+		return nil
+	}
+	// Phase 2: end what is left.
+	log.Info("shutting down: ending sessions", "sessions", table.Len())
+	px.EndSessions()
+	graceCtx, cancelGrace := context.WithTimeout(context.Background(), endGrace)
+	defer cancelGrace()
+	if err := table.Wait(graceCtx); err != nil {
+		return fmt.Errorf("%d sessions did not end: %w", table.Len(), err)
+	}
+	log.Info("shut down: sessions ended")
+	return nil
+}
+
+// webHandler serves the console page, or cfg.Web; it also says which
+// folder the browser code comes from.
+func webHandler(cfg Config) (http.Handler, string, error) {
+	if cfg.Web != "" {
+		h, err := web.New(web.Options{WebDir: cfg.Web})
+		return h, "web=" + cfg.Web, err
+	}
+	dir := cfg.NoVNCDir
+	if dir == "" {
+		var err error
+		if dir, err = web.FindNoVNC(noVNCCandidates()); err != nil {
+			return nil, "", err
+		}
+	}
+	h, err := web.New(web.Options{NoVNCDir: dir})
+	return h, "novnc_core_dir=" + dir, err
+}
+
+func publicTLSConfig(cfg Config) (*tls.Config, error) {
+	if cfg.Cert == "" {
+		return nil, nil
+	}
+	min, err := tlsMinVersion(cfg.SSLMinimumVersion)
+	if err != nil {
+		return nil, err
+	}
+	pair, err := tls.LoadX509KeyPair(cfg.Cert, cfg.Key)
+	if err != nil {
+		return nil, fmt.Errorf("cert/key: %w", err)
+	}
+	// HTTP/1.1 only: WebSocket upgrades are HTTP/1.1.
+	return &tls.Config{MinVersion: min, Certificates: []tls.Certificate{pair}, NextProtos: []string{"http/1.1"}}, nil
+}
+
+func etcdClient(cfg Config) (*clientv3.Client, error) {
+	tlsCfg, err := cfg.Etcd.Client()
+	if err != nil {
+		return nil, fmt.Errorf("etcd tls: %w", err)
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.EtcdEndpoints,
+		TLS:         tlsCfg,
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, errors.Join(errors.New("etcd client"), err)
+	}
+	return cli, nil
+}

@@ -1,0 +1,524 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/vncgate/vncgate/pkg/failban"
+	"github.com/vncgate/vncgate/pkg/registry"
+	"github.com/vncgate/vncgate/pkg/sessions"
+)
+
+func TestSessionRelaysBothWaysWithHalfClose(t *testing.T) {
+	w := newWorld(t)
+	w.auth.add("tok", "inst-1", echoServer(t))
+	for _, req := range []string{
+		"CONNECT /console?token=tok HTTP/1.0\r\n\r\n",
+		"CONNECT /console?token=tok HTTP/1.1\r\nHost: proxy:6081\r\nUser-Agent: Java\r\n\r\n",
+		"GET /console?token=tok HTTP/1.1\r\n\r\n",
+		"CONNECT http://proxy:6081/console?token=tok HTTP/1.1\r\n\r\n",
+	} {
+		t.Run(strings.Fields(req)[0]+" "+strings.Fields(req)[2], func(t *testing.T) {
+			c := w.dial(t)
+			io.WriteString(c, req)
+			br := bufio.NewReader(c)
+			got := make([]byte, len(replyOK))
+			if _, err := io.ReadFull(br, got); err != nil || string(got) != golden(t, "ok") {
+				t.Fatalf("answer: got %q (%v), want exactly %q", got, err, golden(t, "ok"))
+			}
+			echo(t, c, br, "RFB 003.008\n")
+			// Half-close: the echo of bytes sent before CloseWrite still
+			// arrives, then EOF.
+			io.WriteString(c, "last words")
+			c.CloseWrite()
+			if rest := readAnswer(t, br); rest != "last words" {
+				t.Fatalf("after half-close: got %q, want %q then EOF", rest, "last words")
+			}
+		})
+	}
+	w.waitSessions(t, 0)
+}
+
+// TestBadInputWhileOthersAreServed sends every kind of bad request at once
+// while a live session keeps echoing, and checks each answer byte for byte.
+func TestBadInputWhileOthersAreServed(t *testing.T) {
+	w := newWorld(t, func(c *Config) { c.HandshakeTimeout = 2 * time.Second })
+	echoAddr := echoServer(t)
+	w.auth.add("good", "inst-1", echoAddr)
+	w.auth.add("canary", "inst-0", echoAddr)
+	w.auth.addType("novnc-token", "inst-1", echoAddr, "novnc")
+	w.auth.fail("moved", codes.FailedPrecondition)
+	w.auth.fail("down", codes.Unavailable)
+	dead := listen(t)
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	w.auth.add("dead-vnc", "inst-2", deadAddr)
+
+	// The canary: one session that must keep working throughout.
+	canary, canaryR := w.session(t, "canary")
+	stopCanary := make(chan struct{})
+	canaryErr := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 5)
+		for i := 0; ; i++ {
+			select {
+			case <-stopCanary:
+				canaryErr <- nil
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			msg := fmt.Sprintf("%05d", i%100000)
+			if _, err := io.WriteString(canary, msg); err != nil {
+				canaryErr <- err
+				return
+			}
+			if _, err := io.ReadFull(canaryR, buf); err != nil || string(buf) != msg {
+				canaryErr <- fmt.Errorf("canary echo %d: got %q (%v), want %q", i, buf, err, msg)
+				return
+			}
+		}
+	}()
+
+	type exchange func(t *testing.T, c *net.TCPConn) // sends the request
+	send := func(s string) exchange {
+		return func(t *testing.T, c *net.TCPConn) {
+			if _, err := io.WriteString(c, s); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	tests := []struct {
+		name string
+		send exchange
+		want string // golden reply name; "" means a close with no answer
+		then func(t *testing.T, c *net.TCPConn, r *bufio.Reader)
+	}{
+		{name: "no token", send: send("CONNECT /console HTTP/1.1\r\n\r\n"), want: "no-token"},
+		{name: "empty token", send: send("CONNECT /console?token= HTTP/1.1\r\n\r\n"), want: "no-token"},
+		{name: "garbage bytes", send: send("\x00\xff\x13\x37 garbage \x01\x02\r\n\r\n"), want: "malformed"},
+		{name: "tls client hello on the plain port", send: send("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"), want: "malformed"},
+		{name: "http/2 preface", send: send("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), want: "malformed"},
+		{name: "5 KiB head", send: send("CONNECT /console?token=good HTTP/1.1\r\nX-Pad: " + strings.Repeat("p", 5<<10) + "\r\n\r\n"), want: "too-long"},
+		{name: "head with no empty line before EOF", send: func(t *testing.T, c *net.TCPConn) {
+			io.WriteString(c, "CONNECT /console?token=good HTTP/1.1\r\nHost: proxy\r\n")
+			c.CloseWrite()
+		}, want: "incomplete"},
+		{name: "one byte per second", send: func(t *testing.T, c *net.TCPConn) {
+			go func() { // stops when the proxy closes; never fails the test itself
+				for _, b := range []byte("CONNECT /console?token=good HTTP/1.1\r\n\r\n") {
+					if _, err := c.Write([]byte{b}); err != nil {
+						return
+					}
+					time.Sleep(time.Second)
+				}
+			}()
+		}, want: "timeout"},
+		{name: "connect and say nothing", send: func(*testing.T, *net.TCPConn) {}, want: "timeout"},
+		{name: "connect and close at once", send: func(t *testing.T, c *net.TCPConn) { c.CloseWrite() }, want: ""},
+		{name: "unknown token", send: send("CONNECT /console?token=nope HTTP/1.1\r\n\r\n"), want: "invalid-token"},
+		{name: "token of another console type", send: send("CONNECT /console?token=novnc-token HTTP/1.1\r\n\r\n"), want: "invalid-token"},
+		{name: "console moved", send: send("CONNECT /console?token=moved HTTP/1.1\r\n\r\n"), want: "moved"},
+		{name: "consoleauth unavailable", send: send("CONNECT /console?token=down HTTP/1.1\r\n\r\n"), want: "unavailable"},
+		{name: "vnc server unreachable", send: send("CONNECT /console?token=dead-vnc HTTP/1.1\r\n\r\n"), want: "bad-gateway"},
+		{name: "POST", send: send("POST /console?token=good HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), want: "method"},
+		{name: "HEAD", send: send("HEAD /console?token=good HTTP/1.1\r\n\r\n"), want: "method"},
+		{name: "PUT", send: send("PUT /console?token=good HTTP/1.0\r\n\r\n"), want: "method"},
+		{name: "DELETE", send: send("DELETE /console?token=good HTTP/1.1\r\n\r\n"), want: "method"},
+		{name: "OPTIONS", send: send("OPTIONS * HTTP/1.1\r\n\r\n"), want: "method"},
+		{name: "lower-case connect", send: send("connect /console?token=good HTTP/1.1\r\n\r\n"), want: "malformed"},
+		{name: "head split over many packets", send: func(t *testing.T, c *net.TCPConn) {
+			c.SetNoDelay(true)
+			for _, b := range []byte("CONNECT /console?token=good HTTP/1.1\r\nHost: proxy\r\n\r\n") {
+				if _, err := c.Write([]byte{b}); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		}, want: "ok", then: func(t *testing.T, c *net.TCPConn, r *bufio.Reader) {
+			echo(t, c, r, "split head works")
+		}},
+		{name: "RFB bytes pipelined after the head", send: send("CONNECT /console?token=good HTTP/1.1\r\n\r\nRFB 003.008\n\x01"), want: "ok",
+			then: func(t *testing.T, c *net.TCPConn, r *bufio.Reader) {
+				got := make([]byte, 13) // the echo server proves the VNC side got them
+				if _, err := io.ReadFull(r, got); err != nil || string(got) != "RFB 003.008\n\x01" {
+					t.Fatalf("pipelined bytes: got %q (%v), want them echoed", got, err)
+				}
+			}},
+	}
+	t.Run("group", func(t *testing.T) {
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				c := w.dial(t)
+				start := time.Now()
+				tc.send(t, c)
+				br := bufio.NewReader(c)
+				if tc.want == "ok" {
+					got := make([]byte, len(replyOK))
+					if _, err := io.ReadFull(br, got); err != nil || string(got) != golden(t, "ok") {
+						t.Fatalf("answer: got %q (%v), want %q", got, err, golden(t, "ok"))
+					}
+					tc.then(t, c, br)
+					return
+				}
+				want := ""
+				if tc.want != "" {
+					want = golden(t, tc.want)
+				}
+				if got := readAnswer(t, br); got != want {
+					t.Fatalf("answer: got %q, want %q and a close", got, want)
+				}
+				if d := time.Since(start); tc.want != "timeout" && d > time.Second {
+					t.Errorf("answered after %v, want at once", d)
+				}
+			})
+		}
+	})
+
+	close(stopCanary)
+	if err := <-canaryErr; err != nil {
+		t.Fatalf("the live session broke while bad clients were refused: %v", err)
+	}
+	echo(t, canary, canaryR, "still here")
+}
+
+func TestInternalAccessPath(t *testing.T) {
+	// backendWith answers the CONNECT from the proxy with reply, then echoes.
+	backendWith := func(t *testing.T, reply string, heads chan<- string) string {
+		return serveConns(t, func(c net.Conn) {
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			br := bufio.NewReader(c)
+			var head strings.Builder
+			for {
+				line, err := br.ReadString('\n')
+				head.WriteString(line)
+				if err != nil || line == "\r\n" {
+					break
+				}
+			}
+			heads <- head.String()
+			io.WriteString(c, reply)
+			io.Copy(c, br)
+		})
+	}
+	tests := []struct {
+		name, reply, want string
+	}{
+		{"back end answers 200", "HTTP/1.1 200 OK\r\nX-Extra: y\r\n\r\nRFB 003.008\n", "ok"},
+		{"back end answers 403", "HTTP/1.1 403 Forbidden\r\n\r\n", "bad-gateway"},
+		{"back end answers 200 in the wrong place", "HTTP/1.1 403 Forbidden 200\r\n\r\n", "bad-gateway"},
+		{"back end speaks RFB instead", "RFB 003.008\n\r\n", "bad-gateway"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t)
+			heads := make(chan string, 1)
+			w.auth.addPath("tok", "inst-1", backendWith(t, tc.reply, heads), "/vnc?instance=inst-1")
+			c := w.dial(t)
+			io.WriteString(c, "CONNECT /console?token=tok HTTP/1.1\r\n\r\n")
+			br := bufio.NewReader(c)
+			if got := <-heads; got != "CONNECT /vnc?instance=inst-1 HTTP/1.1\r\n\r\n" {
+				t.Errorf("back end got %q, want the internal CONNECT", got)
+			}
+			if tc.want != "ok" {
+				if got := readAnswer(t, br); got != golden(t, tc.want) {
+					t.Fatalf("answer: got %q, want %q", got, golden(t, tc.want))
+				}
+				return
+			}
+			got := make([]byte, len(replyOK)+12)
+			if _, err := io.ReadFull(br, got); err != nil || string(got) != "HTTP/1.1 200 OK\r\n\r\nRFB 003.008\n" {
+				t.Fatalf("got %q (%v), want the 200 then the back end's first bytes", got, err)
+			}
+			echo(t, c, br, "through the internal path")
+		})
+	}
+}
+
+func TestFailedTokensAreThrottledPerIP(t *testing.T) {
+	w := newWorld(t, func(c *Config) { c.Limiter = failban.New(3, time.Minute) })
+	w.auth.add("good", "inst-1", echoServer(t))
+	request := func(target string) string {
+		t.Helper()
+		c := w.dial(t)
+		io.WriteString(c, "CONNECT "+target+" HTTP/1.1\r\n\r\n")
+		return readAnswer(t, c)
+	}
+	for range 5 { // requests without a token guess nothing: not counted
+		if got := request("/console"); got != golden(t, "no-token") {
+			t.Fatalf("got %q, want no-token", got)
+		}
+	}
+	for i := range 3 {
+		if got := request(fmt.Sprintf("/console?token=guess-%d", i)); got != golden(t, "invalid-token") {
+			t.Fatalf("guess %d: got %q, want invalid-token", i, got)
+		}
+	}
+	retry := regexp.MustCompile(`^HTTP/1\.1 429 Too Many Requests\r\nRetry-After: (5[0-9]|60)\r\n`)
+	for _, target := range []string{"/console?token=guess-4", "/console?token=good"} {
+		got := request(target)
+		if !retry.MatchString(got) || !strings.HasSuffix(got, "\r\n\r\ntoo many failed console tokens from this address: retry later\n") {
+			t.Fatalf("%s after 3 failures: got %q, want 429 with Retry-After of about 60", target, got)
+		}
+	}
+	if !strings.Contains(w.logs.String(), "too many failed tokens") {
+		t.Errorf("no log line for the throttled client")
+	}
+}
+
+func TestMaxSessionsPerInstance(t *testing.T) {
+	w := newWorld(t, func(c *Config) { c.Sessions = sessions.NewTable(1) })
+	echoAddr := echoServer(t)
+	w.auth.add("a", "inst-1", echoAddr)
+	w.auth.add("b", "inst-2", echoAddr)
+	first, _ := w.session(t, "a")
+	c := w.dial(t)
+	io.WriteString(c, "CONNECT /console?token=a HTTP/1.1\r\n\r\n")
+	if got := readAnswer(t, c); got != golden(t, "too-many") {
+		t.Fatalf("second session: got %q, want too-many", got)
+	}
+	other, otherR := w.session(t, "b") // another instance has its own cap
+	echo(t, other, otherR, "b works")
+	first.Close()
+	w.waitSessions(t, 1)
+	again, againR := w.session(t, "a")
+	echo(t, again, againR, "a works again")
+}
+
+// expectClosed requires the proxy to close c within d.
+func expectClosed(t *testing.T, c net.Conn, r io.Reader, d time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	c.SetReadDeadline(start.Add(d))
+	_, err := io.Copy(io.Discard, r)
+	if errors.Is(err, context.DeadlineExceeded) || (err != nil && strings.Contains(err.Error(), "timeout")) {
+		t.Fatalf("still open after %v, want closed by the proxy", d)
+	}
+	return time.Since(start)
+}
+
+func TestRevokeEndsTheInstancesSessions(t *testing.T) {
+	w := newWorld(t)
+	echoAddr := echoServer(t)
+	w.auth.add("a", "inst-a", echoAddr)
+	w.auth.add("b", "inst-b", echoAddr)
+	a1, a1r := w.session(t, "a")
+	a2, a2r := w.session(t, "a")
+	b, br := w.session(t, "b")
+	w.waitSessions(t, 3)
+
+	revokedAt := time.Now()
+	time.Sleep(5 * time.Millisecond)
+	later, laterR := w.session(t, "a") // checked after the revocation: holds a newer token
+	w.srv.Revoke("inst-a", registry.Revocation{Reason: "the instance was deleted", RevokedAt: revokedAt})
+
+	for _, s := range []struct {
+		c net.Conn
+		r io.Reader
+	}{{a1, a1r}, {a2, a2r}} {
+		if d := expectClosed(t, s.c, s.r, 2*time.Second); d > time.Second {
+			t.Errorf("closed after %v, want well within 2s", d)
+		}
+	}
+	echo(t, b, br, "other instance unaffected")
+	echo(t, later, laterR, "newer session unaffected")
+	w.waitSessions(t, 2)
+	if !strings.Contains(w.logs.String(), "revoked: the instance was deleted") {
+		t.Errorf("log does not say why the sessions ended:\n%s", w.logs)
+	}
+}
+
+func TestRevocationDuringTheHandshakeEndsTheSession(t *testing.T) {
+	w := newWorld(t)
+	w.auth.add("a", "inst-a", echoServer(t))
+	w.auth.SetDelay(300 * time.Millisecond) // consoleauth is slow: revoke while it answers
+	c := w.dial(t)
+	io.WriteString(c, "CONNECT /console?token=a HTTP/1.1\r\n\r\n")
+	time.Sleep(100 * time.Millisecond)
+	w.srv.Revoke("inst-a", registry.Revocation{Reason: "deleted", RevokedAt: time.Now()})
+	if got := readAnswer(t, c); got != "" {
+		t.Fatalf("got %q, want a close without a 200", got)
+	}
+	w.waitSessions(t, 0)
+}
+
+func TestIdleTimeoutAndMaxSessionLength(t *testing.T) {
+	t.Run("idle", func(t *testing.T) {
+		w := newWorld(t, func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })
+		w.auth.add("a", "inst-a", echoServer(t))
+		idle, idleR := w.session(t, "a")
+		busy, busyR := w.session(t, "a")
+		start := time.Now()
+		for time.Since(start) < time.Second { // busy for over 3 idle timeouts
+			echo(t, busy, busyR, "tick")
+			time.Sleep(50 * time.Millisecond)
+		}
+		expectClosed(t, idle, idleR, time.Second) // long closed by now
+		echo(t, busy, busyR, "busy session kept")
+		if d := expectClosed(t, busy, busyR, 2*time.Second); d < 200*time.Millisecond {
+			t.Errorf("busy session closed %v after its last byte, want about the 300ms idle timeout", d)
+		}
+		if !strings.Contains(w.logs.String(), "reason=\"idle timeout\"") {
+			t.Errorf("log does not say idle timeout:\n%s", w.logs)
+		}
+	})
+	t.Run("max length", func(t *testing.T) {
+		w := newWorld(t, func(c *Config) { c.MaxSessionLength = 400 * time.Millisecond })
+		w.auth.add("a", "inst-a", echoServer(t))
+		c, r := w.session(t, "a")
+		start := time.Now()
+		for time.Since(start) < 200*time.Millisecond {
+			echo(t, c, r, "tick")
+		}
+		expectClosed(t, c, r, 2*time.Second)
+		if d := time.Since(start); d < 350*time.Millisecond {
+			t.Errorf("closed after %v, want about 400ms", d)
+		}
+	})
+}
+
+func TestHandshakeDeadlineIsClearedAfterThe200(t *testing.T) {
+	w := newWorld(t, func(c *Config) { c.HandshakeTimeout = 300 * time.Millisecond })
+	w.auth.add("a", "inst-a", echoServer(t))
+	c, r := w.session(t, "a")
+	time.Sleep(600 * time.Millisecond)
+	echo(t, c, r, "still relaying after twice the handshake timeout")
+}
+
+func TestShutdown(t *testing.T) {
+	t.Run("drains live sessions", func(t *testing.T) {
+		w := newWorld(t, func(c *Config) { c.DrainTimeout = 10 * time.Second })
+		w.auth.add("a", "inst-a", echoServer(t))
+		c, r := w.session(t, "a")
+		stopped := make(chan struct{})
+		go func() { w.stop(); close(stopped) }()
+		deadline := time.Now().Add(2 * time.Second)
+		for { // the listener closes first
+			nc, err := net.DialTimeout("tcp", w.addr, time.Second)
+			if err != nil {
+				break
+			}
+			nc.Close()
+			if time.Now().After(deadline) {
+				t.Fatal("proxy still accepts after shutdown began")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		echo(t, c, r, "live session still served while draining")
+		select {
+		case <-stopped:
+			t.Fatal("Serve returned with a live session")
+		default:
+		}
+		c.Close()
+		select {
+		case <-stopped:
+		case <-time.After(3 * time.Second):
+			t.Fatal("Serve did not return after the last session ended")
+		}
+	})
+	t.Run("closes sessions at the drain deadline", func(t *testing.T) {
+		w := newWorld(t, func(c *Config) { c.DrainTimeout = 300 * time.Millisecond })
+		w.auth.add("a", "inst-a", echoServer(t))
+		c, r := w.session(t, "a")
+		half := w.dial(t) // a handshake in progress is closed too
+		io.WriteString(half, "CONNECT /console?tok")
+		start := time.Now()
+		w.stop()
+		if d := time.Since(start); d < 250*time.Millisecond || d > 3*time.Second {
+			t.Errorf("Serve returned after %v, want about the 300ms drain timeout", d)
+		}
+		expectClosed(t, c, r, time.Second)
+		expectClosed(t, half, half, time.Second)
+		if !strings.Contains(w.logs.String(), "proxy shutting down") {
+			t.Errorf("log does not say why the session ended:\n%s", w.logs)
+		}
+	})
+}
+
+func TestTokenIsNeverLogged(t *testing.T) {
+	w := newWorld(t, func(c *Config) { c.Limiter = failban.New(1, time.Minute) })
+	const good, bad = "GOOD-SECRET-TOKEN-4f1a", "BAD-SECRET-TOKEN-9c2e"
+	w.auth.add(good, "inst-a", echoServer(t))
+	c, r := w.session(t, good)
+	echo(t, c, r, "x")
+	c.Close()
+	for _, req := range []string{
+		"CONNECT /console?token=" + bad + " HTTP/1.1\r\n\r\n", // 401
+		"CONNECT /console?token=" + bad + " HTTP/1.1\r\n\r\n", // 429
+		"POST /console?token=" + bad + " HTTP/1.1\r\n\r\n",    // 405
+		"CONNECT /console?token=" + bad + "%00 HTTP/1.1\r\n\r\n",
+		"CONNECT /console?token=" + bad + " HTTP/1.1\r\nX: " + strings.Repeat("y", 5000),
+	} {
+		c := w.dial(t)
+		io.WriteString(c, req)
+		readAnswer(t, c)
+	}
+	w.waitSessions(t, 0)
+	logs := w.logs.String()
+	for _, secret := range []string{good, bad, "SECRET"} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("logs contain %q:\n%s", secret, logs)
+		}
+	}
+	for _, tok := range []string{good, bad} {
+		if h := registry.HashPrefix(registry.TokenHash(tok)); !strings.Contains(logs, "token_hash="+h) {
+			t.Errorf("logs lack the hash prefix %s of a token", h)
+		}
+	}
+	if !strings.Contains(logs, "client=127.0.0.1") {
+		t.Errorf("logs lack the client IP")
+	}
+}
+
+func TestNoGoroutineLeak(t *testing.T) {
+	w := newWorld(t)
+	w.auth.add("a", "inst-a", echoServer(t))
+	c, r := w.session(t, "a") // warm up: gRPC connection, listeners
+	echo(t, c, r, "warm")
+	c.Close()
+	w.waitSessions(t, 0)
+	time.Sleep(50 * time.Millisecond)
+	base := runtime.NumGoroutine()
+
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Go(func() {
+			nc, err := net.DialTimeout("tcp", w.addr, 2*time.Second)
+			if err != nil {
+				return
+			}
+			defer nc.Close()
+			nc.SetDeadline(time.Now().Add(5 * time.Second))
+			token := "a"
+			if i%2 == 1 {
+				token = "nope"
+			}
+			io.WriteString(nc, "CONNECT /console?token="+token+" HTTP/1.1\r\n\r\nhello")
+			nc.(*net.TCPConn).CloseWrite()
+			io.Copy(io.Discard, nc)
+		})
+	}
+	wg.Wait()
+	w.waitSessions(t, 0)
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > base+2 {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("goroutines: got %d, want at most %d\n%s", runtime.NumGoroutine(), base+2, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

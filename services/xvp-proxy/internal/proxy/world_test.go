@@ -1,0 +1,259 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/vncgate/vncgate/pkg/backend"
+	"github.com/vncgate/vncgate/pkg/failban"
+	"github.com/vncgate/vncgate/pkg/sessions"
+	"github.com/vncgate/vncgate/pkg/tokencheck"
+	"github.com/vncgate/vncgate/services/xvp-proxy/internal/fakeconsoleauth"
+)
+
+// fakeAuth adapts fakeconsoleauth.Server to the proxy's console type.
+type fakeAuth struct{ *fakeconsoleauth.Server }
+
+func (f fakeAuth) add(token, instance, addr string) { f.Add(token, ConsoleType, instance, addr, "") }
+func (f fakeAuth) addPath(token, instance, addr, path string) {
+	f.Add(token, ConsoleType, instance, addr, path)
+}
+func (f fakeAuth) addType(token, instance, addr, consoleType string) {
+	f.Add(token, consoleType, instance, addr, "")
+}
+func (f fakeAuth) fail(token string, code codes.Code) { f.Fail(token, code) }
+
+// world is a proxy under test with its consoleauth.
+type world struct {
+	auth     fakeAuth
+	srv      *Server
+	addr     string // the proxy's listening address
+	sessions *sessions.Table
+	logs     *logBuffer
+	stop     func() // ends Serve and waits for it
+}
+
+type worldOption func(*Config)
+
+// newWorld starts a fake consoleauth and a proxy on loopback. The proxy is
+// stopped in t.Cleanup.
+func newWorld(t *testing.T, opts ...worldOption) *world {
+	t.Helper()
+	auth := fakeAuth{fakeconsoleauth.Start(t)}
+	conn, err := tokencheck.Dial(auth.Addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	logs := &logBuffer{}
+	cfg := Config{
+		Checker:          tokencheck.New(conn, 2*time.Second),
+		Dialer:           backend.Dialer{Timeout: 2 * time.Second},
+		Limiter:          failban.New(0, 0),
+		Sessions:         sessions.NewTable(0),
+		Log:              slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		HandshakeTimeout: 3 * time.Second,
+		DrainTimeout:     2 * time.Second,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	w := &world{auth: auth, srv: New(cfg), sessions: cfg.Sessions, logs: logs}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.addr = l.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.srv.Serve(ctx, l) }()
+	var once sync.Once
+	w.stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Serve: got %v, want nil after shutdown", err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Errorf("Serve did not return 15s after shutdown")
+			}
+		})
+	}
+	t.Cleanup(w.stop)
+	return w
+}
+
+// dial opens a TCP connection to the proxy with a deadline.
+func (w *world) dial(t *testing.T) *net.TCPConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", w.addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	return c.(*net.TCPConn)
+}
+
+// connect sends a CONNECT head for token and returns the conn and the
+// proxy's status line; the rest of the answer is left unread.
+func (w *world) connect(t *testing.T, token string) (*net.TCPConn, *bufio.Reader, string) {
+	t.Helper()
+	c := w.dial(t)
+	if _, err := io.WriteString(c, "CONNECT /console?token="+token+" HTTP/1.1\r\nHost: proxy\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	line, err := br.ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading the status line: %v", err)
+	}
+	return c, br, strings.TrimRight(line, "\r\n")
+}
+
+// session connects with token and requires the exact 200 answer.
+func (w *world) session(t *testing.T, token string) (*net.TCPConn, *bufio.Reader) {
+	t.Helper()
+	c, br, line := w.connect(t, token)
+	if line != "HTTP/1.1 200 OK" {
+		t.Fatalf("status: got %q, want HTTP/1.1 200 OK", line)
+	}
+	if l2, err := br.ReadString('\n'); err != nil || l2 != "\r\n" {
+		t.Fatalf("after the status line: got %q (%v), want the empty line", l2, err)
+	}
+	return c, br
+}
+
+// waitSessions waits until the proxy has n live sessions.
+func (w *world) waitSessions(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for w.sessions.Len() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("live sessions: got %d, want %d", w.sessions.Len(), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// listen returns a loopback listener closed in t.Cleanup.
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// serveConns runs handle for every connection on a new loopback listener;
+// t.Cleanup closes the listener and the connections and waits for handle.
+func serveConns(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = map[net.Conn]struct{}{}
+	)
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = struct{}{}
+			mu.Unlock()
+			wg.Go(func() {
+				defer func() {
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
+					c.Close()
+				}()
+				handle(c)
+			})
+		}
+	})
+	return l.Addr().String()
+}
+
+// echoServer echoes every byte and half-closes after EOF.
+func echoServer(t *testing.T) string {
+	t.Helper()
+	return serveConns(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})
+}
+
+// echo writes msg on c and requires it back.
+func echo(t *testing.T, c net.Conn, r io.Reader, msg string) {
+	t.Helper()
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatalf("write %q: %v", msg, err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(r, got); err != nil || string(got) != msg {
+		t.Fatalf("echo: got %q (%v), want %q", got, err, msg)
+	}
+}
+
+// readAnswer reads everything the proxy sends until it closes.
+func readAnswer(t *testing.T, r io.Reader) string {
+	t.Helper()
+	b, err := io.ReadAll(r)
+	if err != nil && !isReset(err) {
+		t.Fatalf("reading the answer: %v", err)
+	}
+	return string(b)
+}
+
+func isReset(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "connection reset")
+}
+
+// logBuffer collects log output safely across goroutines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/vncgate/vncgate/pkg/backend"
+	"github.com/vncgate/vncgate/pkg/failban"
+	"github.com/vncgate/vncgate/pkg/revocation"
+	"github.com/vncgate/vncgate/pkg/sessions"
+	"github.com/vncgate/vncgate/pkg/tokencheck"
+	"github.com/vncgate/vncgate/services/xvp-proxy/internal/proxy"
+)
+
+// run serves until ctx ends, then drains and returns. ready, if not nil, is
+// called with the listening address once clients can connect.
+func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(net.Addr)) error {
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	grpcTLS, err := cfg.GRPC.Client()
+	if err != nil {
+		return fmt.Errorf("consoleauth tls: %w", err)
+	}
+	caConn, err := tokencheck.Dial(cfg.ConsoleauthAddress, grpcTLS)
+	if err != nil {
+		return err
+	}
+	defer caConn.Close()
+
+	srv := proxy.New(proxy.Config{
+		Checker:          tokencheck.New(caConn, 0),
+		Dialer:           backend.Dialer{Timeout: cfg.HandshakeTimeout, KeepAlive: cfg.TCPKeepAlive},
+		Limiter:          failban.New(cfg.FailedTokenLimit, cfg.FailedTokenWindow),
+		Sessions:         sessions.NewTable(cfg.MaxSessionsPerInstance),
+		Log:              log,
+		HandshakeTimeout: cfg.HandshakeTimeout,
+		IdleTimeout:      cfg.IdleTimeout,
+		MaxSessionLength: cfg.MaxSessionLength,
+		DrainTimeout:     cfg.DrainTimeout,
+	})
+
+	if cfg.EtcdEndpoints != "" {
+		cli, err := etcdClient(cfg)
+		if err != nil {
+			return err
+		}
+		defer cli.Close()
+		watchCtx, stopWatching := context.WithCancel(ctx)
+		var watcher sync.WaitGroup
+		watcher.Go(func() { revocation.Watch(watchCtx, cli, log, srv.Revoke) })
+		defer func() { stopWatching(); watcher.Wait() }() // before cli.Close
+	} else {
+		log.Warn("etcd_endpoints is empty: revocations will not end live sessions")
+	}
+
+	l, err := listen(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	log.Info("listening", "addr", l.Addr().String(), "tls", cfg.Cert != "", "consoleauth", cfg.ConsoleauthAddress)
+	if ready != nil {
+		ready(l.Addr())
+	}
+	err = srv.Serve(ctx, l)
+	log.Info("stopped")
+	return err
+}
+
+// listen opens the client listener, with TLS when a certificate is given.
+func listen(ctx context.Context, cfg Config) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: cfg.TCPKeepAlive}
+	addr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
+	l, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	if cfg.Cert == "" {
+		return l, nil
+	}
+	pair, err := tls.LoadX509KeyPair(cfg.Cert, cfg.Key)
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("listener tls: %w", err)
+	}
+	minVersion, _ := tlsMinVersion(cfg.SSLMinimumVersion) // checked by validate
+	return tls.NewListener(l, &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: minVersion}), nil
+}
+
+func etcdClient(cfg Config) (*clientv3.Client, error) {
+	tlsCfg, err := cfg.Etcd.Client()
+	if err != nil {
+		return nil, fmt.Errorf("etcd tls: %w", err)
+	}
+	var endpoints []string
+	for e := range strings.SplitSeq(cfg.EtcdEndpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			endpoints = append(endpoints, e)
+		}
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, TLS: tlsCfg})
+	if err != nil {
+		return nil, fmt.Errorf("etcd: %w", err)
+	}
+	return cli, nil
+}
