@@ -43,6 +43,7 @@ type Config struct {
 	IdleTimeout            time.Duration
 	MaxSessionLength       time.Duration
 	EnforceSessionTimeout  bool
+	RevocationGrace        time.Duration
 	MaxSessionsPerInstance int
 	FailedTokenLimit       int
 	FailedTokenWindow      time.Duration
@@ -81,6 +82,7 @@ func parseConfig(args []string) (Config, error) {
 	secondsVar(fs, &c.IdleTimeout, "idle_timeout", 0, "end a session when no byte moved for this long (0: never)")
 	secondsVar(fs, &c.MaxSessionLength, "max_session_length", 0, "end sessions after this long (0: never)")
 	fs.BoolVar(&c.EnforceSessionTimeout, "enforce_session_timeout", false, "end a session when its token expires")
+	secondsVar(fs, &c.RevocationGrace, "revocation_grace", 3*time.Second, "when a VM's VNC server closes, wait this long for a revocation to tell the user why (hypervisors close the socket before they report the stop)")
 	fs.IntVar(&c.MaxSessionsPerInstance, "max_sessions_per_instance", 0, "concurrent sessions allowed per instance on this proxy (0: no cap)")
 	fs.IntVar(&c.FailedTokenLimit, "failed_token_limit", 10, "failed tokens allowed per client address per window (0: no limit)")
 	secondsVar(fs, &c.FailedTokenWindow, "failed_token_window", time.Minute, "window of failed_token_limit")

@@ -68,6 +68,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 	defer conn.Close()
 
 	table := sessions.NewTable(cfg.MaxSessionsPerInstance)
+	revocationGrace := cfg.RevocationGrace
+	if len(cfg.EtcdEndpoints) == 0 {
+		revocationGrace = 0 // no revocation can come
+	}
 	px := proxy.New(proxy.Options{
 		Checker:               tokencheck.New(conn, cfg.HandshakeTimeout),
 		Dialer:                backend.Dialer{Timeout: cfg.DialTimeout},
@@ -82,6 +86,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 		IdleTimeout:           cfg.IdleTimeout,
 		MaxSessionLength:      cfg.MaxSessionLength,
 		EnforceSessionTimeout: cfg.EnforceSessionTimeout,
+		RevocationGrace:       revocationGrace,
 	})
 
 	watchCtx, stopWatch := context.WithCancel(context.Background())

@@ -80,6 +80,11 @@ type Options struct {
 	MaxSessionLength time.Duration
 	// EnforceSessionTimeout ends a session when its token expires.
 	EnforceSessionTimeout bool
+	// RevocationGrace is how long a session whose VNC server closed first
+	// waits for a revocation before it closes with 1000: a hypervisor closes
+	// the VNC socket of a stopped VM before it reports the stop, and the
+	// revocation carries the sentence the user should see. 0: no wait.
+	RevocationGrace time.Duration
 }
 
 // Server is an http.Handler; see the package comment.
@@ -366,7 +371,7 @@ func (ss *session) end(reason string) {
 // run relays until the session ends, enforcing its limits.
 func (ss *session) run(ws *websocket.Conn, remote string, vnc net.Conn, info *consoleauthv1.ConnectInfo) {
 	opts := ss.srv.opts
-	client := newWSConn(ws, remote)
+	client := newWSConn(ws, remote, opts.RevocationGrace)
 	rl := relay.New(client, lazyBackend(vnc), opts.IdleTimeout > 0)
 
 	// end decides the close code once and closes both ends; the close

@@ -643,3 +643,36 @@ func TestCloseReasonFitsAFrame(t *testing.T) {
 		})
 	}
 }
+
+// A hypervisor closes a stopped VM's VNC socket before it reports the stop:
+// the session waits for the revocation so the user reads why.
+func TestVNCServerClosingWaitsForTheRevocationReason(t *testing.T) {
+	w := newWorld(t, func(c *worldConfig) { c.opts.RevocationGrace = 3 * time.Second })
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			c.Write([]byte("RFB 003.008\n"))
+			c.Close()
+		}
+	}()
+	tok := w.auth.Mint(w.instance, "novnc", "127.0.0.1", int32(l.Addr().(*net.TCPAddr).Port), time.Minute)
+	c, _, err := w.dial(w.wsURL("/", tok), w.dialOpts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, _, err := c.Read(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // the VNC server has closed; no revocation yet
+	w.table.EndInstance(w.instance, time.Now(), "the instance was stopped")
+	if ce := closeOf(t, c); ce.Code != websocket.StatusCode(closecode.Revoked) || ce.Reason != "the instance was stopped" {
+		t.Fatalf("got close %d %q, want %d with the revocation's reason", ce.Code, ce.Reason, closecode.Revoked)
+	}
+}

@@ -32,16 +32,18 @@ type wsConn struct {
 	ws     *websocket.Conn
 	remote net.Addr
 
-	mu     sync.Mutex
-	code   closecode.Code // 0 until the proxy decides how the session ends
-	reason string
+	mu      sync.Mutex
+	code    closecode.Code // 0 until the proxy decides how the session ends
+	reason  string
+	decided chan struct{} // closed when code is set
+	grace   time.Duration // see Options.RevocationGrace
 
 	clientEnded atomic.Bool // the client closed or failed its side
 	reader      io.Reader   // the message being read by Read
 }
 
-func newWSConn(ws *websocket.Conn, remote string) *wsConn {
-	return &wsConn{ws: ws, remote: stringAddr(remote)}
+func newWSConn(ws *websocket.Conn, remote string, grace time.Duration) *wsConn {
+	return &wsConn{ws: ws, remote: stringAddr(remote), decided: make(chan struct{}), grace: grace}
 }
 
 // setClose records how the session ends, unless that was already decided;
@@ -53,6 +55,7 @@ func (c *wsConn) setClose(code closecode.Code, reason string) bool {
 		return false
 	}
 	c.code, c.reason = code, reason
+	close(c.decided)
 	return true
 }
 
@@ -166,10 +169,25 @@ func (c *wsConn) Close() error {
 		if c.clientEnded.Load() {
 			return c.ws.CloseNow()
 		}
-		code, reason = closecode.Normal, "the VNC server closed the connection"
-		c.setClose(code, reason)
+		c.awaitRevocation()
+		c.setClose(closecode.Normal, "the VNC server closed the connection")
+		code, reason = c.closing()
 	}
 	return c.ws.Close(websocket.StatusCode(code), reason)
+}
+
+// awaitRevocation waits up to the grace for another end of the session
+// (a revocation) to decide the close code.
+func (c *wsConn) awaitRevocation() {
+	if c.grace <= 0 {
+		return
+	}
+	t := time.NewTimer(c.grace)
+	defer t.Stop()
+	select {
+	case <-c.decided:
+	case <-t.C:
+	}
 }
 
 func (c *wsConn) LocalAddr() net.Addr  { return stringAddr("novnc-proxy") }
