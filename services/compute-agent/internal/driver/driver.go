@@ -5,6 +5,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 // Errors every driver returns (wrapped with %w), mapped to gRPC codes once at
@@ -51,6 +52,20 @@ const (
 	// ConsoleChanged: its VNC host or port changed; revoke its tokens.
 	ConsoleChanged
 )
+
+func (k EventKind) String() string {
+	switch k {
+	case Started:
+		return "started"
+	case Stopped:
+		return "stopped"
+	case MigratedAway:
+		return "migrated_away"
+	case ConsoleChanged:
+		return "console_changed"
+	}
+	return fmt.Sprintf("kind_%d", int(k))
+}
 
 // Event is a lifecycle change of one instance.
 type Event struct {

@@ -30,11 +30,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"time"
 
 	"github.com/vncgate/vncgate/pkg/registry"
+	"github.com/vncgate/vncgate/services/compute-agent/internal/backoff"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -265,7 +265,7 @@ func (a *Agent) wait(ctx context.Context, d time.Duration, events *<-chan driver
 // handle acts on one driver event; with registered false it only queues
 // revocations (the next registration publishes everything anyway).
 func (a *Agent) handle(ctx context.Context, ev driver.Event, registered bool) error {
-	log := a.log.With("instance", ev.UUID, "event", kindName(ev.Kind), "reason", ev.Reason)
+	log := a.log.With("instance", ev.UUID, "event", ev.Kind.String(), "reason", ev.Reason)
 	log.Info("instance event")
 	switch ev.Kind {
 	case driver.Started:
@@ -446,31 +446,11 @@ func (a *Agent) revoke(ctx context.Context, r revocation) {
 	a.log.Error("instance tokens not revoked, giving up", "instance", r.uuid, "attempts", a.cfg.RevocationAttempts)
 }
 
-// backoff is MinBackoff doubled per attempt, capped at MaxBackoff, with
-// "equal jitter": between half and all of it.
 func (a *Agent) backoff(attempt int) time.Duration {
-	d := a.cfg.MaxBackoff
-	if attempt < 30 {
-		d = min(a.cfg.MinBackoff<<attempt, a.cfg.MaxBackoff)
-	}
-	return d/2 + rand.N(d/2+1)
+	return backoff.Delay(a.cfg.MinBackoff, a.cfg.MaxBackoff, attempt)
 }
 
 // validUUIDKey refuses ids that would break the key layout.
 func validUUIDKey(id string) bool {
 	return id != "" && !strings.ContainsAny(id, "/\x00")
-}
-
-func kindName(k driver.EventKind) string {
-	switch k {
-	case driver.Started:
-		return "started"
-	case driver.Stopped:
-		return "stopped"
-	case driver.MigratedAway:
-		return "migrated_away"
-	case driver.ConsoleChanged:
-		return "console_changed"
-	}
-	return fmt.Sprintf("kind_%d", int(k))
 }

@@ -433,35 +433,6 @@ func TestReregistersAfterEtcdRestart(t *testing.T) {
 	}
 }
 
-func TestBackoff(t *testing.T) {
-	a := &Agent{cfg: Config{MinBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second}}
-	tests := []struct {
-		attempt  int
-		min, max time.Duration
-	}{
-		{0, 50 * time.Millisecond, 100 * time.Millisecond},
-		{1, 100 * time.Millisecond, 200 * time.Millisecond},
-		{3, 400 * time.Millisecond, 800 * time.Millisecond},
-		{5, time.Second, 2 * time.Second},
-		{64, time.Second, 2 * time.Second},
-	}
-	for _, tt := range tests {
-		t.Run(fmt.Sprint("attempt ", tt.attempt), func(t *testing.T) {
-			seen := map[time.Duration]bool{}
-			for range 200 {
-				d := a.backoff(tt.attempt)
-				if d < tt.min || d > tt.max {
-					t.Fatalf("got %v, want within [%v, %v]", d, tt.min, tt.max)
-				}
-				seen[d] = true
-			}
-			if len(seen) < 2 {
-				t.Errorf("got the same delay 200 times, want jitter")
-			}
-		})
-	}
-}
-
 func TestNewRefusesBadConfig(t *testing.T) {
 	cli := &clientv3.Client{}
 	d := &static.Driver{}

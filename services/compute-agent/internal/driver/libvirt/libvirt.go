@@ -20,13 +20,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/url"
 	"sync"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 
+	"github.com/vncgate/vncgate/services/compute-agent/internal/backoff"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 )
 
@@ -67,7 +67,7 @@ type Driver struct {
 	mu       sync.Mutex
 	conn     *golibvirt.Libvirt // nil when not connected
 	nextDial time.Time          // no connection attempt before this
-	backoff  backoff
+	backoff  backoff.Backoff
 	closed   bool
 }
 
@@ -106,7 +106,7 @@ func New(cfg Config) (*Driver, error) {
 		uri:     u,
 		log:     cfg.Logger.With("driver", "libvirt", "uri", cfg.URI),
 		dialing: make(chan struct{}, 1),
-		backoff: backoff{min: cfg.MinBackoff, max: cfg.MaxBackoff},
+		backoff: backoff.Backoff{Min: cfg.MinBackoff, Max: cfg.MaxBackoff},
 	}, nil
 }
 
@@ -309,7 +309,7 @@ func (d *Driver) client(ctx context.Context) (*golibvirt.Libvirt, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err != nil {
-		wait := d.backoff.next()
+		wait := d.backoff.Next()
 		d.nextDial = time.Now().Add(wait)
 		d.log.Warn("libvirt connection failed", "err", err, "retry_in", wait.Round(time.Millisecond))
 		return nil, fmt.Errorf("%w: %w", driver.ErrUnavailable, err)
@@ -318,7 +318,7 @@ func (d *Driver) client(ctx context.Context) (*golibvirt.Libvirt, error) {
 		go l.Disconnect()
 		return nil, fmt.Errorf("%w: driver closed", driver.ErrUnavailable)
 	}
-	d.backoff.reset()
+	d.backoff.Reset()
 	d.nextDial = time.Time{}
 	d.conn = l
 	d.log.Info("connected to libvirt")
@@ -375,22 +375,3 @@ func (d *Driver) dial(ctx context.Context) (*golibvirt.Libvirt, error) {
 		return nil, fmt.Errorf("connect to libvirt: %w", ctx.Err())
 	}
 }
-
-// backoff is an exponential backoff with jitter; not safe for concurrent
-// use on its own.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-// next returns the wait before the next attempt: the previous one doubled,
-// between min and max, with up to half of it taken off at random.
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	return b.cur - rand.N(b.cur/2+1)
-}
-
-func (b *backoff) reset() { b.cur = 0 }

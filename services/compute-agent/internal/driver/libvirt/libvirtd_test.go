@@ -398,12 +398,12 @@ func (w *world) waitEvent(t *testing.T, uuid string, kind driver.EventKind, with
 				continue
 			}
 			if ev.Kind != kind {
-				t.Logf("event %s %q while waiting for %s", kindName(ev.Kind), ev.Reason, kindName(kind))
+				t.Logf("event %s %q while waiting for %s", ev.Kind.String(), ev.Reason, kind.String())
 				continue
 			}
 			return ev, time.Since(start)
 		case <-timeout:
-			t.Fatalf("no %s event for %s within %s", kindName(kind), uuid, within)
+			t.Fatalf("no %s event for %s within %s", kind.String(), uuid, within)
 			return driver.Event{}, 0
 		}
 	}

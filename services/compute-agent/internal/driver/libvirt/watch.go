@@ -7,6 +7,7 @@ import (
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 
+	"github.com/vncgate/vncgate/services/compute-agent/internal/backoff"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 )
 
@@ -68,7 +69,7 @@ type watcher struct {
 }
 
 func (w *watcher) run(ctx context.Context) {
-	retry := backoff{min: w.d.cfg.MinBackoff, max: w.d.cfg.MaxBackoff}
+	retry := backoff.Backoff{Min: w.d.cfg.MinBackoff, Max: w.d.cfg.MaxBackoff}
 	synced := false
 	for {
 		l, err := w.d.waitClient(ctx)
@@ -84,9 +85,9 @@ func (w *watcher) run(ctx context.Context) {
 			synced = true
 		}
 		if time.Since(start) > time.Minute {
-			retry.reset()
+			retry.Reset()
 		}
-		wait := retry.next()
+		wait := retry.Next()
 		w.d.log.Warn("libvirt event subscription ended; subscribing again", "err", err, "retry_in", wait.Round(time.Millisecond))
 		t := time.NewTimer(wait)
 		select {
@@ -316,23 +317,9 @@ func (w *watcher) port(ctx context.Context, dom golibvirt.Domain) int32 {
 }
 
 func (w *watcher) emit(ctx context.Context, uuid string, kind driver.EventKind, reason string) {
-	w.d.log.Info("instance lifecycle", "uuid", uuid, "kind", kindName(kind), "reason", reason)
+	w.d.log.Info("instance lifecycle", "uuid", uuid, "kind", kind.String(), "reason", reason)
 	select {
 	case w.out <- driver.Event{UUID: uuid, Kind: kind, Reason: reason}:
 	case <-ctx.Done():
 	}
-}
-
-func kindName(k driver.EventKind) string {
-	switch k {
-	case driver.Started:
-		return "started"
-	case driver.Stopped:
-		return "stopped"
-	case driver.MigratedAway:
-		return "migrated_away"
-	case driver.ConsoleChanged:
-		return "console_changed"
-	}
-	return fmt.Sprintf("kind_%d", int(k))
 }

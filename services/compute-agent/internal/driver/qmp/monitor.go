@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vncgate/vncgate/services/compute-agent/internal/backoff"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 )
 
@@ -101,7 +102,7 @@ func (m *monitor) get(ctx context.Context) (*conn, error) {
 // attempt only sets the baseline (no Started): the agent publishes
 // Instances at start.
 func (m *monitor) run(ctx context.Context) {
-	bo := backoff{min: m.d.cfg.MinBackoff, max: m.d.cfg.MaxBackoff}
+	bo := backoff.Backoff{Min: m.d.cfg.MinBackoff, Max: m.d.cfg.MaxBackoff}
 	for ctx.Err() == nil {
 		c, err := m.get(ctx)
 		if err != nil {
@@ -109,7 +110,7 @@ func (m *monitor) run(ctx context.Context) {
 				break
 			}
 			m.setBaseline()
-			wait := bo.next()
+			wait := bo.Next()
 			m.log.Debug("qmp monitor unreachable", "err", err, "retry_in", wait.Round(time.Millisecond))
 			t := time.NewTimer(wait)
 			select {
@@ -120,7 +121,7 @@ func (m *monitor) run(ctx context.Context) {
 			t.Stop()
 			continue
 		}
-		bo.reset()
+		bo.Reset()
 		m.log.Info("qmp session open")
 		if m.status(ctx, c) {
 			m.sawRunning(m.port(ctx, c), ReasonStarted)
@@ -249,20 +250,6 @@ func (m *monitor) port(ctx context.Context, c *conn) int32 {
 }
 
 func (m *monitor) emit(kind driver.EventKind, reason string) {
-	m.log.Info("instance lifecycle", "kind", kindName(kind), "reason", reason)
+	m.log.Info("instance lifecycle", "kind", kind.String(), "reason", reason)
 	m.d.fan.publish(driver.Event{UUID: m.uuid, Kind: kind, Reason: reason})
-}
-
-func kindName(k driver.EventKind) string {
-	switch k {
-	case driver.Started:
-		return "started"
-	case driver.Stopped:
-		return "stopped"
-	case driver.MigratedAway:
-		return "migrated_away"
-	case driver.ConsoleChanged:
-		return "console_changed"
-	}
-	return fmt.Sprintf("kind_%d", int(k))
 }

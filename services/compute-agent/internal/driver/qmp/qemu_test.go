@@ -223,9 +223,9 @@ func waitEvent(t *testing.T, events <-chan driver.Event, uuid string, kind drive
 			if ev.UUID == uuid && ev.Kind == kind {
 				return ev, time.Since(start)
 			}
-			t.Logf("event %s %s %q while waiting for %s", ev.UUID, kindName(ev.Kind), ev.Reason, kindName(kind))
+			t.Logf("event %s %s %q while waiting for %s", ev.UUID, ev.Kind.String(), ev.Reason, kind.String())
 		case <-timeout:
-			t.Fatalf("no %s event for %s within %s", kindName(kind), uuid, within)
+			t.Fatalf("no %s event for %s within %s", kind.String(), uuid, within)
 			return driver.Event{}, 0
 		}
 	}
@@ -236,7 +236,7 @@ func noEvent(t *testing.T, events <-chan driver.Event, for_ time.Duration) {
 	t.Helper()
 	select {
 	case ev := <-events:
-		t.Fatalf("got event %s %s %q, want none", ev.UUID, kindName(ev.Kind), ev.Reason)
+		t.Fatalf("got event %s %s %q, want none", ev.UUID, ev.Kind.String(), ev.Reason)
 	case <-time.After(for_):
 	}
 }

@@ -31,7 +31,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"slices"
 	"strconv"
@@ -271,21 +270,3 @@ func callError(err error) error {
 		return fmt.Errorf("%w: %w", driver.ErrUnavailable, err)
 	}
 }
-
-// backoff is an exponential backoff with jitter.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-// next returns the wait before the next attempt: the previous one doubled,
-// between min and max, with up to half of it taken off at random.
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	return b.cur - rand.N(b.cur/2+1)
-}
-
-func (b *backoff) reset() { b.cur = 0 }
