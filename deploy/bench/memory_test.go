@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -25,9 +26,9 @@ const (
 	idleXVPUUID   = "8d9e0f1a-2b3c-4d5e-8f6a-7b8c9d0e1f2a"
 )
 
-var idleCounts = []int{1_000, 10_000} // concurrent idle sessions measured, in order
-
 const (
+	idleFew     = 1_000            // concurrent idle sessions measured first...
+	idleMany    = 10_000           // ...and then
 	idleWorkers = 32               // sessions opened in parallel
 	idleWarmup  = 50               // sessions opened and closed before the first reading
 	idleSettle  = 2 * time.Second  // wait before reading the proxy's memory
@@ -90,11 +91,17 @@ type memPoint struct {
 type memFigures struct {
 	name      string
 	fileLimit int // the proxy's open-file limit
+	fdsIdle   int // the proxy's open files before the warm-up
 	base      memPoint
 	points    []memPoint
 	notes     []string
 	err       error // set when a count could not be reached
 	openTime  time.Duration
+}
+
+// filesPerSession is the proxy's open files per session at pt.
+func (f *memFigures) filesPerSession(pt memPoint) float64 {
+	return float64(pt.fds-f.fdsIdle) / float64(pt.sessions)
 }
 
 type memoryResult struct {
@@ -163,8 +170,10 @@ func (s *sessionSet) openTo(ctx context.Context, p *idleProxy, n int) error {
 }
 
 // closeAll ends every session from both sides and waits until the proxy
-// released their files (at most idleDrainBy).
-func (s *sessionSet) closeAll(p *idleProxy, fdsBefore int) error {
+// let go of them: its open files stop changing (at most idleDrainBy). They
+// need not return to where they were: Go keeps splice pipes pooled until a
+// garbage collection, which an idle process does not run.
+func (s *sessionSet) closeAll(p *idleProxy) error {
 	s.mu.Lock()
 	closers := s.closers
 	s.closers = nil
@@ -174,12 +183,15 @@ func (s *sessionSet) closeAll(p *idleProxy, fdsBefore int) error {
 	}
 	p.hold.conns.closeAll(false)
 	deadline := time.Now().Add(idleDrainBy)
-	for fdCount(p.pid) > fdsBefore+8 || p.hold.ready.Load() > 0 {
+	last, stableSince := fdCount(p.pid), time.Now()
+	for p.hold.ready.Load() > 0 || time.Since(stableSince) < time.Second {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s still has %d open files %v after its sessions closed (%d before)",
-				p.name, fdCount(p.pid), idleDrainBy, fdsBefore)
+			return fmt.Errorf("%s: open files still changing (%d) %v after its sessions closed", p.name, last, idleDrainBy)
 		}
 		time.Sleep(50 * time.Millisecond)
+		if n := fdCount(p.pid); n != last {
+			last, stableSince = n, time.Now()
+		}
 	}
 	return nil
 }
@@ -187,7 +199,7 @@ func (s *sessionSet) closeAll(p *idleProxy, fdsBefore int) error {
 // fdMargin is the open files kept free for everything but the sessions.
 const fdMargin = 200
 
-// reachable is the largest count up to n, in steps of 500, that the
+// reachable is the largest count up to n, in steps of 100, that the
 // open-file limits of the proxy and of this process allow, judging by the
 // files per session seen at the last reading; and why it is less than n.
 func reachable(n int, f *memFigures, benchLimit uint64) (int, string) {
@@ -195,29 +207,34 @@ func reachable(n int, f *memFigures, benchLimit uint64) (int, string) {
 		return n, ""
 	}
 	last := f.points[len(f.points)-1]
-	proxyPer := float64(last.fds-f.base.fds) / float64(last.sessions)
+	proxyPer := f.filesPerSession(last)
 	benchPer := float64(last.benchFDs-f.base.benchFDs) / float64(last.sessions)
-	maxProxy := float64(f.fileLimit-f.base.fds-fdMargin) / proxyPer
+	maxProxy := float64(f.fileLimit-f.fdsIdle-fdMargin) / proxyPer
 	maxBench := float64(int(benchLimit)-f.base.benchFDs-fdMargin) / benchPer
-	if m := int(min(maxProxy, maxBench)); m < n {
-		who, limit, per := f.name, f.fileLimit, proxyPer
-		if maxBench < maxProxy {
-			who, limit, per = "the benchmark process", int(benchLimit), benchPer
-		}
-		return m / 500 * 500, fmt.Sprintf("%s sessions do not fit: %s has an open-file limit of %d and needs %.1f files per session",
-			thousands(n), who, limit, per)
+	m := int(min(maxProxy, maxBench))
+	if m >= n {
+		return n, ""
 	}
-	return n, ""
+	var why []string
+	if int(maxProxy) < n {
+		why = append(why, fmt.Sprintf("%s, at %.1f open files per session, holds at most %s under its limit of %d",
+			f.name, proxyPer, thousands(int(maxProxy)), f.fileLimit))
+	}
+	if int(maxBench) < n {
+		why = append(why, fmt.Sprintf("this process, at %.1f per session, at most %s under its limit of %d",
+			benchPer, thousands(int(maxBench)), benchLimit))
+	}
+	return m / 100 * 100, thousands(n) + " sessions do not fit: " + strings.Join(why, "; ")
 }
 
-// measureIdle opens idle sessions on one proxy up to each of idleCounts (or
+// measureIdle opens idle sessions on one proxy up to idleFew, then idleMany (or
 // as many as the open-file limits allow) and reads the proxy's memory at
 // each, against a reading with none.
 func measureIdle(b *testing.B, p *idleProxy, benchLimit uint64) *memFigures {
 	f := &memFigures{name: p.name}
 	f.fileLimit, _ = strconv.Atoi(fileLimitOf(p.pid))
 	set := &sessionSet{}
-	fdsIdle := fdCount(p.pid)
+	f.fdsIdle = fdCount(p.pid)
 
 	// Warm up, so the first reading already holds the code and the pools a
 	// session touches, then settle.
@@ -225,10 +242,10 @@ func measureIdle(b *testing.B, p *idleProxy, benchLimit uint64) *memFigures {
 	defer cancel()
 	if err := set.openTo(ctx, p, idleWarmup); err != nil {
 		f.err = fmt.Errorf("warm-up: %w", err)
-		set.closeAll(p, fdsIdle)
+		set.closeAll(p)
 		return f
 	}
-	if err := set.closeAll(p, fdsIdle); err != nil {
+	if err := set.closeAll(p); err != nil {
 		b.Fatal(err)
 	}
 	time.Sleep(idleSettle)
@@ -238,7 +255,7 @@ func measureIdle(b *testing.B, p *idleProxy, benchLimit uint64) *memFigures {
 	}
 
 	start := time.Now()
-	for _, want := range idleCounts {
+	for _, want := range []int{idleFew, idleMany} {
 		n, why := reachable(want, f, benchLimit)
 		if why != "" {
 			f.notes = append(f.notes, why)
@@ -261,7 +278,7 @@ func measureIdle(b *testing.B, p *idleProxy, benchLimit uint64) *memFigures {
 		}
 		f.points = append(f.points, pt)
 	}
-	if err := set.closeAll(p, fdsIdle); err != nil {
+	if err := set.closeAll(p); err != nil {
 		b.Fatal(err)
 	}
 	return f

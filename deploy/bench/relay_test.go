@@ -252,9 +252,13 @@ type relayFigures struct {
 	roundBytes [2]int64
 	rounds     [2][]float64 // MB/s per round
 	medianMBps [2]float64
-	moved      [2]int64         // bytes over all rounds
-	relayCPU   [2]time.Duration // over all rounds
-	benchCPU   [2]time.Duration
+	// vsBase is the median over rounds of the ratio to the baseline's
+	// throughput in the same round: the two ran seconds apart, so a slow
+	// spell on a shared machine cancels out of it.
+	vsBase   [2]float64
+	moved    [2]int64         // bytes over all rounds
+	relayCPU [2]time.Duration // over all rounds
+	benchCPU [2]time.Duration
 }
 
 // cpuPerGB is CPU milliseconds per 10^9 bytes moved.
@@ -282,7 +286,11 @@ const (
 	pathBaseline   = "plain Go TCP relay (baseline)"
 	pathNoVNC      = "novnc-proxy (WebSocket)"
 	pathWebsockify = "websockify (WebSocket)"
-	pathXVP        = "xvp-proxy (CONNECT, raw TCP)"
+	// The same with the lean client (leanws_test.go), to tell the proxy's
+	// cost from the client's.
+	pathNoVNCLean      = "novnc-proxy, lean client"
+	pathWebsockifyLean = "websockify, lean client"
+	pathXVP            = "xvp-proxy (CONNECT, raw TCP)"
 )
 
 // benchRelay measures relay throughput both ways through the plain Go
@@ -315,6 +323,9 @@ func benchRelay(b *testing.B) *relayResult {
 	novnc := wsPath(pathNoVNC, wsURL, &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {origin}}})
 	novnc.cpu = cpuOf(w.Proc(devstack.NoVNCProxy).Pid, false)
 	add(novnc, "")
+	novncLean := leanPath(pathNoVNCLean, wsURL, origin, "")
+	novncLean.cpu = novnc.cpu
+	add(novncLean, "")
 	if wf, err := startWebsockify(b, sink.Addr().String()); err != nil {
 		add(relayPath{name: pathWebsockify}, err.Error())
 	} else {
@@ -322,6 +333,9 @@ func benchRelay(b *testing.B) *relayResult {
 		p := wsPath(pathWebsockify, "ws://"+wf.addr+"/", &websocket.DialOptions{Subprotocols: []string{"binary"}})
 		p.cpu = cpuOf(wf.pid, true)
 		add(p, "")
+		lean := leanPath(pathWebsockifyLean, "ws://"+wf.addr+"/", "", "binary")
+		lean.cpu = p.cpu
+		add(lean, "")
 		res.websockify = wf.version
 	}
 	xvp := xvpPath(pathXVP, w.Addr(w.Ports.XVP), xvpToken)
@@ -369,15 +383,17 @@ func benchRelay(b *testing.B) *relayResult {
 			}
 		}
 	}
+	base := res.find(pathBaseline)
 	for _, f := range res.paths {
 		for dir := range f.rounds {
 			f.medianMBps[dir] = median(append([]float64(nil), f.rounds[dir]...))
+			f.vsBase[dir] = pairedRatio(f.rounds[dir], base.rounds[dir])
 		}
 	}
 
-	base := res.find(pathBaseline)
 	for _, m := range []struct{ name, unit string }{
-		{pathBaseline, "base"}, {pathNoVNC, "novnc"}, {pathWebsockify, "websockify"}, {pathXVP, "xvp"},
+		{pathBaseline, "base"}, {pathNoVNC, "novnc"}, {pathNoVNCLean, "novnc-lean"},
+		{pathWebsockify, "websockify"}, {pathWebsockifyLean, "websockify-lean"}, {pathXVP, "xvp"},
 	} {
 		f := res.find(m.name)
 		if f == nil {
@@ -385,10 +401,19 @@ func benchRelay(b *testing.B) *relayResult {
 		}
 		b.ReportMetric(f.medianMBps[down], m.unit+"-down-MB/s")
 		b.ReportMetric(f.medianMBps[up], m.unit+"-up-MB/s")
-		if f != base && base != nil {
-			b.ReportMetric(f.medianMBps[down]/base.medianMBps[down], m.unit+"-down/base")
-			b.ReportMetric(f.medianMBps[up]/base.medianMBps[up], m.unit+"-up/base")
+		if f != base {
+			b.ReportMetric(f.vsBase[down], m.unit+"-down/base")
+			b.ReportMetric(f.vsBase[up], m.unit+"-up/base")
 		}
 	}
 	return res
+}
+
+// pairedRatio is the median over rounds of a[i]/b[i].
+func pairedRatio(a, b []float64) float64 {
+	var ratios []float64
+	for i := range min(len(a), len(b)) {
+		ratios = append(ratios, a[i]/b[i])
+	}
+	return median(ratios)
 }

@@ -12,8 +12,18 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/vncgate/vncgate/deploy/devstack"
+	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/registry"
+)
+
+// Steps of a session timed alone, as printed.
+const (
+	partCheckToken = "  step: CheckToken alone (gRPC)"
+	partEtcdGet    = "  step: etcd Get alone (token record)"
 )
 
 const (
@@ -24,13 +34,16 @@ const (
 // setupPath opens one session to the demo RFB server, returns once the
 // first RFB byte arrived, and closes it.
 type setupPath struct {
-	name    string
+	name string
+	// part marks a step of a session timed alone, not a path.
+	part    bool
 	session func(ctx context.Context) (time.Duration, error)
 }
 
 // setupFigures are one path's session setup latencies.
 type setupFigures struct {
 	name          string
+	part          bool
 	p50, p99, max time.Duration
 	mean          time.Duration
 }
@@ -67,6 +80,17 @@ func benchSetup(b *testing.B) *setupResult {
 		b.Fatal(err)
 	}
 	xvpAddr := w.Addr(w.Ports.XVP)
+	novncToken, err := devstack.TokenOf(wsURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn, err := grpc.NewClient(w.Addr(w.Ports.ConsoleAuthGRPC), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	ca := consoleauthv1.NewConsoleAuthServiceClient(conn)
+	tokenKey := registry.TokenKey(registry.TokenHash(novncToken))
 
 	tcpSession := func(ctx context.Context, addr string, preamble func(net.Conn) error) (time.Duration, error) {
 		start := time.Now()
@@ -89,10 +113,10 @@ func benchSetup(b *testing.B) *setupResult {
 	}
 	wsOpts := &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {origin}}}
 	paths := []setupPath{
-		{pathBaseline, func(ctx context.Context) (time.Duration, error) {
+		{pathBaseline, false, func(ctx context.Context) (time.Duration, error) {
 			return tcpSession(ctx, base, nil)
 		}},
-		{pathNoVNC, func(ctx context.Context) (time.Duration, error) {
+		{pathNoVNC, false, func(ctx context.Context) (time.Duration, error) {
 			start := time.Now()
 			ws, _, err := websocket.Dial(ctx, wsURL, wsOpts)
 			if err != nil {
@@ -104,8 +128,30 @@ func benchSetup(b *testing.B) *setupResult {
 			}
 			return time.Since(start), nil
 		}},
-		{pathXVP, func(ctx context.Context) (time.Duration, error) {
+		{pathXVP, false, func(ctx context.Context) (time.Duration, error) {
 			return tcpSession(ctx, xvpAddr, func(c net.Conn) error { return xvpConnect(c, xvpToken) })
+		}},
+		{partCheckToken, true, func(ctx context.Context) (time.Duration, error) {
+			start := time.Now()
+			resp, err := ca.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: novncToken, ConsoleType: "novnc"})
+			if err != nil {
+				return 0, err
+			}
+			if resp.GetConnectInfo().GetPort() == 0 {
+				return 0, fmt.Errorf("CheckToken: no port in %v", resp)
+			}
+			return time.Since(start), nil
+		}},
+		{partEtcdGet, true, func(ctx context.Context) (time.Duration, error) {
+			start := time.Now()
+			resp, err := w.Client.Get(ctx, tokenKey)
+			if err != nil {
+				return 0, err
+			}
+			if len(resp.Kvs) != 1 {
+				return 0, fmt.Errorf("etcd: token record not found")
+			}
+			return time.Since(start), nil
 		}},
 	}
 
@@ -140,10 +186,10 @@ func benchSetup(b *testing.B) *setupResult {
 		for _, d := range ds {
 			sum += d
 		}
-		f := setupFigures{name: p.name, p50: percentile(ds, 50), p99: percentile(ds, 99), max: ds[len(ds)-1],
+		f := setupFigures{name: p.name, part: p.part, p50: percentile(ds, 50), p99: percentile(ds, 99), max: ds[len(ds)-1],
 			mean: sum / time.Duration(len(ds))}
 		res.paths = append(res.paths, f)
-		unit := map[string]string{pathBaseline: "base", pathNoVNC: "novnc", pathXVP: "xvp"}[p.name]
+		unit := map[string]string{pathBaseline: "base", pathNoVNC: "novnc", pathXVP: "xvp", partCheckToken: "checktoken", partEtcdGet: "etcdget"}[p.name]
 		b.ReportMetric(float64(f.p50)/1e6, unit+"-p50-ms")
 		b.ReportMetric(float64(f.p99)/1e6, unit+"-p99-ms")
 	}

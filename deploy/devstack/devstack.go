@@ -213,7 +213,15 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 	return w, nil
 }
 
+// pickPorts fills the ports left 0. All listeners stay open until every
+// port is picked, so the kernel cannot hand out one port twice.
 func (w *World) pickPorts() error {
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			l.Close()
+		}
+	}()
 	for _, p := range []*int{&w.Ports.Etcd, &w.Ports.ConsoleAuthGRPC, &w.Ports.ConsoleAuthREST, &w.Ports.ComputeAgent, &w.Ports.NoVNC, &w.Ports.XVP} {
 		if *p != 0 {
 			continue
@@ -222,8 +230,8 @@ func (w *World) pickPorts() error {
 		if err != nil {
 			return err
 		}
+		held = append(held, l)
 		*p = l.Addr().(*net.TCPAddr).Port
-		l.Close()
 	}
 	return nil
 }
