@@ -372,7 +372,7 @@ func (ss *session) end(reason string) {
 func (ss *session) run(ws *websocket.Conn, remote string, vnc net.Conn, info *consoleauthv1.ConnectInfo) {
 	opts := ss.srv.opts
 	client := newWSConn(ws, remote, opts.RevocationGrace)
-	rl := relay.New(client, lazyBackend(vnc), opts.IdleTimeout > 0)
+	rl := relay.New(client, vnc, opts.IdleTimeout > 0)
 
 	// end decides the close code once and closes both ends; the close
 	// handshake may wait, so it runs on its own goroutine.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/vncgate/vncgate/pkg/relay"
 	"github.com/vncgate/vncgate/pkg/rfb"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/closecode"
 )
@@ -529,6 +530,7 @@ func TestLargeTransfersArriveIntactWithBackPressure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.SetReadLimit(relay.BufferSize) // one message per chunk the proxy read
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
@@ -537,7 +539,7 @@ func TestLargeTransfersArriveIntactWithBackPressure(t *testing.T) {
 	sent := make(chan error, 1)
 	go func() {
 		// Messages of many sizes, across the copy buffer's size.
-		sizes := []int{1, 7, 100, 4095, 32 << 10, 32<<10 + 1, 200 << 10}
+		sizes := []int{1, 7, 100, 4095, 32 << 10, 200 << 10, relay.BufferSize + 1}
 		for off, i := 0, 0; off < len(data); i++ {
 			n := min(sizes[i%len(sizes)], len(data)-off)
 			if err := c.Write(ctx, websocket.MessageBinary, data[off:off+n]); err != nil {

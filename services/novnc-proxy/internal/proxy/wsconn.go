@@ -12,6 +12,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/vncgate/vncgate/pkg/relay"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/closecode"
 )
 
@@ -98,33 +99,8 @@ func (c *wsConn) WriteTo(w io.Writer) (int64, error) {
 		if err != nil {
 			return total, err
 		}
-		n, err := copyPooled(w, r)
+		n, err := relay.CopyPooled(w, r)
 		total += n
-		if err != nil {
-			return total, err
-		}
-	}
-}
-
-// copyPooled copies r to w until EOF with a pooled buffer. It never uses
-// io.ReaderFrom or io.WriterTo, which would allocate their own buffer.
-func copyPooled(w io.Writer, r io.Reader) (int64, error) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
-	buf := *bp
-	var total int64
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			m, werr := w.Write(buf[:n])
-			total += int64(m)
-			if werr != nil {
-				return total, werr
-			}
-		}
-		if err == io.EOF {
-			return total, nil
-		}
 		if err != nil {
 			return total, err
 		}

@@ -1,6 +1,6 @@
 //go:build unix
 
-package proxy
+package relay
 
 import (
 	"bytes"
@@ -44,7 +44,7 @@ func (o onlyWriter) Write(p []byte) (int, error) { return o.w.Write(p) }
 
 func TestLazyTCPCopiesEverythingThenEOF(t *testing.T) {
 	a, b := tcpPair(t)
-	lazy := lazyBackend(b)
+	lazy := lazy(b)
 	if _, ok := lazy.(*lazyTCP); !ok {
 		t.Fatalf("got %T, want *lazyTCP", lazy)
 	}
@@ -69,7 +69,7 @@ func TestLazyTCPCopiesEverythingThenEOF(t *testing.T) {
 
 func TestLazyTCPReturnsWhenClosed(t *testing.T) {
 	_, b := tcpPair(t)
-	lazy := lazyBackend(b)
+	lazy := lazy(b)
 	done := make(chan error, 1)
 	go func() { _, err := io.Copy(io.Discard, lazy); done <- err }()
 	time.Sleep(20 * time.Millisecond)

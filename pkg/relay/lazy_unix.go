@@ -1,6 +1,6 @@
 //go:build unix
 
-package proxy
+package relay
 
 import (
 	"io"
@@ -8,7 +8,7 @@ import (
 	"syscall"
 )
 
-// lazyTCP is the VNC server's connection with a WriteTo that waits until
+// lazyTCP is a TCP connection with a WriteTo that waits until
 // bytes are waiting before it borrows a copy buffer, so an idle session holds
 // no buffer on this side either (io.Copy would hold 32 KiB per direction for
 // the session's whole life). Half-close comes from the embedded TCPConn.
@@ -17,8 +17,8 @@ type lazyTCP struct {
 	raw syscall.RawConn
 }
 
-// lazyBackend wraps a TCP connection; other connections are returned as is.
-func lazyBackend(c net.Conn) net.Conn {
+// lazy wraps a TCP connection; other connections are returned as is.
+func lazy(c net.Conn) net.Conn {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return c
@@ -50,8 +50,8 @@ func (c *lazyTCP) WriteTo(w io.Writer) (int64, error) {
 
 // drain copies what is waiting with a pooled buffer.
 func (c *lazyTCP) drain(w io.Writer) (int64, error) {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
+	bp := buffers.Get().(*[]byte)
+	defer buffers.Put(bp)
 	buf := *bp
 	var total int64
 	for {
