@@ -10,26 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/vncgate/vncgate/deploy/devstack"
 	"github.com/vncgate/vncgate/deploy/devstack/devstacktest"
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
 )
-
-// consoleAuthClient dials the stack's consoleauth as a proxy does.
-func consoleAuthClient(t *testing.T, w *devstack.World) consoleauthv1.ConsoleAuthServiceClient {
-	t.Helper()
-	conn, err := grpc.NewClient(w.Addr(w.Ports.ConsoleAuthGRPC), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return consoleauthv1.NewConsoleAuthServiceClient(conn)
-}
 
 // TestConsoleURLThroughTheRealServices is the `make run` path: the REST call
 // answers with a URL whose token consoleauth accepts, pointing at the demo VM.
@@ -38,17 +25,11 @@ func TestConsoleURLThroughTheRealServices(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	u, err := w.ConsoleURL(ctx, devstack.DemoUUID, "novnc")
-	if err != nil {
-		t.Fatal(err)
-	}
+	u := consoleURLOf(t, w, devstack.DemoUUID, "novnc")
 	if want := w.NoVNCBaseURL() + "?path=%3Ftoken%3D"; !strings.HasPrefix(u, want) {
 		t.Fatalf("got URL %s, want prefix %s", u, want)
 	}
-	token, err := devstack.TokenOf(u)
-	if err != nil {
-		t.Fatal(err)
-	}
+	token := tokenOf(t, u)
 	resp, err := consoleAuthClient(t, w).CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token, ConsoleType: "novnc"})
 	if err != nil {
 		t.Fatalf("check-token of the URL's token: %v", err)
@@ -81,9 +62,7 @@ func TestComputeAgentGoneIs409(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := w.ConsoleURL(ctx, devstack.DemoUUID, "novnc"); err != nil {
-		t.Fatal(err)
-	}
+	consoleURLOf(t, w, devstack.DemoUUID, "novnc")
 	// SIGKILL: a dead agent cleans nothing up; its lease must expire.
 	if err := w.Proc(devstack.ComputeAgent).Kill(); err != nil {
 		t.Fatal(err)

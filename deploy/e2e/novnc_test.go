@@ -25,16 +25,8 @@ import (
 
 	"github.com/vncgate/vncgate/deploy/devstack"
 	"github.com/vncgate/vncgate/deploy/devstack/devstacktest"
+	"github.com/vncgate/vncgate/pkg/qemutest"
 	"github.com/vncgate/vncgate/pkg/rfb"
-)
-
-// Close codes of novnc-proxy (services/novnc-proxy/internal/closecode),
-// repeated here because a service's internals are not importable.
-const (
-	novncTokenInvalid = 4401
-	novncWrongType    = 4406
-	novncRevoked      = 4410
-	novncThrottled    = 4429
 )
 
 // qemuUUID is the QEMU guest's instance in the stack's inventory.
@@ -65,78 +57,6 @@ func requireNoVNCLibrary(t *testing.T) {
 	requireTool(t, err == nil, "noVNC library missing: run npm ci in services/novnc-proxy/web")
 }
 
-// novncWSURL is the WebSocket URL novnc-proxy serves for a console URL's
-// token, and the Origin of the console page.
-func novncWSURL(t *testing.T, consoleURL string) (wsURL, origin string) {
-	t.Helper()
-	token, err := devstack.TokenOf(consoleURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := url.Parse(consoleURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return "ws://" + u.Host + "/websockify?token=" + url.QueryEscape(token), u.Scheme + "://" + u.Host
-}
-
-// novncDial opens a WebSocket to novnc-proxy as the console page would.
-func novncDial(t *testing.T, wsURL, origin string) *websocket.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, _, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {origin}}})
-	if err != nil {
-		t.Fatalf("websocket to novnc-proxy: %v", err)
-	}
-	t.Cleanup(func() { c.CloseNow() })
-	return c
-}
-
-// novncConsole dials and runs the RFB handshake through the proxy.
-func novncConsole(t *testing.T, consoleURL string) (*websocket.Conn, net.Conn, rfb.ServerInit) {
-	t.Helper()
-	wsURL, origin := novncWSURL(t, consoleURL)
-	c := novncDial(t, wsURL, origin)
-	nc := websocket.NetConn(context.Background(), c, websocket.MessageBinary)
-	nc.SetDeadline(time.Now().Add(30 * time.Second))
-	si, err := rfb.Handshake(nc)
-	if err != nil {
-		t.Fatalf("rfb handshake through novnc-proxy: %v", err)
-	}
-	return c, nc, si
-}
-
-// novncCloseOf reads until the WebSocket fails and returns its close frame.
-func novncCloseOf(t *testing.T, c *websocket.Conn) websocket.CloseError {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for {
-		_, _, err := c.Read(ctx)
-		if err == nil {
-			continue
-		}
-		var ce websocket.CloseError
-		if !errors.As(err, &ce) {
-			t.Fatalf("connection ended without a close frame: %v", err)
-		}
-		return ce
-	}
-}
-
-// consoleURLOf asks the REST API for a console URL.
-func consoleURLOf(t *testing.T, w *devstack.World, uuid, consoleType string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	u, err := w.ConsoleURL(ctx, uuid, consoleType)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
-}
-
 // rawHTTP sends raw bytes to addr and returns the answer's status line.
 func rawHTTP(t *testing.T, addr string, raw []byte) string {
 	t.Helper()
@@ -154,54 +74,13 @@ func rawHTTP(t *testing.T, addr string, raw []byte) string {
 	return strings.TrimSpace(line)
 }
 
-// startQEMU runs a diskless QEMU whose VNC server listens on a free
-// loopback port, until the test ends.
-func startQEMU(t *testing.T) int {
-	t.Helper()
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	requireTool(t, err == nil, "qemu-system-x86_64 missing")
-	for attempt := 0; attempt < 5; attempt++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if port < 5900 {
-			continue
-		}
-		cmd := exec.Command(qemu, "-display", "none", "-vnc", fmt.Sprintf("127.0.0.1:%d", port-5900),
-			"-machine", "none", "-nodefaults", "-no-user-config")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-		t.Cleanup(func() { cmd.Process.Kill(); <-exited })
-		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-			select {
-			case <-exited:
-				deadline = time.Time{}
-				continue
-			default:
-			}
-			if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-				c.Close()
-				return port
-			}
-		}
-	}
-	t.Fatal("could not start QEMU with a VNC server")
-	return 0
-}
-
 // TestNoVNCProxy runs the whole stack and goes through novnc-proxy as a
 // browser's noVNC does: REST get-console-URL, WebSocket, RFB, to the demo VM
 // and to a real QEMU; then the security checks, throttling last (it bans
 // 127.0.0.1 for the rest of the window).
 func TestNoVNCProxy(t *testing.T) {
 	requireNoVNCLibrary(t)
-	qemuPort := startQEMU(t)
+	qemuPort := qemutest.StartVNC(t)
 	w := devstacktest.Start(t, devstack.Options{
 		Skip:      map[string]bool{devstack.XVPProxy: true},
 		Instances: []devstack.Instance{{UUID: qemuUUID, VNCHost: "127.0.0.1", VNCPort: qemuPort, State: "running"}},
@@ -232,15 +111,9 @@ func TestNoVNCProxy(t *testing.T) {
 	})
 
 	t.Run("demo VM: handshake, framebuffer update, key", func(t *testing.T) {
-		_, nc, si := novncConsole(t, consoleURLOf(t, w, devstack.DemoUUID, "novnc"))
-		if err := rfb.RequestUpdate(nc, si, false); err != nil {
-			t.Fatal(err)
-		}
-		up, err := rfb.ReadUpdate(nc, si)
-		if err != nil {
-			t.Fatalf("framebuffer update: %v", err)
-		}
-		if len(up.Rects) == 0 || up.Rects[0].DistinctColours() < 2 {
+		_, nc := novncConsole(t, consoleURLOf(t, w, devstack.DemoUUID, "novnc"))
+		_, up := rfbView(t, "demo VM through novnc-proxy", nc)
+		if up.Rects[0].DistinctColours() < 2 {
 			t.Fatalf("got %d rects, want the demo's test pattern", len(up.Rects))
 		}
 		if err := rfb.SendKey(nc, 'q', true); err != nil {
@@ -254,18 +127,12 @@ func TestNoVNCProxy(t *testing.T) {
 	})
 
 	t.Run("QEMU VM: handshake and framebuffer update", func(t *testing.T) {
-		_, nc, si := novncConsole(t, consoleURLOf(t, w, qemuUUID, "novnc"))
+		_, nc := novncConsole(t, consoleURLOf(t, w, qemuUUID, "novnc"))
+		si, up := rfbView(t, "QEMU through novnc-proxy", nc)
 		if !strings.Contains(si.Name, "QEMU") {
 			t.Errorf("got desktop name %q, want QEMU's", si.Name)
 		}
-		if err := rfb.RequestUpdate(nc, si, false); err != nil {
-			t.Fatal(err)
-		}
-		up, err := rfb.ReadUpdate(nc, si)
-		if err != nil {
-			t.Fatalf("framebuffer update from QEMU: %v", err)
-		}
-		if len(up.Rects) == 0 || up.Rects[0].Width == 0 {
+		if up.Rects[0].Width == 0 {
 			t.Fatalf("got %d rects, want QEMU's screen", len(up.Rects))
 		}
 	})
@@ -288,11 +155,7 @@ func TestNoVNCProxy(t *testing.T) {
 	})
 
 	t.Run("token of another console type refused", func(t *testing.T) {
-		xvp := consoleURLOf(t, w, devstack.DemoUUID, "xvpvnc")
-		token, err := devstack.TokenOf(xvp)
-		if err != nil {
-			t.Fatal(err)
-		}
+		token := tokenOf(t, consoleURLOf(t, w, devstack.DemoUUID, "xvpvnc"))
 		c := novncDial(t, "ws://"+proxyAddr+"/?token="+url.QueryEscape(token), "http://"+proxyAddr)
 		if ce := novncCloseOf(t, c); ce.Code != novncWrongType {
 			t.Fatalf("got close %d %q, want %d", ce.Code, ce.Reason, novncWrongType)
@@ -301,7 +164,8 @@ func TestNoVNCProxy(t *testing.T) {
 
 	t.Run("revocation ends live sessions and refuses the token", func(t *testing.T) {
 		u := consoleURLOf(t, w, devstack.DemoUUID, "novnc")
-		live, _, _ := novncConsole(t, u)
+		live, nc := novncConsole(t, u)
+		rfbView(t, "novnc-proxy before the revocation", nc)
 		req, _ := http.NewRequest(http.MethodDelete, w.RESTURL()+"/v2.1/servers/"+devstack.DemoUUID+"/console-tokens?reason="+url.QueryEscape("the instance was stopped"), nil)
 		start := time.Now()
 		resp, err := http.DefaultClient.Do(req)
@@ -332,7 +196,9 @@ func TestNoVNCProxy(t *testing.T) {
 	})
 
 	t.Run("garbage and oversized handshakes closed while a session goes on", func(t *testing.T) {
-		_, nc, si := novncConsole(t, consoleURLOf(t, w, devstack.DemoUUID, "novnc"))
+		_, nc := novncConsole(t, consoleURLOf(t, w, devstack.DemoUUID, "novnc"))
+		si, _ := rfbView(t, "novnc-proxy session", nc)
+		nc.SetDeadline(time.Now().Add(30 * time.Second))
 		var wg sync.WaitGroup
 		for _, tc := range []struct{ name, raw, want string }{
 			{"garbage", "\x00\x01\x02garbage\xff\r\n\r\n", "HTTP/1.1 400 Bad Request"},
@@ -572,10 +438,7 @@ func TestNoVNCInABrowser(t *testing.T) {
 			t.Skip("Debian's noVNC is not installed (apt-get install novnc)")
 		}
 		addr := startNoVNCProxy(t, w, "--web="+debian)
-		token, err := devstack.TokenOf(consoleURLOf(t, w, devstack.DemoUUID, "novnc"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		token := tokenOf(t, consoleURLOf(t, w, devstack.DemoUUID, "novnc"))
 		shot := filepath.Join(shots, "debian-novnc.png")
 		r := b.run(map[string]any{
 			"url":  "http://" + addr + "/vnc_lite.html?path=" + url.QueryEscape("?token="+token),

@@ -2,16 +2,15 @@ package rfb
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
-	"fmt"
 	"io"
 	"net"
-	"os"
-	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vncgate/vncgate/pkg/qemutest"
 )
 
 // scriptedServer accepts one connection on loopback, writes script to it,
@@ -149,15 +148,7 @@ func TestReadUpdateSkips(t *testing.T) {
 // (no disk, no guest): the handshake, a full update, input events, and the
 // session still answering afterwards.
 func TestClientAgainstQEMU(t *testing.T) {
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("qemu-system-x86_64 not found (%v): install Debian package qemu-system-x86 (make deps)", err)
-		}
-		t.Skipf("qemu-system-x86_64 not found: %v", err)
-	}
-	addr := startQEMU(t, qemu)
-	c := dial(t, addr)
+	c := dial(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(qemutest.StartVNC(t))))
 	si, err := Handshake(c)
 	if err != nil {
 		t.Fatalf("handshake with qemu: %v", err)
@@ -200,61 +191,4 @@ func TestClientAgainstQEMU(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-}
-
-// startQEMU runs QEMU with only a VNC server on a free loopback port and
-// returns that address once it accepts connections.
-func startQEMU(t *testing.T, qemu string) string {
-	t.Helper()
-	for attempt := 0; attempt < 5; attempt++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if port < 5900 {
-			continue
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		cmd := exec.CommandContext(ctx, qemu,
-			"-machine", "none", "-nodefaults", "-display", "none",
-			"-vnc", fmt.Sprintf("127.0.0.1:%d", port-5900))
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			cancel()
-			t.Fatalf("start qemu: %v", err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		stop := func() {
-			cancel()
-			<-exited
-		}
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			c, err := net.DialTimeout("tcp", addr, time.Second)
-			if err == nil {
-				c.Close()
-				t.Cleanup(stop)
-				return addr
-			}
-			select {
-			case err := <-exited:
-				cancel()
-				t.Logf("qemu exited (%v): %s; trying another port", err, stderr.String())
-			case <-time.After(50 * time.Millisecond):
-				if time.Now().Before(deadline) {
-					continue
-				}
-				stop()
-				t.Fatalf("qemu VNC on %s not accepting after 15s: %s", addr, stderr.String())
-			}
-			break
-		}
-	}
-	t.Fatal("could not start qemu on a free port after 5 attempts")
-	return ""
 }

@@ -18,7 +18,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -29,6 +28,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/vncgate/vncgate/pkg/etcdembed"
+	"github.com/vncgate/vncgate/pkg/qemutest"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/rfb"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/closecode"
@@ -246,14 +246,7 @@ func TestRunServesPageAndConsoleAndEndsRevokedSessions(t *testing.T) {
 }
 
 func TestRunRelaysARealQEMUVNCServer(t *testing.T) {
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("qemu-system-x86_64 missing (apt-get install qemu-system-x86; make deps)")
-		}
-		t.Skip("qemu-system-x86_64 missing (apt-get install qemu-system-x86; make deps)")
-	}
-	port := startQEMU(t, qemu)
+	port := qemutest.StartVNC(t)
 	auth := consoleauthtest.Start(t)
 	s := startRun(t, testConfig(t, auth))
 	tok := auth.Mint(instance, "novnc", "127.0.0.1", int32(port), time.Minute)
@@ -276,48 +269,6 @@ func TestRunRelaysARealQEMUVNCServer(t *testing.T) {
 		t.Fatalf("got an update of %d rects and no pixels, want QEMU's screen", len(up.Rects))
 	}
 	t.Logf("QEMU %dx%d %q: first update %d rects, %d pixels", si.Width, si.Height, si.Name, len(up.Rects), pixels)
-}
-
-// startQEMU runs a diskless QEMU with a VNC server on a free loopback port.
-func startQEMU(t *testing.T, qemu string) int {
-	t.Helper()
-	for attempt := 0; attempt < 5; attempt++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if port < 5900 || port > 5900+65000 {
-			continue
-		}
-		cmd := exec.Command(qemu, "-display", "none", "-vnc", fmt.Sprintf("127.0.0.1:%d", port-5900),
-			"-machine", "none", "-nodefaults", "-no-user-config")
-		out := &strings.Builder{}
-		cmd.Stdout, cmd.Stderr = out, out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-		t.Cleanup(func() { cmd.Process.Kill(); <-exited })
-		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
-			select {
-			case <-exited:
-				t.Logf("qemu on display %d exited: %s", port-5900, out)
-				deadline = time.Time{}
-				continue
-			default:
-			}
-			if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-				c.Close()
-				return port
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	t.Fatal("could not start QEMU with a VNC server")
-	return 0
 }
 
 // selfSigned writes a certificate for 127.0.0.1 and its key, and returns

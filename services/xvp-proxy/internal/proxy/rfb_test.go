@@ -3,14 +3,13 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"io"
 	"net"
-	"os"
-	"os/exec"
+	"strconv"
 	"testing"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/qemutest"
 	"github.com/vncgate/vncgate/pkg/rfb"
 )
 
@@ -72,67 +71,8 @@ func TestDemoVNCServerThroughProxy(t *testing.T) {
 	}
 }
 
-// startQEMU runs a QEMU with no machine and a VNC server on a free loopback
-// port, killed in t.Cleanup. Without qemu the test fails in CI (CI=true)
-// and is skipped elsewhere.
-func startQEMU(t *testing.T) string {
-	t.Helper()
-	path, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("qemu-system-x86_64 not found (CI=true): %v", err)
-		}
-		t.Skipf("qemu-system-x86_64 not found: %v", err)
-	}
-	for attempt := 0; attempt < 5; attempt++ {
-		port := freePortAbove(t, 5900)
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		cmd := exec.Command(path, "-display", "none", "-vnc", fmt.Sprintf("127.0.0.1:%d", port-5900),
-			"-machine", "none", "-nodefaults")
-		cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("starting qemu: %v", err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-		t.Cleanup(func() { cmd.Process.Kill(); <-exited })
-		deadline := time.Now().Add(15 * time.Second)
-		for time.Now().Before(deadline) {
-			select {
-			case <-exited:
-				deadline = time.Time{} // port taken meanwhile, say: try another
-				continue
-			default:
-			}
-			if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-				c.Close()
-				return addr
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	t.Fatal("qemu's VNC server did not come up")
-	return ""
-}
-
-// freePortAbove returns a loopback port that was free a moment ago.
-func freePortAbove(t *testing.T, min int) int {
-	t.Helper()
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if port > min {
-			return port
-		}
-	}
-}
-
 func TestQEMUThroughProxy(t *testing.T) {
-	addr := startQEMU(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(qemutest.StartVNC(t)))
 	w := newWorld(t)
 	w.auth.add("tok", "inst-qemu", addr)
 	c, br := w.session(t, "tok")

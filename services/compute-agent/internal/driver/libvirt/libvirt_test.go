@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/libvirttest"
+	"github.com/vncgate/vncgate/pkg/qemutest"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 )
 
@@ -144,11 +146,11 @@ func TestNewRejectsBadURI(t *testing.T) {
 // TestLifecycle follows one guest through start, console, destroy and
 // undefine against the real libvirtd.
 func TestLifecycle(t *testing.T) {
-	needLibvirtd(t)
+	libvirttest.Require(t)
 	admin := adminConn(t)
 	w := newWorld(t, Config{ProxyClientAddress: "192.0.2.10"})
 	ctx := context.Background()
-	td := defineDomain(t, admin, vncAutoport)
+	td := defineDomain(t, admin, libvirttest.VNCAutoport)
 
 	// Defined but stopped: published, and "not running".
 	if uuids, err := w.d.Instances(ctx); err != nil || !slices.Contains(uuids, td.UUID) {
@@ -203,7 +205,7 @@ func TestLifecycle(t *testing.T) {
 
 // TestConsoleErrors checks each way Console refuses, on real domains.
 func TestConsoleErrors(t *testing.T) {
-	needLibvirtd(t)
+	libvirttest.Require(t)
 	admin := adminConn(t)
 	d, err := New(Config{}) // no server_proxyclient_address: the listen address
 	if err != nil {
@@ -211,10 +213,10 @@ func TestConsoleErrors(t *testing.T) {
 	}
 	t.Cleanup(func() { d.Close() })
 
-	noVNC := defineDomain(t, admin, noGraphics)
+	noVNC := defineDomain(t, admin, libvirttest.NoGraphics)
 	startDomain(t, admin, noVNC)
-	stopped := defineDomain(t, admin, vncAutoport)
-	running := defineDomain(t, admin, vncAutoport)
+	stopped := defineDomain(t, admin, libvirttest.VNCAutoport)
+	running := defineDomain(t, admin, libvirttest.VNCAutoport)
 	startDomain(t, admin, running)
 
 	tests := []struct {
@@ -226,7 +228,7 @@ func TestConsoleErrors(t *testing.T) {
 		{"running with vnc", running.UUID, "127.0.0.1", nil},
 		{"running without graphics", noVNC.UUID, "", driver.ErrNoConsole},
 		{"defined not started", stopped.UUID, "", driver.ErrNotRunning},
-		{"unknown", newUUID(t), "", driver.ErrNotFound},
+		{"unknown", libvirttest.NewUUID(t), "", driver.ErrNotFound},
 		{"not a uuid", "instance-00000001", "", driver.ErrNotFound},
 	}
 	for _, tt := range tests {
@@ -248,16 +250,16 @@ func TestConsoleErrors(t *testing.T) {
 // TestConsoleChanged restarts a guest on another VNC port: the watcher
 // reports Started and ConsoleChanged, and Console the new port.
 func TestConsoleChanged(t *testing.T) {
-	needLibvirtd(t)
+	libvirttest.Require(t)
 	admin := adminConn(t)
 	w := newWorld(t, Config{ProxyClientAddress: "127.0.0.1"})
 	ctx := context.Background()
 
-	p1, p2 := freePort(t), freePort(t)
+	p1, p2 := qemutest.FreeVNCPort(t), qemutest.FreeVNCPort(t)
 	for p2 == p1 {
-		p2 = freePort(t)
+		p2 = qemutest.FreeVNCPort(t)
 	}
-	td := defineDomain(t, admin, vncAt(p1))
+	td := defineDomain(t, admin, libvirttest.VNCAt(p1))
 	startDomain(t, admin, td)
 	w.waitEvent(t, td.UUID, driver.Started, eventWithin)
 	if c, err := w.d.Console(ctx, td.UUID); err != nil || c.Port != int32(p1) {
@@ -268,7 +270,7 @@ func TestConsoleChanged(t *testing.T) {
 		t.Fatalf("destroy: %v", err)
 	}
 	w.waitEvent(t, td.UUID, driver.Stopped, eventWithin)
-	redefine(t, admin, td, vncAt(p2))
+	redefine(t, admin, td, libvirttest.VNCAt(p2))
 	startDomain(t, admin, td)
 	w.waitEvent(t, td.UUID, driver.Started, eventWithin)
 	ev, _ := w.waitEvent(t, td.UUID, driver.ConsoleChanged, eventWithin)
@@ -285,27 +287,27 @@ func TestConsoleChanged(t *testing.T) {
 // watcher resubscribes, reports what changed while libvirtd was away (a
 // guest whose QEMU died) and reports new events.
 func TestLibvirtdRestart(t *testing.T) {
-	needLibvirtd(t)
+	libvirttest.Require(t)
 	admin := adminConn(t)
 	w := newWorld(t, Config{ProxyClientAddress: "127.0.0.1", MaxBackoff: 300 * time.Millisecond})
 	ctx := context.Background()
 
-	alive := defineDomain(t, admin, vncAutoport)
+	alive := defineDomain(t, admin, libvirttest.VNCAutoport)
 	startDomain(t, admin, alive)
 	w.waitEvent(t, alive.UUID, driver.Started, eventWithin)
-	dies := defineDomain(t, admin, vncAutoport)
+	dies := defineDomain(t, admin, libvirttest.VNCAutoport)
 	startDomain(t, admin, dies)
 	w.waitEvent(t, dies.UUID, driver.Started, eventWithin)
 	before, err := w.d.Console(ctx, alive.UUID)
 	if err != nil {
 		t.Fatalf("Console: %v", err)
 	}
-	qemuPID, err := readPID(filepath.Join("/run/libvirt/qemu", dies.Name+".pid"))
+	qemuPID, err := libvirttest.ReadPID(filepath.Join("/run/libvirt/qemu", dies.Name+".pid"))
 	if err != nil {
 		t.Fatalf("qemu pid of %s: %v", dies.Name, err)
 	}
 
-	stopLibvirtd(t)
+	libvirttest.StopLibvirtd(t)
 	if _, err := w.d.Console(ctx, alive.UUID); !errors.Is(err, driver.ErrUnavailable) {
 		t.Fatalf("Console while libvirtd is down: got %v, want ErrUnavailable", err)
 	}
@@ -317,7 +319,7 @@ func TestLibvirtdRestart(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	restarted := time.Now()
-	if err := spawnLibvirtd(); err != nil {
+	if err := libvirttest.StartLibvirtd(); err != nil {
 		t.Fatal(err)
 	}
 	w.waitSubscribed(t, 15*time.Second)
@@ -348,7 +350,7 @@ func TestUnreachable(t *testing.T) {
 	ctx := context.Background()
 	for i := range 3 {
 		start := time.Now()
-		_, err := d.Console(ctx, newUUID(t))
+		_, err := d.Console(ctx, libvirttest.NewUUID(t))
 		if !errors.Is(err, driver.ErrUnavailable) {
 			t.Fatalf("call %d: got %v, want ErrUnavailable", i, err)
 		}

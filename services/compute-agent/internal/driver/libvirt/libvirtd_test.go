@@ -1,179 +1,28 @@
 package libvirt
 
-// Fixtures: a real libvirtd (started here when it is not running), real
-// TCG guests defined through the libvirt API, and a log handler that tells
-// the tests when the watcher has (re)subscribed.
+// Fixtures: a real libvirtd (pkg/libvirttest starts it when it is not
+// running), real TCG guests defined through the libvirt API, and a log
+// handler that tells the tests when the watcher has (re)subscribed.
 
 import (
 	"context"
-	"crypto/rand"
-	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 
+	"github.com/vncgate/vncgate/pkg/libvirttest"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 )
 
-const (
-	libvirtdPIDFile = "/run/libvirtd.pid"
-	virtlogdPIDFile = "/run/virtlogd.pid"
-	// subscribedMsg is logged each time the watcher has subscribed.
-	subscribedMsg = "watching libvirt lifecycle events"
-)
-
-var (
-	libvirtdOnce    sync.Once
-	libvirtdErr     error
-	libvirtdStarted bool // this test binary started libvirtd
-)
-
-// needLibvirtd makes sure libvirtd answers on qemu:///system, starting
-// virtlogd and libvirtd (and installing them with apt) when needed. It
-// fails the test saying why when that is impossible; outside CI,
-// VNCGATE_SKIP_LIBVIRT=1 turns the failure into an explicit skip.
-func needLibvirtd(t *testing.T) {
-	t.Helper()
-	libvirtdOnce.Do(func() { libvirtdStarted, libvirtdErr = startLibvirtd() })
-	if libvirtdErr == nil {
-		return
-	}
-	if os.Getenv("CI") != "true" && os.Getenv("VNCGATE_SKIP_LIBVIRT") == "1" {
-		t.Skipf("skipping libvirt test (VNCGATE_SKIP_LIBVIRT=1): %v", libvirtdErr)
-	}
-	t.Fatalf("libvirt tests need a running libvirtd: %v", libvirtdErr)
-}
-
-func libvirtdUp() error {
-	u, err := url.Parse(DefaultURI)
-	if err != nil {
-		return err
-	}
-	l, err := golibvirt.ConnectToURI(u)
-	if err != nil {
-		return err
-	}
-	defer l.Disconnect()
-	_, err = l.ConnectGetLibVersion()
-	return err
-}
-
-func startLibvirtd() (started bool, err error) {
-	if libvirtdUp() == nil {
-		return false, nil
-	}
-	if os.Geteuid() != 0 {
-		return false, errors.New("libvirtd is not running on /var/run/libvirt/libvirt-sock and the test is not root, so it cannot start it")
-	}
-	if err := installPackages(); err != nil {
-		return false, err
-	}
-	if !pidAlive(virtlogdPIDFile) {
-		if out, err := exec.Command("virtlogd", "-d").CombinedOutput(); err != nil {
-			return false, fmt.Errorf("start virtlogd: %v: %s", err, out)
-		}
-	}
-	if err := spawnLibvirtd(); err != nil {
-		return false, err
-	}
-	return true, nil
-}
-
-// installPackages installs libvirt-daemon-system and qemu-system-x86 with
-// apt when their programs are missing.
-func installPackages() error {
-	var missing bool
-	for _, p := range []string{"libvirtd", "virtlogd", "qemu-system-x86_64", "virsh"} {
-		if _, err := exec.LookPath(p); err != nil {
-			missing = true
-		}
-	}
-	if !missing {
-		return nil
-	}
-	cmd := exec.Command("apt-get", "install", "-y", "--no-install-recommends", "libvirt-daemon-system", "qemu-system-x86")
-	cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("apt-get install libvirt-daemon-system qemu-system-x86: %v: %s", err, out)
-	}
-	return nil
-}
-
-// spawnLibvirtd starts the daemon and waits until it answers.
-func spawnLibvirtd() error {
-	if out, err := exec.Command("libvirtd", "-d").CombinedOutput(); err != nil {
-		return fmt.Errorf("start libvirtd: %v: %s", err, out)
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := libvirtdUp()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("libvirtd started but does not answer on qemu:///system: %w", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func readPID(file string) (int, error) {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(b)))
-}
-
-func pidAlive(file string) bool {
-	pid, err := readPID(file)
-	return err == nil && syscall.Kill(pid, 0) == nil
-}
-
-// stopLibvirtd terminates libvirtd (guests keep running) and waits for it
-// to exit. Only a libvirtd this binary started is touched, unless CI=true
-// or VNCGATE_LIBVIRTD_RESTART=1 say that this machine's libvirtd is the
-// tests' to restart.
-func stopLibvirtd(t *testing.T) {
-	t.Helper()
-	if !libvirtdStarted && os.Getenv("CI") != "true" && os.Getenv("VNCGATE_LIBVIRTD_RESTART") != "1" {
-		t.Skip("libvirtd was running before the tests: set VNCGATE_LIBVIRTD_RESTART=1 to let this test restart it")
-	}
-	pid, err := readPID(libvirtdPIDFile)
-	if err != nil {
-		t.Fatalf("libvirtd pid: %v", err)
-	}
-	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
-		t.Fatalf("stop libvirtd (pid %d): %v", pid, err)
-	}
-	deadline := time.Now().Add(15 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("libvirtd (pid %d) still running 15s after SIGTERM", pid)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Cleanup(func() {
-		// Never leave the machine without libvirtd, even when the test
-		// failed between stop and start.
-		if libvirtdUp() != nil {
-			if err := spawnLibvirtd(); err != nil {
-				t.Errorf("restart libvirtd: %v", err)
-			}
-		}
-	})
-}
+// subscribedMsg is logged each time the watcher has subscribed.
+const subscribedMsg = "watching libvirt lifecycle events"
 
 // adminConn is the test's own libvirt connection, for defining, starting
 // and destroying guests.
@@ -188,55 +37,18 @@ func adminConn(t *testing.T) *golibvirt.Libvirt {
 	return l
 }
 
-// graphics variants for testDomain.
-const (
-	vncAutoport = "<graphics type='vnc' autoport='yes' listen='127.0.0.1'/>"
-	noGraphics  = ""
-)
-
-func vncAt(port int) string {
-	return fmt.Sprintf("<graphics type='vnc' port='%d' autoport='no' listen='127.0.0.1'/>", port)
-}
-
+// testDomain is a guest defined through the test's own connection.
 type testDomain struct {
-	UUID string
-	Name string
-	dom  golibvirt.Domain
-}
-
-func newUUID(t *testing.T) string {
-	t.Helper()
-	var u golibvirt.UUID
-	if _, err := rand.Read(u[:]); err != nil {
-		t.Fatal(err)
-	}
-	u[6] = u[6]&0x0f | 0x40
-	u[8] = u[8]&0x3f | 0x80
-	return formatUUID(u)
-}
-
-func domainXMLFor(name, uuid, graphics string) string {
-	return fmt.Sprintf(`<domain type='qemu'>
-  <name>%s</name>
-  <uuid>%s</uuid>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    %s
-  </devices>
-</domain>`, name, uuid, graphics)
+	libvirttest.Guest
+	dom golibvirt.Domain
 }
 
 // defineDomain defines a persistent tiny TCG guest (no disk, 64 MiB) and
 // removes it (destroy + undefine) when the test ends.
 func defineDomain(t *testing.T, l *golibvirt.Libvirt, graphics string) testDomain {
 	t.Helper()
-	uuid := newUUID(t)
-	td := testDomain{UUID: uuid, Name: "vncgate-test-" + uuid[:8]}
-	dom, err := l.DomainDefineXML(domainXMLFor(td.Name, uuid, graphics))
+	td := testDomain{Guest: libvirttest.NewGuest(t, "vncgate-test-")}
+	dom, err := l.DomainDefineXML(td.XML(graphics))
 	if err != nil {
 		t.Fatalf("define domain: %v", err)
 	}
@@ -260,7 +72,7 @@ func defineDomain(t *testing.T, l *golibvirt.Libvirt, graphics string) testDomai
 // redefine replaces the persistent definition of td (it must be stopped).
 func redefine(t *testing.T, l *golibvirt.Libvirt, td testDomain, graphics string) {
 	t.Helper()
-	if _, err := l.DomainDefineXML(domainXMLFor(td.Name, td.UUID, graphics)); err != nil {
+	if _, err := l.DomainDefineXML(td.XML(graphics)); err != nil {
 		t.Fatalf("redefine domain: %v", err)
 	}
 }
@@ -275,11 +87,7 @@ func startDomain(t *testing.T, l *golibvirt.Libvirt, td testDomain) {
 // vncdisplayPort asks virsh (not the driver) where td's VNC server listens.
 func vncdisplayPort(t *testing.T, td testDomain) int32 {
 	t.Helper()
-	out, err := exec.Command("virsh", "-c", DefaultURI, "vncdisplay", td.UUID).CombinedOutput()
-	if err != nil {
-		t.Fatalf("virsh vncdisplay: %v: %s", err, out)
-	}
-	s := strings.TrimSpace(string(out))
+	s := libvirttest.Virsh(t, "vncdisplay", td.UUID)
 	i := strings.LastIndex(s, ":")
 	n, err := strconv.Atoi(s[i+1:])
 	if i < 0 || err != nil {
@@ -304,25 +112,6 @@ func readRFBBanner(t *testing.T, port int32) {
 	if !strings.HasPrefix(string(buf), "RFB ") {
 		t.Fatalf("got banner %q on port %d, want RFB", buf, port)
 	}
-}
-
-// freePort returns a TCP port on 127.0.0.1 that nobody listens on now,
-// outside libvirt's autoport range start so that autoport guests of other
-// tests do not take it.
-func freePort(t *testing.T) int {
-	t.Helper()
-	for range 100 {
-		var b [2]byte
-		rand.Read(b[:])
-		p := 20000 + int(b[0])<<8 + int(b[1])%1000
-		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-		if err == nil {
-			ln.Close()
-			return p
-		}
-	}
-	t.Fatal("no free port")
-	return 0
 }
 
 // world is a driver under test with its watcher running.

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/qemutest"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 )
 
@@ -43,9 +44,9 @@ type qemuProc struct {
 
 func needQEMU(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("qemu-system-x86_64")
+	p, err := exec.LookPath(qemutest.Binary)
 	if err != nil {
-		t.Fatalf("the qmp tests need qemu-system-x86_64 (apt-get install qemu-system-x86): %v", err)
+		t.Fatalf("the qmp tests need %s (apt-get install qemu-system-x86): %v", qemutest.Binary, err)
 	}
 	return p
 }
@@ -61,8 +62,7 @@ func startQEMU(t *testing.T, sock string, o qemuOpts) *qemuProc {
 	}
 	for attempt := 0; ; attempt++ {
 		p := &qemuProc{sock: sock, exited: make(chan struct{})}
-		args := []string{"-machine", "none", "-nodefaults", "-display", "none",
-			"-qmp", "unix:" + sock + ",server=on,wait=off"}
+		args := append(qemutest.BaseArgs(), "-qmp", "unix:"+sock+",server=on,wait=off")
 		if o.control {
 			p.ctlSock = filepath.Join(dir, "ctl.sock")
 			args = append(args, "-qmp", "unix:"+p.ctlSock+",server=on,wait=off")
@@ -70,10 +70,10 @@ func startQEMU(t *testing.T, sock string, o qemuOpts) *qemuProc {
 		if o.vnc {
 			port := o.port
 			if port == 0 {
-				port = freeVNCPort(t)
+				port = qemutest.FreeVNCPort(t)
 			}
 			p.port = int32(port)
-			args = append(args, "-vnc", fmt.Sprintf("127.0.0.1:%d", port-5900))
+			args = append(args, "-vnc", fmt.Sprintf("127.0.0.1:%d", port-qemutest.BasePort))
 		}
 		var stderr strings.Builder
 		p.cmd = exec.Command(bin, args...)
@@ -155,24 +155,6 @@ func (p *qemuProc) control(t *testing.T, command string) {
 	if err := c.execute(ctx, command, nil); err != nil {
 		t.Fatalf("control monitor: %v", err)
 	}
-}
-
-// freeVNCPort returns a free port 5900+N on 127.0.0.1 with N in
-// [1000, 9000), away from libvirt's autoport range start.
-func freeVNCPort(t *testing.T) int {
-	t.Helper()
-	for range 100 {
-		var b [2]byte
-		rand.Read(b[:])
-		p := 5900 + 1000 + (int(b[0])<<8|int(b[1]))%8000
-		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-		if err == nil {
-			ln.Close()
-			return p
-		}
-	}
-	t.Fatal("no free vnc port")
-	return 0
 }
 
 func newUUID(t *testing.T) string {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/qemutest"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 )
 
@@ -177,9 +178,9 @@ func TestRestartOnAnotherPort(t *testing.T) {
 	first.kill(syscall.SIGKILL)
 	waitEvent(t, events, id, driver.Stopped, eventWithin)
 
-	port := freeVNCPort(t)
+	port := qemutest.FreeVNCPort(t)
 	for port == int(first.port) {
-		port = freeVNCPort(t)
+		port = qemutest.FreeVNCPort(t)
 	}
 	second := startQEMU(t, sock, qemuOpts{vnc: true, port: port})
 	// Console connects by itself, without waiting for the monitor's backoff.
