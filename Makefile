@@ -13,7 +13,7 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(TOOLS)/buf: tools/go.mod tools/go.sum
-	cd tools && GOBIN=$(TOOLS) go install tool
+	cd tools && GOWORK=off GOBIN=$(TOOLS) go install tool
 	@touch $@
 
 .PHONY: tools
