@@ -217,7 +217,7 @@ func (r *report) printRelay(p func(string, ...any), table func(func(*tabwriter.W
 	p("   Lean client: leanws_test.go, one vectored write per 64 KiB frame, zero masking key, 64 KiB read buffer; it shows\n")
 	p("   what a proxy does when the client costs next to nothing. The targets are judged with coder/websocket.\n")
 	p("   CPU time per GB moved (ms per 10^9 B, all rounds). \"bench\" is this process: client and stream server, and for the\n")
-	p("   baseline also its relay; xvp-proxy splices as that relay does, in a process of its own, and shows what it costs.\n")
+	p("   baseline also its relay; xvp-proxy relays TCP to TCP in a process of its own (pkg/relay: pooled user-space copies, no splice).\n")
 	table(func(tw *tabwriter.Writer) {
 		fmt.Fprintln(tw, "   path\tserver->client: relay\tbench\tclient->server: relay\tbench\tround size\t")
 		for _, f := range r.relay.paths {
