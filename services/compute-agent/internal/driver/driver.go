@@ -51,6 +51,9 @@ const (
 	MigratedAway
 	// ConsoleChanged: its VNC host or port changed; revoke its tokens.
 	ConsoleChanged
+	// Deleted: it no longer exists on this host; revoke and unpublish, so
+	// consoleauth answers 404 rather than 409.
+	Deleted
 )
 
 func (k EventKind) String() string {
@@ -63,6 +66,8 @@ func (k EventKind) String() string {
 		return "migrated_away"
 	case ConsoleChanged:
 		return "console_changed"
+	case Deleted:
+		return "deleted"
 	}
 	return fmt.Sprintf("kind_%d", int(k))
 }

@@ -274,7 +274,7 @@ func (a *Agent) handle(ctx context.Context, ev driver.Event, registered bool) er
 		}
 	case driver.Stopped, driver.ConsoleChanged:
 		a.queueRevocation(ev)
-	case driver.MigratedAway:
+	case driver.MigratedAway, driver.Deleted:
 		a.queueRevocation(ev)
 		if registered {
 			return a.unpublish(ctx, ev.UUID)

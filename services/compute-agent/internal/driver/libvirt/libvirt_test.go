@@ -191,7 +191,7 @@ func TestLifecycle(t *testing.T) {
 	if err := admin.DomainUndefine(td.dom); err != nil {
 		t.Fatalf("undefine: %v", err)
 	}
-	ev, _ = w.waitEvent(t, td.UUID, driver.Stopped, eventWithin)
+	ev, _ = w.waitEvent(t, td.UUID, driver.Deleted, eventWithin)
 	if ev.Reason != ReasonDeleted {
 		t.Errorf("undefine reason: got %q, want %q", ev.Reason, ReasonDeleted)
 	}

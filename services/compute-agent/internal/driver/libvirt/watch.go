@@ -28,7 +28,7 @@ const (
 //     domain that comes back on another VNC port than the one it had
 //     before also gets driver.ConsoleChanged.
 //   - Stopped (shutdown, destroyed, crashed, failed, saved, ...), Crashed:
-//     driver.Stopped; Undefined: driver.Stopped ("the instance was deleted").
+//     driver.Stopped; Undefined: driver.Deleted ("the instance was deleted").
 //   - Stopped/migrated, Suspended/migrated and Suspended/post-copy (the
 //     source side of a migration): driver.MigratedAway.
 //
@@ -197,7 +197,7 @@ func (w *watcher) reconcile(ctx context.Context, snap map[string]domainState, an
 			if old.active {
 				w.emit(ctx, uuid, driver.Stopped, ReasonStopped)
 			} else {
-				w.emit(ctx, uuid, driver.Stopped, ReasonDeleted)
+				w.emit(ctx, uuid, driver.Deleted, ReasonDeleted)
 			}
 		case old.active && !cur.active:
 			if !announce {
@@ -274,7 +274,7 @@ func (w *watcher) handle(ctx context.Context, ev golibvirt.DomainEventLifecycleM
 		w.emit(ctx, uuid, driver.Stopped, ReasonCrashed)
 	case golibvirt.DomainEventUndefined:
 		delete(w.known, uuid)
-		w.emit(ctx, uuid, driver.Stopped, ReasonDeleted)
+		w.emit(ctx, uuid, driver.Deleted, ReasonDeleted)
 	}
 }
 
