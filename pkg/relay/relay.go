@@ -88,15 +88,15 @@ func (r *Relay) Run() Result {
 	var first atomic.Int32
 	var wg sync.WaitGroup
 	wg.Add(2)
+	// The first side is recorded before the half-close, which lets the
+	// other direction end too.
 	go func() {
 		defer wg.Done()
-		res.ClientToServer, res.ClientErr = r.copy(r.server, r.client)
-		first.CompareAndSwap(0, int32(Client))
+		res.ClientToServer, res.ClientErr = r.copy(r.server, r.client, func() { first.CompareAndSwap(0, int32(Client)) })
 	}()
 	go func() {
 		defer wg.Done()
-		res.ServerToClient, res.ServerErr = r.copy(r.client, r.server)
-		first.CompareAndSwap(0, int32(Server))
+		res.ServerToClient, res.ServerErr = r.copy(r.client, r.server, func() { first.CompareAndSwap(0, int32(Server)) })
 	}()
 	wg.Wait()
 	r.Close()
@@ -115,10 +115,10 @@ func (r *Relay) Close() {
 type closeWriter interface{ CloseWrite() error }
 type closeReader interface{ CloseRead() error }
 
-// copy moves src to dst, then half-closes: dst gets no more writes and src no
-// more reads. Without half-close support both connections are closed, which
-// ends the other direction too.
-func (r *Relay) copy(dst, src net.Conn) (int64, error) {
+// copy moves src to dst, calls done, then half-closes: dst gets no more
+// writes and src no more reads. Without half-close support both connections
+// are closed, which ends the other direction too.
+func (r *Relay) copy(dst, src net.Conn, done func()) (int64, error) {
 	var w io.Writer = dst
 	if r.trackIdle {
 		w = &activityWriter{w: dst, r: r}
@@ -133,6 +133,7 @@ func (r *Relay) copy(dst, src net.Conn) (int64, error) {
 	if errors.Is(err, net.ErrClosed) {
 		err = nil // closed by the other direction or by the caller
 	}
+	done()
 	cw, okW := dst.(closeWriter)
 	cr, okR := src.(closeReader)
 	if err != nil || !okW || !okR || cw.CloseWrite() != nil || cr.CloseRead() != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/failban"
+	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/revocation"
 	"github.com/vncgate/vncgate/pkg/sessions"
@@ -67,6 +68,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 	}
 	defer conn.Close()
 
+	metrics := proxymetrics.NewRegistry()
 	table := sessions.NewTable(cfg.MaxSessionsPerInstance)
 	revocationGrace := cfg.RevocationGrace
 	if len(cfg.EtcdEndpoints) == 0 {
@@ -81,6 +83,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 		FailBan:               failban.New(cfg.FailedTokenLimit, cfg.FailedTokenWindow),
 		Web:                   pages,
 		Log:                   log,
+		Metrics:               proxymetrics.New(metrics),
+		MetricsHandler:        proxymetrics.Handler(metrics),
 		HandshakeTimeout:      cfg.HandshakeTimeout,
 		PingInterval:          cfg.PingInterval,
 		IdleTimeout:           cfg.IdleTimeout,

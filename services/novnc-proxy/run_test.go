@@ -243,6 +243,28 @@ func TestRunServesPageAndConsoleAndEndsRevokedSessions(t *testing.T) {
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("revocation took %s to end the session, want < 2s", took)
 	}
+
+	// The metrics, on the same port, counted the session and its end.
+	var text string
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(text, `vncgate_proxy_session_ended_total{reason="revoked"} 1`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("GET /metrics: got\n%s\nwant the revoked session counted", text)
+		}
+		time.Sleep(20 * time.Millisecond)
+		resp, err := http.Get("http://" + s.addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		text = string(b)
+	}
+	for _, want := range []string{`vncgate_proxy_sessions_total{result="relayed"} 1`, "vncgate_proxy_sessions_active 0", "go_goroutines "} {
+		if !strings.Contains(text, want) {
+			t.Errorf("GET /metrics: missing %q", want)
+		}
+	}
 }
 
 func TestRunRelaysARealQEMUVNCServer(t *testing.T) {

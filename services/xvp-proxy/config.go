@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"flag"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -24,6 +25,10 @@ type Config struct {
 
 	EtcdEndpoints string          // comma-separated; empty turns revocation watching off
 	Etcd          tlsconfig.Files // TLS to etcd
+
+	// MetricsListen is the host:port of the HTTP listener for /metrics and
+	// /healthz; empty turns it off.
+	MetricsListen string
 
 	HandshakeTimeout time.Duration
 	IdleTimeout      time.Duration
@@ -56,6 +61,7 @@ func registerFlags(fs *flag.FlagSet) *Config {
 	fs.StringVar(&c.Etcd.Cert, "etcd_cert", "", "client certificate for etcd")
 	fs.StringVar(&c.Etcd.Key, "etcd_key", "", "client key for etcd")
 	fs.StringVar(&c.Etcd.CA, "etcd_ca", "", "CA that signs etcd's certificate")
+	fs.StringVar(&c.MetricsListen, "metrics_listen", "", "host:port of a plain HTTP listener serving /metrics (Prometheus) and /healthz, e.g. 127.0.0.1:9181; empty turns it off")
 	fs.DurationVar(&c.HandshakeTimeout, "handshake_timeout", 10*time.Second, "time from accept to the 200 answer: request head, token check, VNC dial")
 	fs.DurationVar(&c.IdleTimeout, "idle_timeout", 0, "end a session after this long without a byte either way; 0 means never")
 	fs.DurationVar(&c.MaxSessionLength, "max_session_length", 0, "end a session after this long; 0 means never")
@@ -96,6 +102,11 @@ func (c Config) validate() error {
 		return fmt.Errorf("failed_token_limit and max_sessions_per_instance: want >= 0")
 	case c.FailedTokenLimit > 0 && c.FailedTokenWindow <= 0:
 		return fmt.Errorf("failed_token_window %v: want > 0", c.FailedTokenWindow)
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			return fmt.Errorf("metrics_listen %q: want host:port", c.MetricsListen)
+		}
 	}
 	_, err := tlsMinVersion(c.SSLMinimumVersion)
 	return err

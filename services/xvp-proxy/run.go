@@ -3,18 +3,22 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/failban"
+	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/revocation"
 	"github.com/vncgate/vncgate/pkg/sessions"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
@@ -22,8 +26,9 @@ import (
 )
 
 // run serves until ctx ends, then drains and returns. ready, if not nil, is
-// called with the listening address once clients can connect.
-func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(net.Addr)) error {
+// called once clients can connect, with the client listener's address and
+// the metrics listener's (nil when metrics_listen is empty).
+func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, metrics net.Addr)) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
@@ -37,12 +42,14 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(net.Addr)
 	}
 	defer caConn.Close()
 
+	metrics := proxymetrics.NewRegistry()
 	srv := proxy.New(proxy.Config{
 		Checker:          tokencheck.New(caConn, 0),
 		Dialer:           backend.Dialer{Timeout: cfg.HandshakeTimeout, KeepAlive: cfg.TCPKeepAlive},
 		Limiter:          failban.New(cfg.FailedTokenLimit, cfg.FailedTokenWindow),
 		Sessions:         sessions.NewTable(cfg.MaxSessionsPerInstance),
 		Log:              log,
+		Metrics:          proxymetrics.New(metrics),
 		HandshakeTimeout: cfg.HandshakeTimeout,
 		IdleTimeout:      cfg.IdleTimeout,
 		MaxSessionLength: cfg.MaxSessionLength,
@@ -63,17 +70,57 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(net.Addr)
 		log.Warn("etcd_endpoints is empty: revocations will not end live sessions")
 	}
 
+	var metricsAddr net.Addr
+	if cfg.MetricsListen != "" {
+		ml, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("metrics_listen: %w", err)
+		}
+		metricsAddr = ml.Addr()
+		stop := serveMetrics(ml, metrics, srv, log)
+		defer stop() // after Serve: /healthz answers 503 while sessions drain
+		log.Info("metrics listening", "addr", metricsAddr.String())
+	}
+
 	l, err := listen(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	log.Info("listening", "addr", l.Addr().String(), "tls", cfg.Cert != "", "consoleauth", cfg.ConsoleauthAddress)
 	if ready != nil {
-		ready(l.Addr())
+		ready(l.Addr(), metricsAddr)
 	}
 	err = srv.Serve(ctx, l)
 	log.Info("stopped")
 	return err
+}
+
+// serveMetrics serves GET /metrics (reg) and GET /healthz (srv) over plain
+// HTTP on l until the returned stop is called.
+func serveMetrics(l net.Listener, reg *prometheus.Registry, srv *proxy.Server, log *slog.Logger) (stop func()) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", proxymetrics.Handler(reg))
+	mux.HandleFunc("GET /healthz", srv.ServeHealth)
+	hs := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(l) }()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := hs.Shutdown(ctx); err != nil {
+			hs.Close()
+		}
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("metrics listener failed", "err", err)
+		}
+	}
 }
 
 // listen opens the client listener, with TLS when a certificate is given.

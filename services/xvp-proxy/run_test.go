@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,10 +46,18 @@ func testConfig(t *testing.T, authAddr string) Config {
 // startRun runs the service until t's cleanup and returns its address.
 func startRun(t *testing.T, cfg Config, log *slog.Logger) string {
 	t.Helper()
+	clients, _ := startRunAddrs(t, cfg, log)
+	return clients
+}
+
+// startRunAddrs is startRun returning the metrics address too ("" when off).
+func startRunAddrs(t *testing.T, cfg Config, log *slog.Logger) (clients, metrics string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	addrs := make(chan net.Addr, 1)
+	type ready struct{ clients, metrics net.Addr }
+	addrs := make(chan ready, 1)
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, log, func(a net.Addr) { addrs <- a }) }()
+	go func() { done <- run(ctx, cfg, log, func(c, m net.Addr) { addrs <- ready{c, m} }) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -62,13 +71,16 @@ func startRun(t *testing.T, cfg Config, log *slog.Logger) string {
 	})
 	select {
 	case a := <-addrs:
-		return a.String()
+		if a.metrics != nil {
+			metrics = a.metrics.String()
+		}
+		return a.clients.String(), metrics
 	case err := <-done:
 		t.Fatalf("run: %v", err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("run did not start listening")
 	}
-	return ""
+	return "", ""
 }
 
 // echoServer echoes on loopback until t's cleanup.
@@ -291,6 +303,9 @@ func TestConfig(t *testing.T) {
 		if err := cfg.validate(); err != nil {
 			t.Errorf("defaults: got %v, want valid", err)
 		}
+		if cfg.MetricsListen != "" {
+			t.Errorf("metrics_listen: got %q, want off by default", cfg.MetricsListen)
+		}
 	})
 	t.Run("environment", func(t *testing.T) {
 		t.Setenv("VNCGATE_XVPVNCPROXY_PORT", "7081")
@@ -314,6 +329,7 @@ func TestConfig(t *testing.T) {
 		{"zero handshake timeout", []string{"-handshake_timeout=0"}, "handshake_timeout"},
 		{"bad port", []string{"-xvpvncproxy_port=70000"}, "xvpvncproxy_port"},
 		{"limit without window", []string{"-failed_token_window=0"}, "failed_token_window"},
+		{"metrics address without port", []string{"-metrics_listen=127.0.0.1"}, "metrics_listen"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -326,5 +342,84 @@ func TestConfig(t *testing.T) {
 				t.Fatalf("got %v, want an error about %s", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestMetricsListener runs the service with metrics_listen: /metrics counts
+// a relayed session, /healthz says ok, then 503 while the session drains,
+// and the listener closes when run returns.
+func TestMetricsListener(t *testing.T) {
+	auth := fakeconsoleauth.Start(t)
+	auth.Add("tok", "xvpvnc", "inst-a", echoServer(t), "")
+	cfg := testConfig(t, auth.Addr)
+	cfg.MetricsListen = "127.0.0.1:0"
+	cfg.DrainTimeout = 10 * time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addrs := make(chan [2]net.Addr, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, cfg, slog.New(slog.DiscardHandler), func(c, m net.Addr) { addrs <- [2]net.Addr{c, m} })
+	}()
+	var clients, metrics string
+	select {
+	case a := <-addrs:
+		clients, metrics = a[0].String(), a[1].String()
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not start listening")
+	}
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + metrics + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+
+	c, err := net.Dial("tcp", clients)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	echoOver(t, c, openSession(t, c, "tok"), "hello")
+
+	code, text := get("/metrics")
+	for _, want := range []string{`vncgate_proxy_sessions_total{result="relayed"} 1`, "vncgate_proxy_sessions_active 1", "go_goroutines "} {
+		if code != http.StatusOK || !strings.Contains(text, want) {
+			t.Errorf("GET /metrics: got %d, want 200 with %q", code, want)
+		}
+	}
+	if code, body := get("/healthz"); code != http.StatusOK || !strings.Contains(body, `"status":"ok"`) || !strings.Contains(body, `"sessions":1`) {
+		t.Errorf("GET /healthz: got %d %s, want 200 ok with 1 session", code, body)
+	}
+
+	cancel() // drain: the session goes on, readiness goes red
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body := get("/healthz")
+		if code == http.StatusServiceUnavailable && strings.Contains(body, `"status":"draining"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET /healthz while draining: got %d %s, want 503 draining", code, body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: got %v, want nil after shutdown", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return after the last session ended")
+	}
+	if _, err := net.DialTimeout("tcp", metrics, time.Second); err == nil {
+		t.Error("metrics listener still open after run returned")
 	}
 }

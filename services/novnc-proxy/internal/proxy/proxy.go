@@ -1,9 +1,9 @@
 // Package proxy is novnc-proxy's HTTP front door. It refuses what is not a
 // console request (paths starting "//", methods other than GET and HEAD),
-// answers /healthz, hands page requests to the web handler, and turns every
-// WebSocket upgrade, on any path, into a console session: check the token
-// with consoleauth, check the Origin, dial the VNC server, then relay binary
-// WebSocket messages to TCP and back.
+// answers /healthz and /metrics, hands page requests to the web handler,
+// and turns every WebSocket upgrade, on any path, into a console session:
+// check the token with consoleauth, check the Origin, dial the VNC server,
+// then relay binary WebSocket messages to TCP and back.
 //
 // How failures are answered (the close codes are in package closecode):
 //   - Requests that are not a console page's get a plain HTTP refusal with a
@@ -20,6 +20,10 @@
 //
 // The checks run in the order token, Origin, dial (Nova's). A refused Origin
 // wins over a token failure, for the reason above.
+//
+// Every upgrade request is counted once in Options.Metrics: as relayed, or
+// under the reason it was refused; a relayed session's end is counted with
+// its reason and bytes. GET /metrics serves Options.MetricsHandler.
 package proxy
 
 import (
@@ -39,6 +43,7 @@ import (
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
 	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/failban"
+	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/relay"
 	"github.com/vncgate/vncgate/pkg/sessions"
@@ -65,9 +70,13 @@ type Options struct {
 	Trust    forwarded.Trust
 	Sessions *sessions.Table
 	FailBan  *failban.Limiter
-	// Web serves everything that is not an upgrade nor /healthz.
+	// Web serves everything that is not an upgrade, /healthz nor /metrics.
 	Web http.Handler
 	Log *slog.Logger
+	// Metrics counts sessions; nil: counted but not exported.
+	Metrics *proxymetrics.Metrics
+	// MetricsHandler, when set, answers GET /metrics.
+	MetricsHandler http.Handler
 
 	// HandshakeTimeout bounds the token check and the dial of one upgrade.
 	HandshakeTimeout time.Duration
@@ -104,6 +113,9 @@ func New(opts Options) *Server {
 	if opts.HandshakeTimeout <= 0 {
 		opts.HandshakeTimeout = 10 * time.Second
 	}
+	if opts.Metrics == nil {
+		opts.Metrics = proxymetrics.New(nil)
+	}
 	return &Server{opts: opts, log: opts.Log}
 }
 
@@ -132,6 +144,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveWebSocket(w, r)
 	case r.URL.Path == "/healthz":
 		s.serveHealth(w)
+	case r.URL.Path == "/metrics" && s.opts.MetricsHandler != nil:
+		s.opts.MetricsHandler.ServeHTTP(w, r)
 	default:
 		s.opts.Web.ServeHTTP(w, r)
 	}
@@ -225,6 +239,7 @@ type refusal struct {
 	code   closecode.Code
 	reason string // sent to the user: never an internal address
 	err    error  // logged
+	result proxymetrics.Refusal
 }
 
 // checkToken asks consoleauth; failures are sorted into close codes.
@@ -232,7 +247,7 @@ func (s *Server) checkToken(ctx context.Context, ip, token string) (*consoleauth
 	if ok, wait := s.opts.FailBan.Allowed(ip); !ok {
 		return nil, &refusal{closecode.Throttled,
 			fmt.Sprintf("too many failed console tokens from your address; retry in %d s", int(wait.Seconds())+1),
-			errors.New("client throttled after failed tokens")}
+			errors.New("client throttled after failed tokens"), proxymetrics.RefusedThrottled}
 	}
 	info, err := s.opts.Checker.Check(ctx, token, ConsoleType)
 	switch {
@@ -240,20 +255,21 @@ func (s *Server) checkToken(ctx context.Context, ip, token string) (*consoleauth
 		return info, nil
 	case errors.Is(err, tokencheck.ErrInvalid):
 		s.opts.FailBan.Fail(ip)
-		return nil, &refusal{closecode.TokenInvalid, tokencheck.ErrInvalid.Error(), err}
+		return nil, &refusal{closecode.TokenInvalid, tokencheck.ErrInvalid.Error(), err, proxymetrics.RefusedTokenInvalid}
 	case errors.Is(err, tokencheck.ErrWrongType):
 		s.opts.FailBan.Fail(ip)
-		return nil, &refusal{closecode.WrongType, tokencheck.ErrWrongType.Error(), err}
+		return nil, &refusal{closecode.WrongType, tokencheck.ErrWrongType.Error(), err, proxymetrics.RefusedWrongType}
 	case errors.Is(err, tokencheck.ErrMoved):
-		return nil, &refusal{closecode.Moved, tokencheck.ErrMoved.Error(), err}
+		return nil, &refusal{closecode.Moved, tokencheck.ErrMoved.Error(), err, proxymetrics.RefusedConsoleMoved}
 	default:
-		return nil, &refusal{closecode.Unavailable, tokencheck.ErrUnavailable.Error(), err}
+		return nil, &refusal{closecode.Unavailable, tokencheck.ErrUnavailable.Error(), err, proxymetrics.RefusedUnavailable}
 	}
 }
 
 func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	if err := checkUpgrade(r); err != nil {
+		s.opts.Metrics.Refused(proxymetrics.RefusedBadRequest)
 		s.log.Info("upgrade refused", "client", s.opts.Trust.ClientIP(r), "status", http.StatusBadRequest, "err", err)
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
@@ -274,11 +290,12 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	// it arrives before the session is in the table.
 	checked := time.Now()
 	if s.draining.Load() {
-		ref = &refusal{closecode.ShuttingDown, "proxy shutting down", errors.New("draining")}
+		ref = &refusal{closecode.ShuttingDown, "proxy shutting down", errors.New("draining"), proxymetrics.RefusedShutdown}
 	} else {
 		info, ref = s.checkToken(ctx, ip, token)
 	}
 	if err := s.opts.Origin.Check(r.Header.Get("Origin"), s.opts.Trust.Scheme(r)); err != nil {
+		s.opts.Metrics.Refused(proxymetrics.RefusedOriginRefused)
 		log.Warn("upgrade refused", "status", http.StatusForbidden, "err", err)
 		writeError(w, http.StatusForbidden, err.Error())
 		return
@@ -292,26 +309,28 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	sess := &session{srv: s, log: log}
 	entry, err := s.opts.Sessions.AddAt(info.GetInstanceUuid(), checked, sess.end)
 	if err != nil {
-		s.refuse(w, r, log, &refusal{closecode.Throttled, sessions.ErrTooMany.Error(), err})
+		s.refuse(w, r, log, &refusal{closecode.Throttled, sessions.ErrTooMany.Error(), err, proxymetrics.RefusedTooManySessions})
 		return
 	}
 	defer s.opts.Sessions.Remove(entry)
 
 	vnc, err := s.opts.Dialer.Dial(ctx, info.GetHost(), info.GetPort(), info.GetInternalAccessPath())
 	if err != nil {
-		s.refuse(w, r, log, &refusal{closecode.Unreachable, backend.ErrUnreachable.Error(), err})
+		s.refuse(w, r, log, &refusal{closecode.Unreachable, backend.ErrUnreachable.Error(), err, proxymetrics.RefusedVNCUnreachable})
 		return
 	}
 	ws, err := s.accept(w, r)
 	if err != nil {
 		vnc.Close()
+		s.opts.Metrics.Refused(proxymetrics.RefusedClientGone)
 		log.Warn("upgrade failed", "err", err)
 		return
 	}
 	cancel()
+	setup := time.Since(start)
 	log.Info("session started", "vnc", net.JoinHostPort(info.GetHost(), fmt.Sprint(info.GetPort())),
-		"subprotocol", ws.Subprotocol(), "setup", time.Since(start))
-	sess.run(ws, r.RemoteAddr, vnc, info)
+		"subprotocol", ws.Subprotocol(), "setup", setup)
+	sess.run(ws, r.RemoteAddr, vnc, info, s.opts.Metrics.Start(setup))
 }
 
 // accept completes the upgrade, answering "binary" only when offered.
@@ -335,6 +354,7 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request) (*websocket.Conn
 // refuse accepts the upgrade and closes it at once with ref's code, so the
 // page can tell the user why.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, log *slog.Logger, ref *refusal) {
+	s.opts.Metrics.Refused(ref.result)
 	log.Warn("console refused", "close_code", int(ref.code), "reason", ref.code.String(), "err", ref.err)
 	ws, err := s.accept(w, r)
 	if err != nil {
@@ -368,8 +388,9 @@ func (ss *session) end(reason string) {
 	}
 }
 
-// run relays until the session ends, enforcing its limits.
-func (ss *session) run(ws *websocket.Conn, remote string, vnc net.Conn, info *consoleauthv1.ConnectInfo) {
+// run relays until the session ends, enforcing its limits; it ends
+// metrics when the relay is done.
+func (ss *session) run(ws *websocket.Conn, remote string, vnc net.Conn, info *consoleauthv1.ConnectInfo, metrics *proxymetrics.Session) {
 	opts := ss.srv.opts
 	client := newWSConn(ws, remote, opts.RevocationGrace)
 	rl := relay.New(client, vnc, opts.IdleTimeout > 0)
@@ -387,7 +408,7 @@ func (ss *session) run(ws *websocket.Conn, remote string, vnc net.Conn, info *co
 	}
 
 	// Limits run as timers, not goroutines: an idle session costs none.
-	var stopped atomic.Bool
+	var stopped, pingFailed atomic.Bool
 	var timers []*time.Timer
 	after := func(d time.Duration, f func()) {
 		timers = append(timers, time.AfterFunc(d, f))
@@ -424,6 +445,7 @@ func (ss *session) run(ws *websocket.Conn, remote string, vnc net.Conn, info *co
 			defer cancel()
 			if err := ws.Ping(ctx); err != nil {
 				if client.setClose(closecode.Normal, "") { // nobody left to tell
+					pingFailed.Store(true)
 					ss.log.Info("client did not answer ping", "err", err)
 					ws.CloseNow()
 					rl.Close()
@@ -444,8 +466,36 @@ func (ss *session) run(ws *websocket.Conn, remote string, vnc net.Conn, info *co
 		t.Stop()
 	}
 	code, reason := client.closing()
+	metrics.End(endReason(code, pingFailed.Load()), res)
 	ss.log.Info("session ended",
 		"close_code", int(code), "close_reason", reason, "first_done", res.FirstDone.String(),
 		"bytes_from_client", res.ClientToServer, "bytes_to_client", res.ServerToClient,
 		"client_err", res.ClientErr, "server_err", res.ServerErr)
+}
+
+// endReason names how a relayed session ended from its close code (0: the
+// client ended it, no close frame sent).
+func endReason(code closecode.Code, pingFailed bool) proxymetrics.EndReason {
+	switch code {
+	case 0:
+		return proxymetrics.EndClientClosed
+	case closecode.Normal:
+		if pingFailed {
+			return proxymetrics.EndPingTimeout
+		}
+		return proxymetrics.EndServerClosed
+	case closecode.ShuttingDown:
+		return proxymetrics.EndShutdown
+	case closecode.TextFrame:
+		return proxymetrics.EndProtocolError
+	case closecode.Revoked:
+		return proxymetrics.EndRevoked
+	case closecode.IdleTimeout:
+		return proxymetrics.EndIdleTimeout
+	case closecode.SessionTooLong:
+		return proxymetrics.EndMaxLength
+	case closecode.TokenExpired:
+		return proxymetrics.EndTokenExpired
+	}
+	return 0 // a refusal code: never the end of a relayed session
 }

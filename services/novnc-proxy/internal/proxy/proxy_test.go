@@ -14,6 +14,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/vncgate/vncgate/pkg/proxymetrics/proxymetricstest"
 	"github.com/vncgate/vncgate/pkg/relay"
 	"github.com/vncgate/vncgate/pkg/rfb"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/closecode"
@@ -133,32 +134,34 @@ func TestRefusalsAfterUpgradeCarryACloseCode(t *testing.T) {
 	moved := w.token()
 	w.auth.SetMoved(moved)
 	for _, tc := range []struct {
-		name  string
-		token func() string
-		down  bool
-		want  closecode.Code
+		name   string
+		token  func() string
+		down   bool
+		want   closecode.Code
+		result string // of vncgate_proxy_sessions_total
 	}{
-		{"unknown token", func() string { return "no-such-token" }, false, closecode.TokenInvalid},
-		{"no token", func() string { return "" }, false, closecode.TokenInvalid},
+		{"unknown token", func() string { return "no-such-token" }, false, closecode.TokenInvalid, "token_invalid"},
+		{"no token", func() string { return "" }, false, closecode.TokenInvalid, "token_invalid"},
 		{"expired token", func() string {
 			tok := w.auth.Mint(w.instance, "novnc", w.vncHost, w.vncPort, time.Millisecond)
 			time.Sleep(5 * time.Millisecond)
 			return tok
-		}, false, closecode.TokenInvalid},
-		{"revoked token", func() string { tok := w.token(); w.auth.Revoke(tok); return tok }, false, closecode.TokenInvalid},
+		}, false, closecode.TokenInvalid, "token_invalid"},
+		{"revoked token", func() string { tok := w.token(); w.auth.Revoke(tok); return tok }, false, closecode.TokenInvalid, "token_invalid"},
 		{"token of another console type", func() string {
 			return w.auth.Mint(w.instance, "xvpvnc", w.vncHost, w.vncPort, time.Minute)
-		}, false, closecode.WrongType},
-		{"console moved", func() string { return moved }, false, closecode.Moved},
+		}, false, closecode.WrongType, "wrong_type"},
+		{"console moved", func() string { return moved }, false, closecode.Moved, "console_moved"},
 		{"vm unreachable", func() string {
 			return w.auth.Mint(w.instance, "novnc", "127.0.0.1", closedPort, time.Minute)
-		}, false, closecode.Unreachable},
-		{"consoleauth unavailable", func() string { return w.token() }, true, closecode.Unavailable},
+		}, false, closecode.Unreachable, "vnc_unreachable"},
+		{"consoleauth unavailable", func() string { return w.token() }, true, closecode.Unavailable, "unavailable"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tok := tc.token()
 			w.auth.SetUnavailable(tc.down)
 			defer w.auth.SetUnavailable(false)
+			counted := proxymetricstest.Value(t, w.metrics, "vncgate_proxy_sessions_total", "result", tc.result)
 			c, _, err := w.dial(w.wsURL("/websockify", tok), w.dialOpts())
 			if err != nil {
 				t.Fatalf("got %v, want an upgrade closed with %d", err, tc.want)
@@ -170,7 +173,13 @@ func TestRefusalsAfterUpgradeCarryACloseCode(t *testing.T) {
 			if ce.Reason == "" || strings.Contains(ce.Reason, "127.0.0.1") {
 				t.Errorf("got reason %q, want a reason without internal addresses", ce.Reason)
 			}
+			if got := proxymetricstest.Value(t, w.metrics, "vncgate_proxy_sessions_total", "result", tc.result); got != counted+1 {
+				t.Errorf("sessions_total{result=%q}: got %v, want %v", tc.result, got, counted+1)
+			}
 		})
+	}
+	if got := proxymetricstest.Value(t, w.metrics, "vncgate_proxy_sessions_total", "result", "relayed"); got != 0 {
+		t.Errorf("sessions_total{result=\"relayed\"}: got %v, want 0", got)
 	}
 	if w.vnc.Accepted() != 0 {
 		t.Errorf("the VNC server got %d connections, want 0", w.vnc.Accepted())

@@ -18,9 +18,11 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/failban"
+	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/rfb"
 	"github.com/vncgate/vncgate/pkg/sessions"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
@@ -32,7 +34,7 @@ import (
 
 // world is a proxy under test with real parts around it on loopback: the
 // stand-in consoleauth (gRPC), the demo VNC server (RFB), and the proxy's
-// HTTP server.
+// HTTP server, with its metrics in its own registry.
 type world struct {
 	t        *testing.T
 	auth     *consoleauthtest.Server
@@ -45,6 +47,7 @@ type world struct {
 	base     string // http://127.0.0.1:port
 	origin   string // the Origin a page of ours sends
 	instance string
+	metrics  *prometheus.Registry
 }
 
 // worldConfig adjusts a world before it starts.
@@ -59,7 +62,7 @@ type worldConfig struct {
 
 func newWorld(t *testing.T, adjust func(*worldConfig)) *world {
 	t.Helper()
-	w := &world{t: t, auth: consoleauthtest.Start(t), instance: "6d5c8a3e-0000-4000-8000-000000000001"}
+	w := &world{t: t, auth: consoleauthtest.Start(t), instance: "6d5c8a3e-0000-4000-8000-000000000001", metrics: prometheus.NewRegistry()}
 
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -83,6 +86,8 @@ func newWorld(t *testing.T, adjust func(*worldConfig)) *world {
 		Web:              http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "page") }),
 		Log:              testLogger(t),
 		HandshakeTimeout: 5 * time.Second,
+		Metrics:          proxymetrics.New(w.metrics),
+		MetricsHandler:   proxymetrics.Handler(w.metrics),
 	}
 	if adjust != nil {
 		adjust(&cfg)

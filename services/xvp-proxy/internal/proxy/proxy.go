@@ -14,22 +14,29 @@
 //     and the client IP, never the request line;
 //   - sessions end on a revocation of their instance (Revoke), idle
 //     timeout, maximum length, or shutdown; raw RFB has no way to tell the
-//     client why, so the proxy closes the TCP connection and logs the reason.
+//     client why, so the proxy closes the TCP connection and logs the reason;
+//   - every accepted connection is counted once in Config.Metrics: as
+//     relayed, or under the reason it was refused; a relayed session's end
+//     is counted with its reason and bytes.
 package proxy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/failban"
+	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/relay"
 	"github.com/vncgate/vncgate/pkg/sessions"
@@ -58,12 +65,14 @@ type Config struct {
 	Limiter  *failban.Limiter
 	Sessions *sessions.Table
 	Log      *slog.Logger
+	// Metrics counts sessions; nil: counted but not exported.
+	Metrics *proxymetrics.Metrics
 
 	// HandshakeTimeout bounds reading the head, the token check, the dial
 	// and the answer.
 	HandshakeTimeout time.Duration
 	// IdleTimeout ends a session in which no byte moved for that long; 0
-	// means never (and lets TCP to TCP relays use splice).
+	// means never.
 	IdleTimeout time.Duration
 	// MaxSessionLength ends a session that long after it started; 0 means never.
 	MaxSessionLength time.Duration
@@ -76,6 +85,9 @@ type Config struct {
 type Server struct {
 	cfg Config
 	log *slog.Logger
+
+	draining atomic.Bool // Serve's context ended: no more accepts
+	stopping atomic.Bool // the drain timed out: live sessions are being ended
 
 	mu      sync.Mutex
 	revoked map[string]time.Time // instance -> latest RevokedAt, kept one handshake long
@@ -98,6 +110,9 @@ func New(cfg Config) *Server {
 	if cfg.Sessions == nil {
 		cfg.Sessions = sessions.NewTable(0)
 	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = proxymetrics.New(nil)
+	}
 	return &Server{cfg: cfg, log: cfg.Log, revoked: map[string]time.Time{}}
 }
 
@@ -109,7 +124,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	// hard ends every connection; it outlives ctx by the drain.
 	hard, hardCancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer hardCancel()
-	stopAccepting := context.AfterFunc(ctx, func() { l.Close() })
+	stopAccepting := context.AfterFunc(ctx, func() {
+		s.draining.Store(true)
+		l.Close()
+	})
 	defer stopAccepting()
 
 	var wg sync.WaitGroup
@@ -149,6 +167,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	case <-done:
 	case <-time.After(s.cfg.DrainTimeout):
 		s.log.Warn("drain timeout: closing live sessions", "sessions", s.cfg.Sessions.Len())
+		s.stopping.Store(true)
 		s.cfg.Sessions.EndAll("proxy shutting down")
 		hardCancel()
 		<-done
@@ -175,6 +194,19 @@ func (s *Server) Revoke(instance string, r registry.Revocation) {
 	s.log.Info("console tokens revoked", "instance", instance, "reason", r.Reason, "sessions_ended", n)
 }
 
+// ServeHealth answers a health check: 200 {"status": "ok", "sessions": N}
+// while the proxy accepts clients, 503 with "draining" once it stopped.
+func (s *Server) ServeHealth(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	status, state := http.StatusOK, "ok"
+	if s.draining.Load() {
+		status, state = http.StatusServiceUnavailable, "draining"
+	}
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"status": state, "sessions": s.cfg.Sessions.Len()})
+}
+
 // revokedAfter reports whether instance was revoked after t.
 func (s *Server) revokedAfter(instance string, t time.Time) bool {
 	s.mu.Lock()
@@ -193,13 +225,14 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 
 	head, rest, err := xvphead.Read(conn)
 	if err != nil {
-		s.refuseHead(conn, log, err)
+		s.refuseHead(ctx, conn, log, err)
 		return
 	}
 	log = log.With("token_hash", registry.HashPrefix(registry.TokenHash(head.Token)))
 
 	if ok, wait := s.cfg.Limiter.Allowed(ip); !ok {
 		log.Warn("refused: too many failed tokens from this client", "retry_in", wait.Round(time.Second).String())
+		s.refused(ctx, proxymetrics.RefusedThrottled)
 		refuse(conn, replyThrottled(wait))
 		return
 	}
@@ -209,7 +242,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	checked := time.Now()
 	info, err := s.cfg.Checker.Check(hctx, head.Token, ConsoleType)
 	if err != nil {
-		s.refuseToken(conn, log, ip, err)
+		s.refuseToken(ctx, conn, log, ip, err)
 		return
 	}
 	instance := info.GetInstanceUuid()
@@ -218,9 +251,10 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 
 	sess := &session{}
 	sess.attach(conn)
-	entry, err := s.cfg.Sessions.AddAt(instance, checked, sess.end)
+	entry, err := s.cfg.Sessions.AddAt(instance, checked, func(reason string) { sess.end(s.endedBy(), reason) })
 	if err != nil {
 		log.Warn("refused: too many sessions for the instance", "err", err)
+		s.refused(ctx, proxymetrics.RefusedTooManySessions)
 		refuse(conn, replyTooMany)
 		return
 	}
@@ -230,6 +264,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	}
 	if reason := sess.endReason(); reason != "" {
 		log.Info("session ended before it started", "reason", reason)
+		s.refused(ctx, sess.refusal())
 		return
 	}
 
@@ -237,20 +272,24 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	if err != nil {
 		if reason := sess.endReason(); reason != "" {
 			log.Info("session ended before it started", "reason", reason)
+			s.refused(ctx, sess.refusal())
 			return
 		}
 		log.Warn("refused: vnc server unreachable", "err", err)
+		s.refused(ctx, proxymetrics.RefusedVNCUnreachable)
 		refuse(conn, replyBadGateway)
 		return
 	}
 	if !sess.attach(server) {
 		log.Info("session ended before it started", "reason", sess.endReason())
+		s.refused(ctx, sess.refusal())
 		return
 	}
 	server.SetDeadline(deadline)
 	if len(rest) > 0 {
 		if _, err := server.Write(rest); err != nil {
 			log.Warn("refused: writing pipelined bytes to the vnc server", "err", err)
+			s.refused(ctx, proxymetrics.RefusedVNCUnreachable)
 			refuse(conn, replyBadGateway)
 			server.Close()
 			return
@@ -258,29 +297,50 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	}
 	if _, err := conn.Write(replyOK); err != nil {
 		log.Info("client gone before the 200", "err", err)
+		s.refused(ctx, proxymetrics.RefusedClientGone)
 		conn.Close()
 		server.Close()
 		return
 	}
 	conn.SetDeadline(time.Time{})
 	server.SetDeadline(time.Time{})
-	log.Info("session started", "method", head.Method, "handshake", time.Since(start).Round(time.Microsecond).String())
-	s.relay(log, sess, conn, server, start)
+	setup := time.Since(start)
+	log.Info("session started", "method", head.Method, "handshake", setup.Round(time.Microsecond).String())
+	s.relay(log, sess, conn, server, start, s.cfg.Metrics.Start(setup))
+}
+
+// refused counts a refused connection: under r, or as a shutdown when ctx
+// (the proxy's hard stop) ended, since then the proxy cut the handshake.
+func (s *Server) refused(ctx context.Context, r proxymetrics.Refusal) {
+	if ctx.Err() != nil {
+		r = proxymetrics.RefusedShutdown
+	}
+	s.cfg.Metrics.Refused(r)
+}
+
+// endedBy is why the sessions table ends a session: shutdown once the drain
+// timed out, else a revocation.
+func (s *Server) endedBy() proxymetrics.EndReason {
+	if s.stopping.Load() {
+		return proxymetrics.EndShutdown
+	}
+	return proxymetrics.EndRevoked
 }
 
 // relay runs a started session until both directions end or the proxy
-// ends it, and logs how it ended.
-func (s *Server) relay(log *slog.Logger, sess *session, conn, server net.Conn, start time.Time) {
+// ends it, and logs and counts how it ended.
+func (s *Server) relay(log *slog.Logger, sess *session, conn, server net.Conn, start time.Time, metrics *proxymetrics.Session) {
 	r := relay.New(conn, server, s.cfg.IdleTimeout > 0)
 	if d := s.cfg.MaxSessionLength; d > 0 {
-		t := time.AfterFunc(d, func() { sess.end("max session length reached") })
+		t := time.AfterFunc(d, func() { sess.end(proxymetrics.EndMaxLength, "max session length reached") })
 		defer t.Stop()
 	}
 	if d := s.cfg.IdleTimeout; d > 0 {
-		stop := watchIdle(r, d, func() { sess.end("idle timeout") })
+		stop := watchIdle(r, d, func() { sess.end(proxymetrics.EndIdleTimeout, "idle timeout") })
 		defer stop()
 	}
 	res := r.Run()
+	metrics.End(sess.endedAs(res.FirstDone), res)
 
 	attrs := []any{
 		"duration", time.Since(start).Round(time.Millisecond).String(),
@@ -300,18 +360,21 @@ func (s *Server) relay(log *slog.Logger, sess *session, conn, server net.Conn, s
 	log.Info("session ended", attrs...)
 }
 
-// refuseHead answers a head that could not be read or parsed.
-func (s *Server) refuseHead(conn net.Conn, log *slog.Logger, err error) {
+// refuseHead answers and counts a head that could not be read or parsed.
+func (s *Server) refuseHead(ctx context.Context, conn net.Conn, log *slog.Logger, err error) {
 	var reply []byte
+	why := proxymetrics.RefusedBadRequest
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded): // silent or slow client
-		reply = replyTimeout
+		reply, why = replyTimeout, proxymetrics.RefusedHandshakeTimeout
 	case errors.Is(err, xvphead.ErrEmpty): // a port probe
 		log.Debug("closed before a request", "err", err)
+		s.refused(ctx, proxymetrics.RefusedClientGone)
 		conn.Close()
 		return
 	case errors.Is(err, xvphead.ErrIncomplete) && !errors.Is(err, io.EOF):
 		log.Info("refused: connection failed during the request", "err", err)
+		s.refused(ctx, proxymetrics.RefusedClientGone)
 		conn.Close()
 		return
 	case errors.Is(err, xvphead.ErrIncomplete):
@@ -326,22 +389,30 @@ func (s *Server) refuseHead(conn net.Conn, log *slog.Logger, err error) {
 		reply = replyMalformed
 	}
 	log.Info("refused: bad request", "err", err)
+	s.refused(ctx, why)
 	refuse(conn, reply)
 }
 
-// refuseToken answers a failed token check; guesses count against the
-// client's IP.
-func (s *Server) refuseToken(conn net.Conn, log *slog.Logger, ip string, err error) {
+// refuseToken answers and counts a failed token check; guesses count
+// against the client's IP.
+func (s *Server) refuseToken(ctx context.Context, conn net.Conn, log *slog.Logger, ip string, err error) {
 	switch {
 	case errors.Is(err, tokencheck.ErrInvalid), errors.Is(err, tokencheck.ErrWrongType):
 		s.cfg.Limiter.Fail(ip)
 		log.Warn("refused: bad token", "err", err)
+		why := proxymetrics.RefusedTokenInvalid
+		if errors.Is(err, tokencheck.ErrWrongType) {
+			why = proxymetrics.RefusedWrongType
+		}
+		s.refused(ctx, why)
 		refuse(conn, replyInvalidToken)
 	case errors.Is(err, tokencheck.ErrMoved):
 		log.Info("refused: console moved", "err", err)
+		s.refused(ctx, proxymetrics.RefusedConsoleMoved)
 		refuse(conn, replyMoved)
 	default:
 		log.Error("refused: token check failed", "err", err)
+		s.refused(ctx, proxymetrics.RefusedUnavailable)
 		refuse(conn, replyUnavailable)
 	}
 }
@@ -402,18 +473,19 @@ func clientIP(conn net.Conn) string {
 type session struct {
 	mu     sync.Mutex
 	reason string // why the proxy ended the session; empty while it runs
+	why    proxymetrics.EndReason
 	conns  []net.Conn
 }
 
 // end closes the session's connections; the first reason is kept.
-func (s *session) end(reason string) {
+func (s *session) end(why proxymetrics.EndReason, reason string) {
 	if reason == "" {
 		reason = "ended"
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.reason == "" {
-		s.reason = reason
+		s.reason, s.why = reason, why
 	}
 	for _, c := range s.conns {
 		c.Close()
@@ -437,4 +509,28 @@ func (s *session) endReason() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.reason
+}
+
+// endedAs is why a relayed session ended: the proxy's reason, else the side
+// that finished first.
+func (s *session) endedAs(first relay.Side) proxymetrics.EndReason {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.reason != "":
+		return s.why
+	case first == relay.Client:
+		return proxymetrics.EndClientClosed
+	}
+	return proxymetrics.EndServerClosed
+}
+
+// refusal is how a session the proxy ended before it started is counted.
+func (s *session) refusal() proxymetrics.Refusal {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.why == proxymetrics.EndShutdown {
+		return proxymetrics.RefusedShutdown
+	}
+	return proxymetrics.RefusedRevoked
 }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/vncgate/vncgate/pkg/failban"
+	"github.com/vncgate/vncgate/pkg/proxymetrics/proxymetricstest"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/sessions"
 )
@@ -100,10 +101,11 @@ func TestBadInputWhileOthersAreServed(t *testing.T) {
 		}
 	}
 	tests := []struct {
-		name string
-		send exchange
-		want string // golden reply name; "" means a close with no answer
-		then func(t *testing.T, c *net.TCPConn, r *bufio.Reader)
+		name   string
+		send   exchange
+		want   string // golden reply name; "" means a close with no answer
+		then   func(t *testing.T, c *net.TCPConn, r *bufio.Reader)
+		result string // of vncgate_proxy_sessions_total when not resultOf[want]
 	}{
 		{name: "no token", send: send("CONNECT /console HTTP/1.1\r\n\r\n"), want: "no-token"},
 		{name: "empty token", send: send("CONNECT /console?token= HTTP/1.1\r\n\r\n"), want: "no-token"},
@@ -128,7 +130,7 @@ func TestBadInputWhileOthersAreServed(t *testing.T) {
 		{name: "connect and say nothing", send: func(*testing.T, *net.TCPConn) {}, want: "timeout"},
 		{name: "connect and close at once", send: func(t *testing.T, c *net.TCPConn) { c.CloseWrite() }, want: ""},
 		{name: "unknown token", send: send("CONNECT /console?token=nope HTTP/1.1\r\n\r\n"), want: "invalid-token"},
-		{name: "token of another console type", send: send("CONNECT /console?token=novnc-token HTTP/1.1\r\n\r\n"), want: "invalid-token"},
+		{name: "token of another console type", send: send("CONNECT /console?token=novnc-token HTTP/1.1\r\n\r\n"), want: "invalid-token", result: "wrong_type"},
 		{name: "console moved", send: send("CONNECT /console?token=moved HTTP/1.1\r\n\r\n"), want: "moved"},
 		{name: "consoleauth unavailable", send: send("CONNECT /console?token=down HTTP/1.1\r\n\r\n"), want: "unavailable"},
 		{name: "vnc server unreachable", send: send("CONNECT /console?token=dead-vnc HTTP/1.1\r\n\r\n"), want: "bad-gateway"},
@@ -192,6 +194,26 @@ func TestBadInputWhileOthersAreServed(t *testing.T) {
 		t.Fatalf("the live session broke while bad clients were refused: %v", err)
 	}
 	echo(t, canary, canaryR, "still here")
+
+	// Every connection was counted once, under its result.
+	resultOf := map[string]string{
+		"ok": "relayed", "": "client_gone", "timeout": "handshake_timeout",
+		"no-token": "bad_request", "malformed": "bad_request", "too-long": "bad_request", "incomplete": "bad_request", "method": "bad_request",
+		"invalid-token": "token_invalid", "moved": "console_moved", "unavailable": "unavailable", "bad-gateway": "vnc_unreachable",
+	}
+	want := map[string]float64{"relayed": 1} // the canary
+	for _, tc := range tests {
+		r := tc.result
+		if r == "" {
+			r = resultOf[tc.want]
+		}
+		want[r]++
+	}
+	for result, n := range want {
+		if got := proxymetricstest.Value(t, w.metrics, "vncgate_proxy_sessions_total", "result", result); got != n {
+			t.Errorf("sessions_total{result=%q}: got %v, want %v", result, got, n)
+		}
+	}
 }
 
 func TestInternalAccessPath(t *testing.T) {

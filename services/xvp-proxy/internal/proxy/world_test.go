@@ -12,10 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 
 	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/failban"
+	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/sessions"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
 	"github.com/vncgate/vncgate/services/xvp-proxy/internal/fakeconsoleauth"
@@ -33,12 +35,14 @@ func (f fakeAuth) addType(token, instance, addr, consoleType string) {
 }
 func (f fakeAuth) fail(token string, code codes.Code) { f.Fail(token, code) }
 
-// world is a proxy under test with its consoleauth.
+// world is a proxy under test with its consoleauth, and its metrics in its
+// own registry.
 type world struct {
 	auth     fakeAuth
 	srv      *Server
 	addr     string // the proxy's listening address
 	sessions *sessions.Table
+	metrics  *prometheus.Registry
 	logs     *logBuffer
 	stop     func() // ends Serve and waits for it
 }
@@ -56,19 +60,21 @@ func newWorld(t *testing.T, opts ...worldOption) *world {
 	}
 	t.Cleanup(func() { conn.Close() })
 	logs := &logBuffer{}
+	reg := prometheus.NewRegistry()
 	cfg := Config{
 		Checker:          tokencheck.New(conn, 2*time.Second),
 		Dialer:           backend.Dialer{Timeout: 2 * time.Second},
 		Limiter:          failban.New(0, 0),
 		Sessions:         sessions.NewTable(0),
 		Log:              slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Metrics:          proxymetrics.New(reg),
 		HandshakeTimeout: 3 * time.Second,
 		DrainTimeout:     2 * time.Second,
 	}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	w := &world{auth: auth, srv: New(cfg), sessions: cfg.Sessions, logs: logs}
+	w := &world{auth: auth, srv: New(cfg), sessions: cfg.Sessions, metrics: reg, logs: logs}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

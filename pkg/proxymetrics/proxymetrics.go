@@ -1,0 +1,275 @@
+// Package proxymetrics is the one set of Prometheus metrics both console
+// proxies (novnc-proxy, xvp-proxy) export, so that one dashboard and one set
+// of alerts serve both:
+//
+//	vncgate_proxy_sessions_active                 gauge: sessions being relayed now
+//	vncgate_proxy_sessions_total{result}          counter: session attempts, "relayed" or why refused
+//	vncgate_proxy_session_ended_total{reason}     counter: relayed sessions that ended, by why
+//	vncgate_proxy_bytes_total{direction}          counter: bytes relayed, client_to_server or server_to_client
+//	vncgate_proxy_session_setup_seconds           histogram: accept (or upgrade request) to relay start
+//	vncgate_proxy_session_duration_seconds        histogram: relay start to session end
+//
+// It promises bounded label cardinality: label values come only from this
+// package's Refusal and EndReason constants and the two directions, never a
+// token, an address or an instance; every value is exported from the start
+// (at zero), so rates and alerts work before the first event. Metrics are
+// registered with the Registerer the proxy passes in (its own registry, never
+// the global default one); bytes are added when a session ends.
+package proxymetrics
+
+import (
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vncgate/vncgate/pkg/relay"
+)
+
+// Refusal is why a proxy refused a session attempt: the result label of
+// vncgate_proxy_sessions_total other than "relayed". The zero value is not a
+// refusal and is not counted.
+type Refusal int
+
+// The refusals, the ways the proxies already tell failures apart.
+const (
+	// RefusedBadRequest: a malformed upgrade or XVP head, no token, a
+	// method or subprotocol the proxy does not speak.
+	RefusedBadRequest Refusal = iota + 1
+	// RefusedHandshakeTimeout: no complete request within the handshake
+	// timeout (xvp-proxy's 408).
+	RefusedHandshakeTimeout
+	// RefusedClientGone: the client went away before the session started
+	// (a port probe, a connection cut mid-request or before the answer).
+	RefusedClientGone
+	// RefusedOriginRefused: the WebSocket's Origin is not one of ours.
+	RefusedOriginRefused
+	// RefusedThrottled: too many failed tokens from the client's address.
+	RefusedThrottled
+	// RefusedTokenInvalid: the token is unknown, expired or revoked.
+	RefusedTokenInvalid
+	// RefusedWrongType: the token was minted for the other console type.
+	RefusedWrongType
+	// RefusedConsoleMoved: the instance no longer listens where the token says.
+	RefusedConsoleMoved
+	// RefusedUnavailable: consoleauth could not answer.
+	RefusedUnavailable
+	// RefusedTooManySessions: the instance has its maximum of sessions.
+	RefusedTooManySessions
+	// RefusedVNCUnreachable: the VNC server could not be reached.
+	RefusedVNCUnreachable
+	// RefusedRevoked: the instance's tokens were revoked during the handshake.
+	RefusedRevoked
+	// RefusedShutdown: the proxy is draining or shutting down.
+	RefusedShutdown
+
+	numRefusals // one past the last; the refusal arrays' length
+)
+
+var refusalNames = [numRefusals]string{
+	RefusedBadRequest:       "bad_request",
+	RefusedHandshakeTimeout: "handshake_timeout",
+	RefusedClientGone:       "client_gone",
+	RefusedOriginRefused:    "origin_refused",
+	RefusedThrottled:        "throttled",
+	RefusedTokenInvalid:     "token_invalid",
+	RefusedWrongType:        "wrong_type",
+	RefusedConsoleMoved:     "console_moved",
+	RefusedUnavailable:      "unavailable",
+	RefusedTooManySessions:  "too_many_sessions",
+	RefusedVNCUnreachable:   "vnc_unreachable",
+	RefusedRevoked:          "revoked",
+	RefusedShutdown:         "shutdown",
+}
+
+// String is the refusal's label value.
+func (r Refusal) String() string {
+	if r <= 0 || r >= numRefusals {
+		return "invalid"
+	}
+	return refusalNames[r]
+}
+
+// resultRelayed is the result label of a session that started.
+const resultRelayed = "relayed"
+
+// EndReason is why a relayed session ended: the reason label of
+// vncgate_proxy_session_ended_total. The zero value is not a reason and is
+// not counted.
+type EndReason int
+
+// The end reasons.
+const (
+	// EndClientClosed: the client closed or lost its side first.
+	EndClientClosed EndReason = iota + 1
+	// EndServerClosed: the VNC server closed or lost its side first.
+	EndServerClosed
+	// EndRevoked: the instance's tokens were revoked, or an operator ended it.
+	EndRevoked
+	// EndIdleTimeout: no byte moved either way for the idle timeout.
+	EndIdleTimeout
+	// EndMaxLength: the session reached its maximum length.
+	EndMaxLength
+	// EndTokenExpired: the session's token expired (novnc-proxy's
+	// enforce_session_timeout).
+	EndTokenExpired
+	// EndPingTimeout: the client did not answer a WebSocket ping.
+	EndPingTimeout
+	// EndProtocolError: the client broke the protocol (a WebSocket text frame).
+	EndProtocolError
+	// EndShutdown: the proxy ended the session when it shut down.
+	EndShutdown
+
+	numEndReasons // one past the last; the reason arrays' length
+)
+
+var endReasonNames = [numEndReasons]string{
+	EndClientClosed:  "client_closed",
+	EndServerClosed:  "server_closed",
+	EndRevoked:       "revoked",
+	EndIdleTimeout:   "idle_timeout",
+	EndMaxLength:     "max_length",
+	EndTokenExpired:  "token_expired",
+	EndPingTimeout:   "ping_timeout",
+	EndProtocolError: "protocol_error",
+	EndShutdown:      "shutdown",
+}
+
+// String is the reason's label value.
+func (r EndReason) String() string {
+	if r <= 0 || r >= numEndReasons {
+		return "invalid"
+	}
+	return endReasonNames[r]
+}
+
+// Histogram buckets, in seconds. Setup spans loopback (sub-millisecond; the
+// target is p99 ≤ 5 ms) to the 10 s handshake timeout; duration spans a
+// refused-at-once session to a day.
+var (
+	setupBuckets    = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+	durationBuckets = []float64{.1, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400}
+)
+
+// Metrics is a proxy's metrics; safe for concurrent use. Create it with New.
+type Metrics struct {
+	active   prometheus.Gauge
+	sessions *prometheus.CounterVec
+	ended    *prometheus.CounterVec
+	bytes    *prometheus.CounterVec
+	setup    prometheus.Histogram
+	duration prometheus.Histogram
+
+	// Children resolved once, so counting takes no label lookup.
+	relayed              prometheus.Counter
+	refused              [numRefusals]prometheus.Counter
+	endedBy              [numEndReasons]prometheus.Counter
+	toServer, fromServer prometheus.Counter
+}
+
+// New creates the metrics and registers them with reg (a proxy's own
+// registry). With a nil reg they count but are not exported, which is what
+// tests that do not look at metrics want. It panics if reg already holds
+// them, as prometheus.Registerer.MustRegister does.
+func New(reg prometheus.Registerer) *Metrics {
+	const ns, sub = "vncgate", "proxy"
+	m := &Metrics{
+		active: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "sessions_active",
+			Help: "Console sessions being relayed now.",
+		}),
+		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "sessions_total",
+			Help: `Console session attempts, by result: "relayed", or why the proxy refused it.`,
+		}, []string{"result"}),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "session_ended_total",
+			Help: "Relayed console sessions that ended, by reason.",
+		}, []string{"reason"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "bytes_total",
+			Help: "Bytes relayed by ended sessions, by direction (client_to_server, server_to_client).",
+		}, []string{"direction"}),
+		setup: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "session_setup_seconds",
+			Help:    "Time from accepting a connection (or a WebSocket upgrade request) to the start of the relay: request, token check, dial.",
+			Buckets: setupBuckets,
+		}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "session_duration_seconds",
+			Help:    "Time from the start of a relay to the end of its session.",
+			Buckets: durationBuckets,
+		}),
+	}
+	m.relayed = m.sessions.WithLabelValues(resultRelayed)
+	for r := RefusedBadRequest; r < numRefusals; r++ {
+		m.refused[r] = m.sessions.WithLabelValues(r.String())
+	}
+	for r := EndClientClosed; r < numEndReasons; r++ {
+		m.endedBy[r] = m.ended.WithLabelValues(r.String())
+	}
+	m.toServer = m.bytes.WithLabelValues("client_to_server")
+	m.fromServer = m.bytes.WithLabelValues("server_to_client")
+	if reg != nil {
+		reg.MustRegister(m.active, m.sessions, m.ended, m.bytes, m.setup, m.duration)
+	}
+	return m
+}
+
+// Refused counts a session attempt the proxy refused. A value that is not
+// one of the Refused constants is not counted.
+func (m *Metrics) Refused(r Refusal) {
+	if r > 0 && r < numRefusals {
+		m.refused[r].Inc()
+	}
+}
+
+// Start counts a session whose relay starts now, setup after the proxy
+// accepted it, and returns its handle. The caller must call End on it when
+// the relay has returned.
+func (m *Metrics) Start(setup time.Duration) *Session {
+	m.relayed.Inc()
+	m.active.Inc()
+	m.setup.Observe(setup.Seconds())
+	return &Session{m: m, started: time.Now()}
+}
+
+// Session is one relayed session's share of the metrics.
+type Session struct {
+	m       *Metrics
+	started time.Time
+	ended   atomic.Bool
+}
+
+// End counts the session's end, for reason, with the bytes its relay
+// moved. Only the first call counts.
+func (s *Session) End(reason EndReason, res relay.Result) {
+	if !s.ended.CompareAndSwap(false, true) {
+		return
+	}
+	m := s.m
+	m.active.Dec()
+	m.duration.Observe(time.Since(s.started).Seconds())
+	if reason > 0 && reason < numEndReasons {
+		m.endedBy[reason].Inc()
+	}
+	m.toServer.Add(float64(max(res.ClientToServer, 0)))
+	m.fromServer.Add(float64(max(res.ServerToClient, 0)))
+}
+
+// NewRegistry returns a registry for one proxy, holding the Go runtime and
+// process collectors as consoleauth's does; pass it to New and Handler.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// Handler serves g's metrics in the Prometheus exposition format, for
+// GET /metrics.
+func Handler(g prometheus.Gatherer) http.Handler {
+	return promhttp.HandlerFor(g, promhttp.HandlerOpts{})
+}
