@@ -8,6 +8,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -25,13 +26,14 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *bin, *host, *dir); err != nil {
+	if err := run(ctx, os.Stdout, *bin, *host, *dir, devstack.DefaultPorts()); err != nil {
 		slog.Error("devstack", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, bin, host, dir string) error {
+// run starts the stack, prints the banner to out and waits for ctx.
+func run(ctx context.Context, out io.Writer, bin, host, dir string, ports devstack.Ports) error {
 	if dir == "" {
 		tmp, err := os.MkdirTemp("", "vncgate-devstack-")
 		if err != nil {
@@ -41,7 +43,7 @@ func run(ctx context.Context, bin, host, dir string) error {
 		dir = tmp
 	}
 	w, err := devstack.Start(ctx, devstack.Options{
-		Bin: bin, Dir: dir, Host: host, Ports: devstack.DefaultPorts(), Logs: os.Stderr,
+		Bin: bin, Dir: dir, Host: host, Ports: ports, Logs: os.Stderr,
 	})
 	if err != nil {
 		return err
@@ -55,21 +57,21 @@ func run(ctx context.Context, bin, host, dir string) error {
 
 	uctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	novnc, err := w.ConsoleURL(uctx, devstack.DemoUUID, "novnc")
+	var xvp string
 	if err == nil {
-		var xvp string
 		xvp, err = w.ConsoleURL(uctx, devstack.DemoUUID, "xvpvnc")
-		printBanner(w, novnc, xvp)
 	}
 	cancel()
 	if err != nil {
 		return err
 	}
+	printBanner(out, w, novnc, xvp)
 	<-ctx.Done()
 	return nil
 }
 
-func printBanner(w *devstack.World, novnc, xvp string) {
-	fmt.Printf(`
+func printBanner(out io.Writer, w *devstack.World, novnc, xvp string) {
+	fmt.Fprintf(out, `
 vncgate is running (etcd %s, data in %s).
 
   demo instance   %s
