@@ -8,6 +8,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +31,7 @@ import (
 	"github.com/vncgate/vncgate/pkg/etcdembed"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/rfb"
+	"github.com/vncgate/vncgate/pkg/tlsconfig"
 )
 
 // Services, in start order.
@@ -75,6 +78,12 @@ type Options struct {
 	Skip map[string]bool
 	// Logs receives every service's output, each line prefixed by its name.
 	Logs io.Writer
+	// TLS generates a throwaway CA and certificate in Dir/tls and starts
+	// every service with them: mutual TLS on all gRPC links, TLS only on
+	// both proxies' public ports (novnc-proxy with ssl_only), https base
+	// URLs. etcd stays plaintext (embedded, loopback only), and so does
+	// consoleauth's REST listener, which has no TLS option.
+	TLS bool
 }
 
 // Ports of one stack.
@@ -94,9 +103,14 @@ type World struct {
 	Client  *clientv3.Client
 	Demo    *rfb.Server
 	DemoVNC string // the demo VNC server's host:port
+	// Certs are the PEM files of Options.TLS (Cert doubles as server and
+	// client certificate); empty without TLS.
+	Certs tlsconfig.Files
 
-	procs []*proc
-	demoL net.Listener
+	caPool     *x509.CertPool
+	httpClient *http.Client
+	procs      []*proc
+	demoL      net.Listener
 }
 
 type proc struct {
@@ -112,13 +126,35 @@ func (w *World) Addr(port int) string { return net.JoinHostPort(w.Host, strconv.
 // RESTURL is consoleauth's REST base, e.g. http://127.0.0.1:6091.
 func (w *World) RESTURL() string { return "http://" + w.Addr(w.Ports.ConsoleAuthREST) }
 
-// NoVNCBaseURL is the console page's URL, the base of novnc console URLs.
+// NoVNCBaseURL is the console page's URL, the base of novnc console URLs
+// (https with Options.TLS).
 func (w *World) NoVNCBaseURL() string {
-	return "http://" + w.Addr(w.Ports.NoVNC) + "/vnc_lite.html"
+	return w.publicScheme() + "://" + w.Addr(w.Ports.NoVNC) + "/vnc_lite.html"
 }
 
-// XVPBaseURL is the base of xvpvnc console URLs.
-func (w *World) XVPBaseURL() string { return "http://" + w.Addr(w.Ports.XVP) + "/console" }
+// XVPBaseURL is the base of xvpvnc console URLs (https with Options.TLS).
+func (w *World) XVPBaseURL() string {
+	return w.publicScheme() + "://" + w.Addr(w.Ports.XVP) + "/console"
+}
+
+func (w *World) publicScheme() string {
+	if w.TLS {
+		return "https"
+	}
+	return "http"
+}
+
+// CAPool holds the CA of Options.TLS; nil without TLS.
+func (w *World) CAPool() *x509.CertPool { return w.caPool }
+
+// HTTPClient is an HTTP client that trusts the stack's CA (with
+// Options.TLS), for the proxies' https endpoints and the REST API.
+func (w *World) HTTPClient() *http.Client { return w.httpClient }
+
+// ClientTLS is a client configuration for the stack's services: it trusts
+// the CA and presents the service certificate, as the services do to each
+// other. Without Options.TLS it returns nil.
+func (w *World) ClientTLS() (*tls.Config, error) { return w.Certs.Client() }
 
 // Start runs a stack and returns when every service is ready.
 func Start(ctx context.Context, opts Options) (_ *World, err error) {
@@ -131,7 +167,7 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 	if opts.Bin, err = filepath.Abs(opts.Bin); err != nil {
 		return nil, err
 	}
-	w := &World{Options: opts}
+	w := &World{Options: opts, httpClient: http.DefaultClient}
 	defer func() {
 		if err != nil {
 			w.Stop()
@@ -139,6 +175,11 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 	}()
 	if err := w.pickPorts(); err != nil {
 		return nil, err
+	}
+	if opts.TLS {
+		if err := w.setUpTLS(); err != nil {
+			return nil, err
+		}
 	}
 	if w.Etcd, err = etcdembed.Start(filepath.Join(opts.Dir, "etcd"), w.Addr(w.Ports.Etcd)); err != nil {
 		return nil, err
@@ -161,19 +202,33 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 	if opts.TokenTTL > 0 {
 		ttl = append(ttl, fmt.Sprintf("--token_ttl=%d", int(opts.TokenTTL.Seconds())))
 	}
+	// mTLS on every gRPC link: consoleauth's and the agent's servers, and
+	// every client of consoleauth (agent, proxies) and of the agent
+	// (consoleauth). Each service presents the same certificate. TLS on the
+	// proxies' public ports; novnc-proxy refuses plain HTTP.
+	var grpcTLS, novncTLS, xvpTLS []string
+	novncHealth := "http://" + w.Addr(w.Ports.NoVNC) + "/healthz"
+	xvpReady := w.tcpReady(w.Addr(w.Ports.XVP))
+	if opts.TLS {
+		grpcTLS = []string{"--grpc_cert=" + w.Certs.Cert, "--grpc_key=" + w.Certs.Key, "--grpc_ca=" + w.Certs.CA}
+		novncTLS = []string{"--cert=" + w.Certs.Cert, "--key=" + w.Certs.Key, "--ssl_only"}
+		xvpTLS = []string{"--cert=" + w.Certs.Cert, "--key=" + w.Certs.Key}
+		novncHealth = "https://" + w.Addr(w.Ports.NoVNC) + "/healthz"
+		xvpReady = w.tlsReady(w.Addr(w.Ports.XVP))
+	}
 	starts := []struct {
 		name  string
 		args  []string
 		ready func(context.Context) error
 	}{
-		{ConsoleAuth, append([]string{
+		{ConsoleAuth, concat([]string{
 			"--grpc_listen=" + consoleauth,
 			"--rest_listen=" + w.Addr(w.Ports.ConsoleAuthREST),
 			etcd,
 			"--novncproxy_base_url=" + w.NoVNCBaseURL(),
 			"--xvpvncproxy_base_url=" + w.XVPBaseURL(),
-		}, ttl...), w.httpReady(w.RESTURL() + "/healthz")},
-		{ComputeAgent, []string{
+		}, ttl, grpcTLS), w.httpReady(w.RESTURL() + "/healthz")},
+		{ComputeAgent, concat([]string{
 			"--grpc_listen=" + w.Addr(w.Ports.ComputeAgent),
 			"--host=" + ComputeHost,
 			etcd,
@@ -181,20 +236,20 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 			"--inventory_file=" + inventory,
 			"--consoleauth_address=" + consoleauth,
 			"--registration_ttl=5",
-		}, w.agentReady},
-		{NoVNCProxy, []string{
+		}, grpcTLS), w.agentReady},
+		{NoVNCProxy, concat([]string{
 			"--novncproxy_host=" + w.Host,
 			"--novncproxy_port=" + strconv.Itoa(w.Ports.NoVNC),
 			"--novncproxy_base_url=" + w.NoVNCBaseURL(),
 			"--consoleauth_address=" + consoleauth,
 			etcd,
-		}, w.httpReady("http://" + w.Addr(w.Ports.NoVNC) + "/healthz")},
-		{XVPProxy, []string{
+		}, grpcTLS, novncTLS), w.httpReady(novncHealth)},
+		{XVPProxy, concat([]string{
 			"--xvpvncproxy_host=" + w.Host,
 			"--xvpvncproxy_port=" + strconv.Itoa(w.Ports.XVP),
 			"--consoleauth_address=" + consoleauth,
 			etcd,
-		}, w.tcpReady(w.Addr(w.Ports.XVP))},
+		}, grpcTLS, xvpTLS), xvpReady},
 	}
 	for _, s := range starts {
 		if opts.Skip[s.name] {
@@ -211,6 +266,35 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 		}
 	}
 	return w, nil
+}
+
+// concat joins flag lists into a new slice.
+func concat(lists ...[]string) []string {
+	var out []string
+	for _, l := range lists {
+		out = append(out, l...)
+	}
+	return out
+}
+
+// setUpTLS writes the certificates of Options.TLS and builds the clients
+// that trust them.
+func (w *World) setUpTLS() error {
+	certs, err := writeCerts(filepath.Join(w.Dir, "tls"), w.Host)
+	if err != nil {
+		return fmt.Errorf("certificates: %w", err)
+	}
+	client, err := certs.Client()
+	if err != nil {
+		return err
+	}
+	w.Certs, w.caPool = certs, client.RootCAs
+	// Only the CA, no client certificate: what a browser or a cloud's API
+	// layer has.
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: w.caPool, MinVersion: tls.VersionTLS12}
+	w.httpClient = &http.Client{Transport: tr}
+	return nil
 }
 
 // pickPorts fills the ports left 0. All listeners stay open until every
@@ -323,7 +407,7 @@ func (w *World) waitReady(ctx context.Context, name string, ready func(context.C
 func (w *World) httpReady(u string) func(context.Context) error {
 	return func(ctx context.Context) error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := w.httpClient.Do(req)
 		if err != nil {
 			return err
 		}
@@ -338,6 +422,18 @@ func (w *World) httpReady(u string) func(context.Context) error {
 func (w *World) tcpReady(addr string) func(context.Context) error {
 	return func(ctx context.Context) error {
 		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+}
+
+// tlsReady completes a TLS handshake with addr, trusting the stack's CA.
+func (w *World) tlsReady(addr string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		d := tls.Dialer{Config: &tls.Config{RootCAs: w.caPool, MinVersion: tls.VersionTLS12}}
 		c, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
 			c.Close()
@@ -370,7 +466,7 @@ func (w *World) ConsoleURL(ctx context.Context, uuid, consoleType string) (strin
 		return "", err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := w.httpClient.Do(req)
 	if err != nil {
 		return "", err
 	}

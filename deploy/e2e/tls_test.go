@@ -1,0 +1,229 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/vncgate/vncgate/deploy/devstack"
+	"github.com/vncgate/vncgate/deploy/devstack/devstacktest"
+	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
+	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+)
+
+// TestTLS runs the whole stack with TLS on (devstack Options.TLS): https
+// console URLs, wss:// through novnc-proxy (ssl_only) and TLS through
+// xvp-proxy to the demo VM, every gRPC link on mutual TLS. It checks that
+// plaintext clients of the proxies and gRPC clients without a certificate
+// are refused, and that a revocation through REST still ends live sessions
+// (so the proxies' consoleauth and etcd clients work under TLS).
+func TestTLS(t *testing.T) {
+	requireNoVNCLibrary(t)
+	w := devstacktest.Start(t, devstack.Options{TLS: true})
+	novncAddr, xvpAddr := w.Addr(w.Ports.NoVNC), w.Addr(w.Ports.XVP)
+
+	t.Run("console URLs are https", func(t *testing.T) {
+		for _, tc := range []struct{ consoleType, base string }{
+			{"novnc", "https://" + novncAddr + "/vnc_lite.html?"},
+			{"xvpvnc", "https://" + xvpAddr + "/console?token="},
+		} {
+			if u := consoleURLOf(t, w, devstack.DemoUUID, tc.consoleType); !strings.HasPrefix(u, tc.base) {
+				t.Errorf("%s: got URL %s, want prefix %s", tc.consoleType, u, tc.base)
+			}
+		}
+		u := consoleURLOf(t, w, devstack.DemoUUID, "novnc")
+		resp, err := w.HTTPClient().Get(u)
+		if err != nil {
+			t.Fatalf("GET console page: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "vncgate/app.js") || resp.TLS == nil {
+			t.Fatalf("GET %s: got %d (TLS %v), want the console page over TLS", u, resp.StatusCode, resp.TLS != nil)
+		}
+	})
+
+	t.Run("wss through novnc-proxy", func(t *testing.T) {
+		c := novncTLSDial(t, w, consoleURLOf(t, w, devstack.DemoUUID, "novnc"))
+		rfbView(t, "demo VM through novnc-proxy over wss", websocket.NetConn(context.Background(), c, websocket.MessageBinary))
+	})
+
+	t.Run("TLS through xvp-proxy", func(t *testing.T) {
+		rfbView(t, "demo VM through xvp-proxy over TLS", xvpTLSSession(t, w, consoleURLOf(t, w, devstack.DemoUUID, "xvpvnc")))
+	})
+
+	t.Run("plaintext ws refused by ssl_only novnc-proxy", func(t *testing.T) {
+		token := tokenOf(t, consoleURLOf(t, w, devstack.DemoUUID, "novnc"))
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, resp, err := websocket.Dial(ctx, "ws://"+novncAddr+"/websockify?token="+url.QueryEscape(token),
+			&websocket.DialOptions{HTTPHeader: http.Header{"Origin": {"http://" + novncAddr}}})
+		if err == nil {
+			c.CloseNow()
+			t.Fatal("plaintext WebSocket upgrade accepted, want it refused")
+		}
+		// net/http answers a plaintext request on a TLS port with a 400.
+		if resp == nil || resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("got %v (%v), want HTTP 400 and no upgrade", resp, err)
+		}
+	})
+
+	t.Run("plaintext CONNECT refused by xvp-proxy", func(t *testing.T) {
+		token := tokenOf(t, consoleURLOf(t, w, devstack.DemoUUID, "xvpvnc"))
+		got := xvpRaw(t, w, "CONNECT /console?token="+url.QueryEscape(token)+" HTTP/1.1\r\n\r\n")
+		if strings.HasPrefix(got, "HTTP/") {
+			t.Fatalf("plaintext CONNECT: got %q, want no HTTP answer", got)
+		}
+		t.Logf("plaintext CONNECT answered %q", got)
+	})
+
+	t.Run("gRPC needs a client certificate", func(t *testing.T) {
+		token := tokenOf(t, consoleURLOf(t, w, devstack.DemoUUID, "novnc"))
+		withCert, err := w.ClientTLS()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The positive case shows the refusals are about the certificate.
+		tests := []struct {
+			name   string
+			creds  credentials.TransportCredentials
+			wantOK bool
+		}{
+			{"client certificate", credentials.NewTLS(withCert), true},
+			{"no client certificate", credentials.NewTLS(&tls.Config{RootCAs: w.CAPool(), MinVersion: tls.VersionTLS12}), false},
+			{"plaintext", insecure.NewCredentials(), false},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				_, err := consoleauthv1.NewConsoleAuthServiceClient(grpcConn(t, w.Addr(w.Ports.ConsoleAuthGRPC), tc.creds)).
+					GetConsoleAuthToken(ctx, &consoleauthv1.GetConsoleAuthTokenRequest{ConsoleToken: token})
+				checkGRPC(t, "consoleauth", err, tc.wantOK)
+				_, err = computeagentv1.NewComputeAgentServiceClient(grpcConn(t, w.Addr(w.Ports.ComputeAgent), tc.creds)).
+					GetConsole(ctx, &computeagentv1.GetConsoleRequest{InstanceUuid: devstack.DemoUUID, ConsoleType: "novnc"})
+				checkGRPC(t, "compute-agent", err, tc.wantOK)
+			})
+		}
+	})
+
+	t.Run("revocation through REST ends wss and TLS sessions", func(t *testing.T) {
+		live := novncTLSDial(t, w, consoleURLOf(t, w, devstack.DemoUUID, "novnc"))
+		rfbView(t, "novnc-proxy before the revocation", websocket.NetConn(context.Background(), live, websocket.MessageBinary))
+		xvp := xvpTLSSession(t, w, consoleURLOf(t, w, devstack.DemoUUID, "xvpvnc"))
+		rfbView(t, "xvp-proxy before the revocation", xvp)
+		time.Sleep(10 * time.Millisecond) // the revocation is stamped after the sessions started
+
+		req, _ := http.NewRequest(http.MethodDelete, w.RESTURL()+"/v2.1/servers/"+devstack.DemoUUID+
+			"/console-tokens?reason="+url.QueryEscape("the instance was stopped"), nil)
+		start := time.Now()
+		resp, err := w.HTTPClient().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("revoke: got %d, want 200", resp.StatusCode)
+		}
+		if ce := novncCloseOf(t, live); ce.Code != novncRevoked || !strings.Contains(ce.Reason, "stopped") {
+			t.Fatalf("wss session: got close %d %q, want %d with the reason", ce.Code, ce.Reason, novncRevoked)
+		}
+		xvp.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, xvp); err != nil {
+			t.Fatalf("xvp TLS session still open after the revocation: %v", err)
+		}
+		t.Logf("both sessions ended %v after the REST revocation", time.Since(start).Round(time.Millisecond))
+	})
+}
+
+// novncTLSDial opens wss:// to novnc-proxy for a https console URL, with the
+// console page's https Origin, trusting the stack's CA as a browser would.
+func novncTLSDial(t *testing.T, w *devstack.World, consoleURL string) *websocket.Conn {
+	t.Helper()
+	u, err := url.Parse(consoleURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Scheme != "https" {
+		t.Fatalf("console URL %s: want https", consoleURL)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	wsURL := "wss://" + u.Host + "/websockify?token=" + url.QueryEscape(tokenOf(t, consoleURL))
+	c, resp, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{
+		HTTPClient: w.HTTPClient(),
+		HTTPHeader: http.Header{"Origin": {"https://" + u.Host}},
+	})
+	if err != nil {
+		t.Fatalf("wss to novnc-proxy: %v (%v)", err, resp)
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	return c
+}
+
+// xvpTLSSession is xvpSession over TLS: it verifies xvp-proxy's certificate
+// against the stack's CA, sends the CONNECT and requires exactly the 200.
+func xvpTLSSession(t *testing.T, w *devstack.World, consoleURL string) net.Conn {
+	t.Helper()
+	u, err := url.Parse(consoleURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second}, Config: &tls.Config{RootCAs: w.CAPool(), MinVersion: tls.VersionTLS12}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		t.Fatalf("TLS to xvp-proxy at %s: %v", u.Host, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", u.RequestURI(), u.Host)
+	br := bufio.NewReader(c)
+	ok := make([]byte, len(xvpOK))
+	if _, err := io.ReadFull(br, ok); err != nil || string(ok) != xvpOK {
+		t.Fatalf("xvp answer over TLS: got %q (%v), want exactly %q", ok, err, xvpOK)
+	}
+	c.SetDeadline(time.Time{})
+	return &xvpConn{Conn: c, r: br}
+}
+
+// grpcConn is a gRPC connection to addr with creds, closed when the test ends.
+func grpcConn(t *testing.T, addr string, creds credentials.TransportCredentials) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// checkGRPC requires a call to have succeeded, or to have been refused
+// before it reached the service (Unavailable: no TLS session).
+func checkGRPC(t *testing.T, service string, err error, wantOK bool) {
+	t.Helper()
+	switch {
+	case wantOK && err != nil:
+		t.Errorf("%s with a client certificate: %v", service, err)
+	case !wantOK && status.Code(err) != codes.Unavailable:
+		t.Errorf("%s: got %v, want Unavailable (refused at the handshake)", service, err)
+	case !wantOK:
+		t.Logf("%s refused: %v", service, err)
+	}
+}
