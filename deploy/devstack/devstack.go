@@ -81,8 +81,8 @@ type Options struct {
 	// TLS generates a throwaway CA and certificate in Dir/tls and starts
 	// every service with them: mutual TLS on all gRPC links, TLS only on
 	// both proxies' public ports (novnc-proxy with ssl_only), https base
-	// URLs. etcd stays plaintext (embedded, loopback only), and so does
-	// consoleauth's REST listener, which has no TLS option.
+	// URLs, and mutual TLS on consoleauth's REST API (the cloud's API layer
+	// presents a certificate). etcd stays plaintext (embedded, loopback only).
 	TLS bool
 }
 
@@ -109,6 +109,7 @@ type World struct {
 
 	caPool     *x509.CertPool
 	httpClient *http.Client
+	restClient *http.Client
 	procs      []*proc
 	demoL      net.Listener
 }
@@ -123,21 +124,26 @@ type proc struct {
 // Addr is host:port on the stack's host.
 func (w *World) Addr(port int) string { return net.JoinHostPort(w.Host, strconv.Itoa(port)) }
 
-// RESTURL is consoleauth's REST base, e.g. http://127.0.0.1:6091.
-func (w *World) RESTURL() string { return "http://" + w.Addr(w.Ports.ConsoleAuthREST) }
+// RESTURL is consoleauth's REST base, e.g. http://127.0.0.1:6091 (https
+// with Options.TLS).
+func (w *World) RESTURL() string { return w.scheme() + "://" + w.Addr(w.Ports.ConsoleAuthREST) }
+
+// RESTClient is the HTTP client of the cloud's API layer: with Options.TLS
+// it trusts the stack's CA and presents the client certificate REST requires.
+func (w *World) RESTClient() *http.Client { return w.restClient }
 
 // NoVNCBaseURL is the console page's URL, the base of novnc console URLs
 // (https with Options.TLS).
 func (w *World) NoVNCBaseURL() string {
-	return w.publicScheme() + "://" + w.Addr(w.Ports.NoVNC) + "/vnc_lite.html"
+	return w.scheme() + "://" + w.Addr(w.Ports.NoVNC) + "/vnc_lite.html"
 }
 
 // XVPBaseURL is the base of xvpvnc console URLs (https with Options.TLS).
 func (w *World) XVPBaseURL() string {
-	return w.publicScheme() + "://" + w.Addr(w.Ports.XVP) + "/console"
+	return w.scheme() + "://" + w.Addr(w.Ports.XVP) + "/console"
 }
 
-func (w *World) publicScheme() string {
+func (w *World) scheme() string {
 	if w.TLS {
 		return "https"
 	}
@@ -167,7 +173,7 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 	if opts.Bin, err = filepath.Abs(opts.Bin); err != nil {
 		return nil, err
 	}
-	w := &World{Options: opts, httpClient: http.DefaultClient}
+	w := &World{Options: opts, httpClient: http.DefaultClient, restClient: http.DefaultClient}
 	defer func() {
 		if err != nil {
 			w.Stop()
@@ -206,11 +212,12 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 	// every client of consoleauth (agent, proxies) and of the agent
 	// (consoleauth). Each service presents the same certificate. TLS on the
 	// proxies' public ports; novnc-proxy refuses plain HTTP.
-	var grpcTLS, novncTLS, xvpTLS []string
+	var grpcTLS, restTLS, novncTLS, xvpTLS []string
 	novncHealth := "http://" + w.Addr(w.Ports.NoVNC) + "/healthz"
 	xvpReady := w.tcpReady(w.Addr(w.Ports.XVP))
 	if opts.TLS {
 		grpcTLS = []string{"--grpc_cert=" + w.Certs.Cert, "--grpc_key=" + w.Certs.Key, "--grpc_ca=" + w.Certs.CA}
+		restTLS = []string{"--rest_cert=" + w.Certs.Cert, "--rest_key=" + w.Certs.Key, "--rest_ca=" + w.Certs.CA}
 		novncTLS = []string{"--cert=" + w.Certs.Cert, "--key=" + w.Certs.Key, "--ssl_only"}
 		xvpTLS = []string{"--cert=" + w.Certs.Cert, "--key=" + w.Certs.Key}
 		novncHealth = "https://" + w.Addr(w.Ports.NoVNC) + "/healthz"
@@ -227,7 +234,7 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 			etcd,
 			"--novncproxy_base_url=" + w.NoVNCBaseURL(),
 			"--xvpvncproxy_base_url=" + w.XVPBaseURL(),
-		}, ttl, grpcTLS), w.httpReady(w.RESTURL() + "/healthz")},
+		}, ttl, grpcTLS, restTLS), httpReady(w.restClient, w.RESTURL()+"/healthz")},
 		{ComputeAgent, concat([]string{
 			"--grpc_listen=" + w.Addr(w.Ports.ComputeAgent),
 			"--host=" + ComputeHost,
@@ -243,7 +250,7 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 			"--novncproxy_base_url=" + w.NoVNCBaseURL(),
 			"--consoleauth_address=" + consoleauth,
 			etcd,
-		}, grpcTLS, novncTLS), w.httpReady(novncHealth)},
+		}, grpcTLS, novncTLS), httpReady(w.httpClient, novncHealth)},
 		{XVPProxy, concat([]string{
 			"--xvpvncproxy_host=" + w.Host,
 			"--xvpvncproxy_port=" + strconv.Itoa(w.Ports.XVP),
@@ -294,6 +301,9 @@ func (w *World) setUpTLS() error {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: w.caPool, MinVersion: tls.VersionTLS12}
 	w.httpClient = &http.Client{Transport: tr}
+	api := http.DefaultTransport.(*http.Transport).Clone()
+	api.TLSClientConfig = client
+	w.restClient = &http.Client{Transport: api}
 	return nil
 }
 
@@ -404,10 +414,10 @@ func (w *World) waitReady(ctx context.Context, name string, ready func(context.C
 	}
 }
 
-func (w *World) httpReady(u string) func(context.Context) error {
+func httpReady(c *http.Client, u string) func(context.Context) error {
 	return func(ctx context.Context) error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-		resp, err := w.httpClient.Do(req)
+		resp, err := c.Do(req)
 		if err != nil {
 			return err
 		}
@@ -466,7 +476,7 @@ func (w *World) ConsoleURL(ctx context.Context, uuid, consoleType string) (strin
 		return "", err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := w.httpClient.Do(req)
+	resp, err := w.restClient.Do(req)
 	if err != nil {
 		return "", err
 	}

@@ -122,6 +122,21 @@ func TestTLS(t *testing.T) {
 		}
 	})
 
+	t.Run("REST refuses callers without a client certificate", func(t *testing.T) {
+		u := w.RESTURL() + "/v2.1/servers/" + devstack.DemoUUID + "/remote-consoles"
+		body := `{"remote_console": {"protocol": "vnc", "type": "novnc"}}`
+		if resp, err := w.HTTPClient().Post(u, "application/json", strings.NewReader(body)); err == nil {
+			resp.Body.Close()
+			t.Fatalf("REST without a client certificate: got %s, want the TLS handshake refused", resp.Status)
+		}
+		if resp, err := http.Post(strings.Replace(u, "https://", "http://", 1), "application/json", strings.NewReader(body)); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				t.Fatal("plaintext REST: got 200, want a refusal")
+			}
+		}
+	})
+
 	t.Run("revocation through REST ends wss and TLS sessions", func(t *testing.T) {
 		live := novncTLSDial(t, w, consoleURLOf(t, w, devstack.DemoUUID, "novnc"))
 		rfbView(t, "novnc-proxy before the revocation", websocket.NetConn(context.Background(), live, websocket.MessageBinary))
@@ -132,7 +147,7 @@ func TestTLS(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodDelete, w.RESTURL()+"/v2.1/servers/"+devstack.DemoUUID+
 			"/console-tokens?reason="+url.QueryEscape("the instance was stopped"), nil)
 		start := time.Now()
-		resp, err := w.HTTPClient().Do(req)
+		resp, err := w.RESTClient().Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -54,6 +54,9 @@ func parseFlags(args []string) (server.Config, slog.Level, error) {
 		grpcCert    = fs.String("grpc_cert", "", "certificate of the gRPC server and of calls to compute agents (PEM); plaintext when empty")
 		grpcKey     = fs.String("grpc_key", "", "key of grpc_cert (PEM)")
 		grpcCA      = fs.String("grpc_ca", "", "CA that verifies gRPC peers (PEM); turns on mTLS")
+		restCert    = fs.String("rest_cert", "", "certificate of the REST listener (PEM); plaintext when empty")
+		restKey     = fs.String("rest_key", "", "key of rest_cert (PEM)")
+		restCA      = fs.String("rest_ca", "", "CA that verifies REST callers' certificates (PEM); turns on mTLS for REST")
 		computeTO   = fs.Duration("compute_timeout", 5*time.Second, "timeout of every call to a compute agent")
 		tokenTTL    = fs.Int("token_ttl", 600, "seconds a console token is valid")
 		noVNCBase   = fs.String("novncproxy_base_url", "http://127.0.0.1:6080/vnc_lite.html", "public base URL of the noVNC console page")
@@ -79,6 +82,7 @@ func parseFlags(args []string) (server.Config, slog.Level, error) {
 		EtcdTLS:             tlsconfig.Files{Cert: *etcdCert, Key: *etcdKey, CA: *etcdCA},
 		EtcdTimeout:         *etcdTimeout,
 		GRPCTLS:             tlsconfig.Files{Cert: *grpcCert, Key: *grpcKey, CA: *grpcCA},
+		RESTTLS:             tlsconfig.Files{Cert: *restCert, Key: *restKey, CA: *restCA},
 		ComputeTimeout:      *computeTO,
 		TokenTTL:            time.Duration(*tokenTTL) * time.Second,
 		NoVNCBaseURL:        *noVNCBase,

@@ -11,6 +11,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,6 +50,10 @@ type Config struct {
 
 	// GRPCTLS is mTLS for the gRPC server and for calls to compute agents.
 	GRPCTLS tlsconfig.Files
+	// RESTTLS is TLS for the REST listener; with a CA, callers (the cloud's
+	// API layer) must present a certificate it signed. Without it REST is
+	// plaintext, for loopback only: it mints tokens and revokes them.
+	RESTTLS tlsconfig.Files
 	// ComputeTimeout bounds every call to a compute agent.
 	ComputeTimeout time.Duration
 
@@ -196,8 +201,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if s.grpcLis, err = net.Listen("tcp", cfg.GRPCListen); err != nil {
 		return nil, fmt.Errorf("grpc listen: %w", err)
 	}
+	restTLS, err := cfg.RESTTLS.Server()
+	if err != nil {
+		return nil, fmt.Errorf("rest tls: %w", err)
+	}
 	if s.restLis, err = net.Listen("tcp", cfg.RESTListen); err != nil {
 		return nil, fmt.Errorf("rest listen: %w", err)
+	}
+	if restTLS != nil {
+		s.restLis = tls.NewListener(s.restLis, restTLS)
 	}
 	go s.serve("grpc", func() error { return s.grpcServer.Serve(s.grpcLis) })
 	go s.serve("gateway grpc", func() error { return s.gwServer.Serve(gwLis) })
