@@ -6,7 +6,9 @@ package sessions
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"net/http"
 	"sync"
 	"time"
 )
@@ -140,4 +142,18 @@ func (t *Table) Wait(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// WriteHealth answers a proxy's health check: 200 {"status": "ok",
+// "sessions": N} while it accepts consoles, 503 with "draining" once it
+// stopped accepting (load balancers then send new clients elsewhere).
+func (t *Table) WriteHealth(w http.ResponseWriter, draining bool) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	status, state := http.StatusOK, "ok"
+	if draining {
+		status, state = http.StatusServiceUnavailable, "draining"
+	}
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"status": state, "sessions": t.Len()})
 }

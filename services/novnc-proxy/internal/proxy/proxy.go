@@ -152,14 +152,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) serveHealth(w http.ResponseWriter) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	status, state := http.StatusOK, "ok"
-	if s.draining.Load() {
-		status, state = http.StatusServiceUnavailable, "draining"
-	}
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(map[string]any{"status": state, "sessions": s.opts.Sessions.Len()})
+	s.opts.Sessions.WriteHealth(w, s.draining.Load())
 }
 
 // writeError answers with an HTTP status and a JSON body.

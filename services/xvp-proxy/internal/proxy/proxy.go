@@ -22,7 +22,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -197,14 +196,7 @@ func (s *Server) Revoke(instance string, r registry.Revocation) {
 // ServeHealth answers a health check: 200 {"status": "ok", "sessions": N}
 // while the proxy accepts clients, 503 with "draining" once it stopped.
 func (s *Server) ServeHealth(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	status, state := http.StatusOK, "ok"
-	if s.draining.Load() {
-		status, state = http.StatusServiceUnavailable, "draining"
-	}
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(map[string]any{"status": state, "sessions": s.cfg.Sessions.Len()})
+	s.cfg.Sessions.WriteHealth(w, s.draining.Load())
 }
 
 // revokedAfter reports whether instance was revoked after t.
