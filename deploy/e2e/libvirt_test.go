@@ -12,6 +12,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -20,7 +21,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,6 +32,7 @@ import (
 	"github.com/vncgate/vncgate/pkg/libvirttest"
 	"github.com/vncgate/vncgate/pkg/qemutest"
 	"github.com/vncgate/vncgate/pkg/registry"
+	"github.com/vncgate/vncgate/pkg/testlog"
 )
 
 // libvirtComputeHost is the name the libvirt agent registers under.
@@ -148,13 +149,13 @@ func startLibvirtAgent(t *testing.T, w *devstack.World) {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start compute-agent: %v", err)
 	}
-	logs := newAgentLog(t)
+	logs := testlog.New(t)
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			logs.line("compute-agent  " + sc.Text())
+			fmt.Fprintln(logs, "compute-agent  "+sc.Text())
 		}
 	}()
 	exited := make(chan struct{})
@@ -272,25 +273,4 @@ func guestXML(t *testing.T, g libvirttest.Guest, graphics string) string {
 		t.Fatal(err)
 	}
 	return path
-}
-
-// agentLog sends lines to t.Log until the test's cleanups run out.
-type agentLog struct {
-	mu   sync.Mutex
-	t    *testing.T
-	done bool
-}
-
-func newAgentLog(t *testing.T) *agentLog {
-	l := &agentLog{t: t}
-	t.Cleanup(func() { l.mu.Lock(); l.done = true; l.mu.Unlock() })
-	return l
-}
-
-func (l *agentLog) line(s string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.done {
-		l.t.Log(s)
-	}
 }

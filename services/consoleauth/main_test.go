@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/etcdembed/etcdtest"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/server"
-	"github.com/vncgate/vncgate/services/consoleauth/internal/testworld"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -71,7 +71,7 @@ func TestParseFlags(t *testing.T) {
 }
 
 func TestRunServesUntilCanceled(t *testing.T) {
-	etcd, _ := testworld.Etcd(t)
+	etcd, _ := etcdtest.Start(t)
 	grpcAddr, restAddr := freeAddr(t), freeAddr(t)
 	cfg, _, err := parseFlags([]string{"-grpc_listen", grpcAddr, "-rest_listen", restAddr, "-etcd_endpoints", etcd.Endpoint})
 	if err != nil {

@@ -25,9 +25,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/vncgate/vncgate/pkg/etcdembed"
+	"github.com/vncgate/vncgate/pkg/etcdembed/etcdtest"
 	"github.com/vncgate/vncgate/pkg/qemutest"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/rfb"
@@ -173,16 +172,7 @@ func closeOf(t *testing.T, c *websocket.Conn) websocket.CloseError {
 }
 
 func TestRunServesPageAndConsoleAndEndsRevokedSessions(t *testing.T) {
-	etcd, err := etcdembed.Start(t.TempDir(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(etcd.Stop)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.Endpoint}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	etcd, cli := etcdtest.Start(t)
 
 	auth := consoleauthtest.Start(t)
 	vnc, host, port := startDemoVNC(t)

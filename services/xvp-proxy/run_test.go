@@ -24,10 +24,8 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/vncgate/vncgate/pkg/config"
-	"github.com/vncgate/vncgate/pkg/etcdembed"
+	"github.com/vncgate/vncgate/pkg/etcdembed/etcdtest"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/services/xvp-proxy/internal/fakeconsoleauth"
 )
@@ -160,16 +158,7 @@ func (s *syncBuffer) String() string {
 // etcd_endpoints on an embedded etcd; a revocation record written the way
 // consoleauth writes it ends the instance's live sessions within 2 s.
 func TestRevocationInEtcdEndsSessions(t *testing.T) {
-	etcd, err := etcdembed.Start(t.TempDir(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(etcd.Stop)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.Endpoint}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
+	etcd, cli := etcdtest.Start(t)
 	auth := fakeconsoleauth.Start(t)
 	echoAddr := echoServer(t)
 	auth.Add("tok-a", "xvpvnc", "inst-a", echoAddr, "")

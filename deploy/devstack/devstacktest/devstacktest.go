@@ -8,12 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/vncgate/vncgate/deploy/devstack"
+	"github.com/vncgate/vncgate/pkg/testlog"
 )
 
 var (
@@ -76,7 +76,7 @@ func Start(t testing.TB, opts devstack.Options) *devstack.World {
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
 	}
-	logs := &testLog{t: t}
+	logs := testlog.New(t)
 	if opts.Logs == nil {
 		opts.Logs = logs
 	}
@@ -90,30 +90,6 @@ func Start(t testing.TB, opts devstack.Options) *devstack.World {
 		if err := w.Stop(); err != nil {
 			t.Errorf("devstack stop: %v", err)
 		}
-		logs.done()
 	})
 	return w
-}
-
-// testLog forwards service output to t.Log until the test ends (t.Log after
-// the end panics).
-type testLog struct {
-	t     testing.TB
-	mu    sync.Mutex
-	ended bool
-}
-
-func (l *testLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.ended {
-		l.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
-}
-
-func (l *testLog) done() {
-	l.mu.Lock()
-	l.ended = true
-	l.mu.Unlock()
 }

@@ -12,13 +12,15 @@ import (
 	"testing"
 	"time"
 
-	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
-	"github.com/vncgate/vncgate/pkg/etcdembed"
-	"github.com/vncgate/vncgate/services/consoleauth/internal/server"
-	"github.com/vncgate/vncgate/services/consoleauth/internal/testworld"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/etcdembed"
+	"github.com/vncgate/vncgate/pkg/etcdembed/etcdtest"
+	"github.com/vncgate/vncgate/services/consoleauth/internal/server"
+	"github.com/vncgate/vncgate/services/consoleauth/internal/testworld"
 )
 
 // world is a running consoleauth on loopback with its own embedded etcd and
@@ -37,7 +39,7 @@ type world struct {
 // newWorld starts a world; edit adjusts the service's configuration.
 func newWorld(t testing.TB, edit func(*server.Config)) *world {
 	t.Helper()
-	etcd, cli := testworld.Etcd(t)
+	etcd, cli := etcdtest.Start(t)
 	w := &world{etcd: etcd, cli: cli, logs: &syncBuffer{}, http: &http.Client{Timeout: 20 * time.Second}}
 	w.agent = testworld.StartAgent(t, cli, "compute-1")
 	cfg := server.Config{

@@ -22,38 +22,16 @@ import (
 	"testing"
 	"time"
 
-	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
-	"github.com/vncgate/vncgate/pkg/etcdembed"
-	"github.com/vncgate/vncgate/pkg/registry"
-	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
-)
 
-// Etcd starts an embedded etcd on a free loopback port and returns it with
-// a client; both end with the test.
-func Etcd(t testing.TB) (*etcdembed.Server, *clientv3.Client) {
-	t.Helper()
-	srv, err := etcdembed.Start(t.TempDir(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	t.Cleanup(srv.Stop)
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{srv.Endpoint},
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-	})
-	if err != nil {
-		t.Fatalf("etcd client: %v", err)
-	}
-	t.Cleanup(func() { _ = cli.Close() })
-	return srv, cli
-}
+	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
+	"github.com/vncgate/vncgate/pkg/registry"
+	"github.com/vncgate/vncgate/pkg/tlsconfig"
+)
 
 // Ctx is a context that ends with the test or after 30 s.
 func Ctx(t testing.TB) context.Context {

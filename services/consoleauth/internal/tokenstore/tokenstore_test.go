@@ -9,10 +9,12 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/vncgate/vncgate/pkg/etcdembed/etcdtest"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/testworld"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/tokenstore"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func newStore(t *testing.T, cli *clientv3.Client, opts tokenstore.Options) *tokenstore.Store {
@@ -30,7 +32,7 @@ func record(uuid string) registry.Token {
 
 func TestMintStoresOnlyTheHashOnOneLease(t *testing.T) {
 	t.Parallel()
-	_, cli := testworld.Etcd(t)
+	_, cli := etcdtest.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{TTL: time.Minute})
 
@@ -91,7 +93,7 @@ func TestMintStoresOnlyTheHashOnOneLease(t *testing.T) {
 
 func TestExpiredTokenRefusedBeforeItsLeaseEnds(t *testing.T) {
 	t.Parallel()
-	_, cli := testworld.Etcd(t)
+	_, cli := etcdtest.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{TTL: time.Second})
 
@@ -119,7 +121,7 @@ func TestExpiredTokenRefusedBeforeItsLeaseEnds(t *testing.T) {
 
 func TestConcurrentMintsShareLeases(t *testing.T) {
 	t.Parallel()
-	_, cli := testworld.Etcd(t)
+	_, cli := etcdtest.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{TTL: 10 * time.Minute})
 
@@ -159,7 +161,7 @@ func TestConcurrentMintsShareLeases(t *testing.T) {
 
 func TestConsumeSucceedsExactlyOnce(t *testing.T) {
 	t.Parallel()
-	_, cli := testworld.Etcd(t)
+	_, cli := etcdtest.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{})
 	m, err := s.Mint(ctx, record("i-1"))
@@ -204,7 +206,7 @@ func TestConsumeSucceedsExactlyOnce(t *testing.T) {
 
 func TestRevokeDeletesOneInstanceInBatches(t *testing.T) {
 	t.Parallel()
-	_, cli := testworld.Etcd(t)
+	_, cli := etcdtest.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{})
 
@@ -276,7 +278,7 @@ func TestRevokeDeletesOneInstanceInBatches(t *testing.T) {
 
 func TestRevokeWithoutTokensStillAnnounces(t *testing.T) {
 	t.Parallel()
-	_, cli := testworld.Etcd(t)
+	_, cli := etcdtest.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{})
 	n, err := s.Revoke(ctx, "lonely", "stopped")
@@ -294,7 +296,7 @@ func TestRevokeWithoutTokensStillAnnounces(t *testing.T) {
 
 func TestEtcdDownIsUnavailableThenRecovers(t *testing.T) {
 	t.Parallel()
-	etcd, cli := testworld.Etcd(t)
+	etcd, cli := etcdtest.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{Timeout: 500 * time.Millisecond})
 	m, err := s.Mint(ctx, record("i-1"))
@@ -342,7 +344,7 @@ func TestEtcdDownIsUnavailableThenRecovers(t *testing.T) {
 
 func TestLocate(t *testing.T) {
 	t.Parallel()
-	_, cli := testworld.Etcd(t)
+	_, cli := etcdtest.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{})
 	testworld.PutJSON(t, cli, registry.LocationKey("running"), registry.Location{ComputeHost: "c1"})

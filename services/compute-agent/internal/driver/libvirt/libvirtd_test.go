@@ -11,13 +11,13 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 
 	"github.com/vncgate/vncgate/pkg/libvirttest"
+	"github.com/vncgate/vncgate/pkg/testlog"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 )
 
@@ -127,7 +127,7 @@ func newWorld(t *testing.T, cfg Config) *world {
 	t.Helper()
 	w := &world{subscribed: make(chan struct{}, 8)}
 	cfg.Logger = slog.New(&signalHandler{
-		Handler: slog.NewTextHandler(newTestWriter(t), &slog.HandlerOptions{Level: slog.LevelDebug}),
+		Handler: slog.NewTextHandler(testlog.New(t), &slog.HandlerOptions{Level: slog.LevelDebug}),
 		msg:     subscribedMsg,
 		ch:      w.subscribed,
 	})
@@ -221,28 +221,4 @@ func (h *signalHandler) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h *signalHandler) WithGroup(name string) slog.Handler {
 	return &signalHandler{Handler: h.Handler.WithGroup(name), msg: h.msg, ch: h.ch}
-}
-
-// testWriter sends log lines to t.Log until the test's cleanups run out.
-type testWriter struct {
-	mu   sync.Mutex
-	t    *testing.T
-	done bool
-}
-
-// newTestWriter must be called before the cleanups that stop the loggers
-// are registered, so that its own cleanup runs after them.
-func newTestWriter(t *testing.T) *testWriter {
-	w := &testWriter{t: t}
-	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
-	return w
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	}
-	return len(p), nil
 }

@@ -14,12 +14,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vncgate/vncgate/pkg/qemutest"
+	"github.com/vncgate/vncgate/pkg/testlog"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 )
 
@@ -175,7 +175,7 @@ func newDriver(t *testing.T, proxyClientAddress string, instances ...Instance) *
 	d, err := New(Config{
 		Instances:          instances,
 		ProxyClientAddress: proxyClientAddress,
-		Logger:             slog.New(slog.NewTextHandler(newTestWriter(t), &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:             slog.New(slog.NewTextHandler(testlog.New(t), &slog.HandlerOptions{Level: slog.LevelDebug})),
 		MaxBackoff:         300 * time.Millisecond,
 	})
 	if err != nil {
@@ -221,28 +221,4 @@ func noEvent(t *testing.T, events <-chan driver.Event, for_ time.Duration) {
 		t.Fatalf("got event %s %s %q, want none", ev.UUID, ev.Kind.String(), ev.Reason)
 	case <-time.After(for_):
 	}
-}
-
-// testWriter sends log lines to t.Log until the test's cleanups run out.
-type testWriter struct {
-	mu   sync.Mutex
-	t    *testing.T
-	done bool
-}
-
-// newTestWriter must be called before the cleanups that stop the loggers
-// are registered, so that its own cleanup runs after them.
-func newTestWriter(t *testing.T) *testWriter {
-	w := &testWriter{t: t}
-	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
-	return w
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	}
-	return len(p), nil
 }

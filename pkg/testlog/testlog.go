@@ -1,0 +1,38 @@
+// Package testlog sends the output of servers a test starts (loggers,
+// subprocesses) to the test's log, and stops at the end of the test: t.Log
+// after that panics, and a server may still be logging while it stops.
+package testlog
+
+import (
+	"strings"
+	"sync"
+	"testing"
+)
+
+// Writer writes each Write, trailing newline removed, to t.Log.
+type Writer struct {
+	mu   sync.Mutex
+	t    testing.TB
+	done bool
+}
+
+// New returns a Writer for t. Call it before registering the cleanups that
+// stop the servers writing to it, so that it goes quiet after they stopped.
+func New(t testing.TB) *Writer {
+	w := &Writer{t: t}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		w.done = true
+		w.mu.Unlock()
+	})
+	return w
+}
+
+func (w *Writer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	}
+	return len(p), nil
+}
