@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-MODULES  := pkg services/consoleauth services/compute-agent services/novnc-proxy services/xvp-proxy deploy
+MODULES  := pkg services/consoleauth services/compute-agent services/novnc-proxy services/xvp-proxy deploy testkit
 SERVICES := consoleauth compute-agent novnc-proxy xvp-proxy
 BIN      := $(CURDIR)/bin
 TOOLS    := $(CURDIR)/.bin
@@ -12,12 +12,14 @@ GOTEST_FLAGS ?= -count=1 -timeout 20m
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-$(TOOLS)/buf: tools/go.mod tools/go.sum
+TOOL_BINS := $(TOOLS)/buf $(TOOLS)/staticcheck
+
+$(TOOL_BINS) &: tools/go.mod tools/go.sum
 	cd tools && GOWORK=off GOBIN=$(TOOLS) go install tool
-	@touch $@
+	@touch $(TOOL_BINS)
 
 .PHONY: tools
-tools: $(TOOLS)/buf ## build the pinned code generators into .bin (no global installs)
+tools: $(TOOL_BINS) ## build the pinned code generators and linters into .bin (no global installs)
 
 .PHONY: generate
 generate: tools ## regenerate Go code and OpenAPI from proto/ (offline)
@@ -45,9 +47,20 @@ build: ## build every service and the dev stack into bin/
 vet: ## go vet every module
 	for m in $(MODULES); do (cd $$m && go vet ./...) || exit 1; done
 
+.PHONY: staticcheck
+staticcheck: $(TOOLS)/staticcheck ## run staticcheck (pinned in tools/) over every module
+	for m in $(MODULES); do (cd $$m && $(TOOLS)/staticcheck ./...) || exit 1; done
+
 .PHONY: test
-test: deps check-generated vet build ## run every module's tests (installs what they need)
+test: deps check-generated vet staticcheck build ## run every module's tests, then again under the race detector (installs what they need)
 	for m in $(MODULES); do (cd $$m && go test $(GOTEST_FLAGS) ./...) || exit 1; done
+	$(MAKE) --no-print-directory race
+
+# deploy is left out: its tests drive the services as separate processes,
+# which the race detector in the test binary cannot see into.
+.PHONY: race
+race: ## run every module's tests under the race detector
+	for m in $(filter-out deploy,$(MODULES)); do (cd $$m && go test -race $(GOTEST_FLAGS) ./...) || exit 1; done
 
 .PHONY: bench
 bench: deps build ## run the benchmarks and print ratios against baselines measured in the same run

@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/coder/websocket v1.8.15
 	github.com/vncgate/vncgate/pkg v0.0.0
+	github.com/vncgate/vncgate/testkit v0.0.0
 	go.etcd.io/etcd/client/v3 v3.7.3
 	google.golang.org/grpc v1.85.0
 )
@@ -70,3 +71,5 @@ require (
 )
 
 replace github.com/vncgate/vncgate/pkg => ../pkg
+
+replace github.com/vncgate/vncgate/testkit => ../testkit

@@ -28,10 +28,10 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/vncgate/vncgate/pkg/etcdembed"
 	"github.com/vncgate/vncgate/pkg/registry"
-	"github.com/vncgate/vncgate/pkg/rfb"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
+	"github.com/vncgate/vncgate/testkit/etcdserver"
+	"github.com/vncgate/vncgate/testkit/rfb"
 )
 
 // Services, in start order.
@@ -99,7 +99,7 @@ func DefaultPorts() Ports {
 // World is a running stack.
 type World struct {
 	Options
-	Etcd    *etcdembed.Server
+	Etcd    *etcdserver.Server
 	Client  *clientv3.Client
 	Demo    *rfb.Server
 	DemoVNC string // the demo VNC server's host:port
@@ -187,7 +187,7 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 			return nil, err
 		}
 	}
-	if w.Etcd, err = etcdembed.Start(filepath.Join(opts.Dir, "etcd"), w.Addr(w.Ports.Etcd)); err != nil {
+	if w.Etcd, err = etcdserver.Start(filepath.Join(opts.Dir, "etcd"), w.Addr(w.Ports.Etcd), "127.0.0.1:0"); err != nil {
 		return nil, err
 	}
 	w.Client, err = clientv3.New(clientv3.Config{Endpoints: []string{w.Etcd.Endpoint}, DialTimeout: 5 * time.Second})
@@ -523,16 +523,6 @@ func (w *World) Proc(name string) *os.Process {
 		}
 	}
 	return nil
-}
-
-// StopService ends one service (SIGTERM, then SIGKILL after 10 s).
-func (w *World) StopService(name string) error {
-	for _, p := range w.procs {
-		if p.name == name {
-			return p.stop(10 * time.Second)
-		}
-	}
-	return fmt.Errorf("%s is not running", name)
 }
 
 func (p *proc) stop(grace time.Duration) error {

@@ -7,7 +7,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -18,11 +17,13 @@ import (
 
 	"github.com/coder/websocket"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/vncgate/vncgate/deploy/devstack"
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
-	"github.com/vncgate/vncgate/pkg/rfb"
+	"github.com/vncgate/vncgate/testkit/rfb"
 )
 
 // Close codes of novnc-proxy (services/novnc-proxy/internal/closecode),
@@ -108,24 +109,6 @@ func novncConsole(t *testing.T, consoleURL string) (*websocket.Conn, net.Conn) {
 	return c, websocket.NetConn(context.Background(), c, websocket.MessageBinary)
 }
 
-// novncCloseOf reads until the WebSocket fails and returns its close frame.
-func novncCloseOf(t *testing.T, c *websocket.Conn) websocket.CloseError {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for {
-		_, _, err := c.Read(ctx)
-		if err == nil {
-			continue
-		}
-		var ce websocket.CloseError
-		if !errors.As(err, &ce) {
-			t.Fatalf("connection ended without a close frame: %v", err)
-		}
-		return ce
-	}
-}
-
 // xvpSession connects to the proxy named by an xvpvnc console URL as Nova's
 // Java viewer does, requires exactly the 200 and returns the conn, reading
 // through the buffer that read the 200 so no RFB byte is lost. The conn is
@@ -200,4 +183,26 @@ func rfbView(t *testing.T, what string, c net.Conn) (rfb.ServerInit, rfb.Update)
 	}
 	t.Logf("%s: RFB %s %dx%d %q, first update %d rectangles", what, si.Version, si.Width, si.Height, si.Name, len(u.Rects))
 	return si, u
+}
+
+// waitTokenExpired returns once consoleauth answers NotFound for token, as
+// it does for an expired one: tests wait on that, not on a guessed sleep.
+func waitTokenExpired(t *testing.T, w *devstack.World, token string) {
+	t.Helper()
+	ca := consoleAuthClient(t, w)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for {
+		_, err := ca.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token, ConsoleType: "novnc"})
+		if status.Code(err) == codes.NotFound {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("token still valid (last answer: %v)", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

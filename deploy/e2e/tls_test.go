@@ -24,6 +24,7 @@ import (
 	"github.com/vncgate/vncgate/deploy/devstack/devstacktest"
 	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/testkit/wsclose"
 )
 
 // TestTLS runs the whole stack with TLS on (devstack Options.TLS): https
@@ -155,10 +156,10 @@ func TestTLS(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("revoke: got %d, want 200", resp.StatusCode)
 		}
-		if ce := novncCloseOf(t, live); ce.Code != novncRevoked || !strings.Contains(ce.Reason, "stopped") {
+		if ce := wsclose.Read(t, live); ce.Code != novncRevoked || !strings.Contains(ce.Reason, "stopped") {
 			t.Fatalf("wss session: got close %d %q, want %d with the reason", ce.Code, ce.Reason, novncRevoked)
 		}
-		xvp.SetReadDeadline(time.Now().Add(5 * time.Second))
+		xvp.SetReadDeadline(time.Now().Add(30 * time.Second))
 		if _, err := io.Copy(io.Discard, xvp); err != nil {
 			t.Fatalf("xvp TLS session still open after the revocation: %v", err)
 		}

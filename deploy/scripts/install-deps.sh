@@ -11,6 +11,9 @@ command -v libvirtd >/dev/null || need+=(libvirt-daemon-system)
 command -v virsh >/dev/null || need+=(libvirt-clients)
 command -v websockify >/dev/null || need+=(websockify)
 [[ -d /usr/share/novnc ]] || need+=(novnc)
+[[ -f /usr/share/nova-common/nova.conf ]] || need+=(nova-common)    # Nova's own sample nova.conf
+/usr/bin/python3 -c 'import tempest' 2>/dev/null || need+=(python3-tempest) # OpenStack's console tests
+command -v stress-ng >/dev/null || need+=(stress-ng)                 # load beside the suite
 if ((${#need[@]})); then
 	echo "install-deps: apt-get install ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive

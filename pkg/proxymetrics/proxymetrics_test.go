@@ -11,8 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/vncgate/vncgate/pkg/proxymetrics/proxymetricstest"
 	"github.com/vncgate/vncgate/pkg/relay"
+	"github.com/vncgate/vncgate/testkit/scrape"
 )
 
 func TestCountersMove(t *testing.T) {
@@ -49,7 +49,7 @@ func TestCountersMove(t *testing.T) {
 		{"vncgate_proxy_session_setup_seconds", nil, 2},
 		{"vncgate_proxy_session_duration_seconds", nil, 2},
 	} {
-		if got := proxymetricstest.Value(t, reg, c.name, c.labels...); got != c.want {
+		if got := scrape.Value(t, reg, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%q: got %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
@@ -150,10 +150,10 @@ func TestRegistriesAreIndependent(t *testing.T) {
 	ma, _ := New(a), New(b)
 	New(nil).Refused(RefusedThrottled) // unregistered: counts, exports nothing
 	ma.Refused(RefusedThrottled)
-	if got := proxymetricstest.Value(t, a, "vncgate_proxy_sessions_total", "result", "throttled"); got != 1 {
+	if got := scrape.Value(t, a, "vncgate_proxy_sessions_total", "result", "throttled"); got != 1 {
 		t.Errorf("registry a: got %v, want 1", got)
 	}
-	if got := proxymetricstest.Value(t, b, "vncgate_proxy_sessions_total", "result", "throttled"); got != 0 {
+	if got := scrape.Value(t, b, "vncgate_proxy_sessions_total", "result", "throttled"); got != 0 {
 		t.Errorf("registry b: got %v, want 0", got)
 	}
 	if n, err := testutil.GatherAndCount(prometheus.DefaultGatherer, "vncgate_proxy_sessions_total"); err != nil || n != 0 {

@@ -41,8 +41,11 @@ type Result struct {
 	ServerToClient int64 // bytes read from the server and written to the client
 	// FirstDone is the side whose read ended first: that side closed or failed.
 	FirstDone Side
-	// ClientErr and ServerErr are the read or write errors of each direction
-	// other than a clean EOF, tagged with the direction they happened in.
+	// ClientErr ended the client-to-server direction (reading the client or
+	// writing the server), ServerErr the server-to-client one. Each is nil
+	// after a clean EOF or when the connection was closed by the other
+	// direction or the caller. They are the errors as read or written, not
+	// wrapped: the field an error is in tells its direction.
 	ClientErr, ServerErr error
 }
 

@@ -28,7 +28,7 @@ func Watch(ctx context.Context, cli *clientv3.Client, log *slog.Logger, fn func(
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		for resp := range cli.Watch(wctx, registry.RevocationsPrefix, opts...) {
 			if err := resp.Err(); err != nil {
-				log.Warn("revocation watch interrupted", "err", err)
+				log.Warn("revocation watch interrupted", "error", err)
 				if resp.CompactRevision > 0 {
 					rev = 0
 				}
@@ -38,7 +38,7 @@ func Watch(ctx context.Context, cli *clientv3.Client, log *slog.Logger, fn func(
 				rev = ev.Kv.ModRevision
 				var r registry.Revocation
 				if err := json.Unmarshal(ev.Kv.Value, &r); err != nil {
-					log.Error("bad revocation record", "key", string(ev.Kv.Key), "err", err)
+					log.Error("bad revocation record", "key", string(ev.Kv.Key), "error", err)
 					continue
 				}
 				fn(strings.TrimPrefix(string(ev.Kv.Key), registry.RevocationsPrefix), r)

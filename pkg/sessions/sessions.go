@@ -1,6 +1,12 @@
-// Package sessions tracks a proxy's live console sessions, so that a proxy
-// can end an instance's sessions when its tokens are revoked, cap sessions
-// per instance, and wait for sessions to end when it shuts down (an
+// Package sessions is the one session core of both console proxies
+// (novnc-proxy, xvp-proxy): everything about a console session except the
+// client's protocol. Core admits an attempt (shutdown, failed-token limit,
+// token check, per-instance cap, revocations seen during the handshake, dial)
+// or returns one Refusal that each proxy answers in its protocol; Session
+// runs the relay with its limits (idle, maximum length, token expiry),
+// revocation and shutdown, and counts and logs its end once. Table tracks the
+// live sessions, so a proxy can end an instance's sessions when its tokens are
+// revoked, cap sessions per instance, and wait for them on shutdown (an
 // http.Server does not track hijacked connections).
 package sessions
 
@@ -16,8 +22,8 @@ import (
 // ErrTooMany is returned by Add when an instance has its maximum of sessions.
 var ErrTooMany = errors.New("too many console sessions for this instance")
 
-// Session is one live console session.
-type Session struct {
+// Entry is one live session in a Table.
+type Entry struct {
 	Instance string
 	Started  time.Time
 	end      func(reason string)
@@ -25,7 +31,7 @@ type Session struct {
 }
 
 // End asks the session's owner to end it, once; reason is shown to the user.
-func (s *Session) End(reason string) {
+func (s *Entry) End(reason string) {
 	s.once.Do(func() { s.end(reason) })
 }
 
@@ -34,27 +40,26 @@ type Table struct {
 	maxPerInstance int
 
 	mu         sync.Mutex
-	byInstance map[string]map[*Session]struct{}
+	byInstance map[string]map[*Entry]struct{}
 	count      int
 	changed    chan struct{} // closed and replaced on every Remove
 }
 
 // NewTable caps sessions per instance at maxPerInstance; 0 means no cap.
 func NewTable(maxPerInstance int) *Table {
-	return &Table{maxPerInstance: maxPerInstance, byInstance: map[string]map[*Session]struct{}{}, changed: make(chan struct{})}
+	return &Table{maxPerInstance: maxPerInstance, byInstance: map[string]map[*Entry]struct{}{}, changed: make(chan struct{})}
 }
 
 // Add registers a session of instance. end is called at most once, from any
 // goroutine, to end it early; the owner must still call Remove when done.
-func (t *Table) Add(instance string, end func(reason string)) (*Session, error) {
+func (t *Table) Add(instance string, end func(reason string)) (*Entry, error) {
 	return t.AddAt(instance, time.Now(), end)
 }
 
-// AddAt is Add for a session whose start time is started, typically when
-// its token was checked: a revocation stamped after the check but seen
-// before the session was added must still end it (EndInstance compares
-// Started with the revocation time).
-func (t *Table) AddAt(instance string, started time.Time, end func(reason string)) (*Session, error) {
+// AddAt is Add for a session whose start is started, the moment its token
+// was checked: EndInstance ends it for any revocation stamped after that.
+// A revocation handled before AddAt cannot reach it; Core remembers those.
+func (t *Table) AddAt(instance string, started time.Time, end func(reason string)) (*Entry, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	set := t.byInstance[instance]
@@ -62,17 +67,17 @@ func (t *Table) AddAt(instance string, started time.Time, end func(reason string
 		return nil, ErrTooMany
 	}
 	if set == nil {
-		set = map[*Session]struct{}{}
+		set = map[*Entry]struct{}{}
 		t.byInstance[instance] = set
 	}
-	s := &Session{Instance: instance, Started: started, end: end}
+	s := &Entry{Instance: instance, Started: started, end: end}
 	set[s] = struct{}{}
 	t.count++
 	return s, nil
 }
 
 // Remove forgets a session that ended.
-func (t *Table) Remove(s *Session) {
+func (t *Table) Remove(s *Entry) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	set := t.byInstance[s.Instance]
@@ -99,7 +104,7 @@ func (t *Table) Len() int {
 // returns how many it asked to end.
 func (t *Table) EndInstance(instance string, before time.Time, reason string) int {
 	t.mu.Lock()
-	var victims []*Session
+	var victims []*Entry
 	for s := range t.byInstance[instance] {
 		if s.Started.Before(before) {
 			victims = append(victims, s)
@@ -115,7 +120,7 @@ func (t *Table) EndInstance(instance string, before time.Time, reason string) in
 // EndAll ends every session.
 func (t *Table) EndAll(reason string) {
 	t.mu.Lock()
-	var all []*Session
+	var all []*Entry
 	for _, set := range t.byInstance {
 		for s := range set {
 			all = append(all, s)

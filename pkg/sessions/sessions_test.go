@@ -12,7 +12,7 @@ func TestEndInstanceEndsOnlyOlderSessionsOfThatInstance(t *testing.T) {
 	tab := NewTable(0)
 	var mu sync.Mutex
 	ended := map[string]string{}
-	add := func(name, instance string) *Session {
+	add := func(name, instance string) *Entry {
 		s, err := tab.Add(instance, func(reason string) {
 			mu.Lock()
 			ended[name] = reason

@@ -12,11 +12,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/tlsconfig"
 )
 
 // Reasons a check fails. Every error from Check wraps exactly one.
@@ -49,15 +48,12 @@ func New(conn grpc.ClientConnInterface, timeout time.Duration) *Checker {
 	return &Checker{client: consoleauthv1.NewConsoleAuthServiceClient(conn), timeout: timeout}
 }
 
-// Dial connects to consoleauth at addr, with mutual TLS when cfg is not nil.
+// Dial connects to consoleauth at addr, with mutual TLS when cfg is not nil
+// (tlsconfig.Files.Client of the grpc_* group), plaintext when it is.
 // The connection is lazy: an unreachable consoleauth shows up as
 // ErrUnavailable on Check, not here.
 func Dial(addr string, cfg *tls.Config) (*grpc.ClientConn, error) {
-	creds := insecure.NewCredentials()
-	if cfg != nil {
-		creds = credentials.NewTLS(cfg)
-	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(tlsconfig.TransportCredentials(cfg)))
 	if err != nil {
 		return nil, fmt.Errorf("consoleauth %s: %w", addr, err)
 	}

@@ -1,80 +1,85 @@
 package main
 
 import (
-	"flag"
+	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/vncgate/vncgate/pkg/config"
+	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 )
 
-// Config is the agent's settings, one field per flag.
+// Config is the agent's settings, one field per option.
 type Config struct {
+	// Host is [DEFAULT] host: this compute host's name, as Nova's.
+	Host string
+	// MyIP is [DEFAULT] my_ip: this host's address. When grpc_listen's host
+	// is a wildcard, the agent advertises my_ip (127.0.0.1 when unset).
+	MyIP string
+	// VNCEnabled is [vnc] enabled; the agent refuses to start without VNC.
+	VNCEnabled bool
+	// ProxyClientAddress is [vnc] server_proxyclient_address: the address
+	// proxies dial to reach VNC servers on this host.
+	ProxyClientAddress string
+	// ServerListen is [vnc] server_listen: where nova-compute makes VNC
+	// servers listen. vncgate reads each server's own address; this one
+	// only serves a start-up check against ProxyClientAddress.
+	ServerListen string
+	// LibvirtURI is [libvirt] connection_uri.
+	LibvirtURI string
+
 	GRPCListen         string
 	AdvertiseAddress   string
-	Host               string
 	EtcdEndpoints      []string
 	EtcdTLS            tlsconfig.Files
 	GRPCTLS            tlsconfig.Files
 	Driver             string
 	InventoryFile      string
-	LibvirtURI         string
 	QMPSockets         string
-	ProxyClientAddress string
 	RegistrationTTL    time.Duration
 	ConsoleAuthAddress string
-	LogLevel           string
+	Log                logging.Options
 }
 
-// loadConfig reads flags, environment and config file (pkg/config) and
-// checks the result.
-func loadConfig(args []string) (Config, error) {
+// loadConfig reads the agent's options from args, the environment and the
+// files they name (pkg/config), under Nova's sections and names, and
+// checks them.
+func loadConfig(args []string) (Config, config.Notes, error) {
 	hostname, _ := os.Hostname()
-	fs := flag.NewFlagSet("compute-agent", flag.ContinueOnError)
-	var (
-		c        Config
-		etcd     string
-		ttlSecs  int
-		listenAt = fs.String("grpc_listen", "0.0.0.0:6092", "host:port the gRPC API listens on")
-	)
-	fs.StringVar(&c.AdvertiseAddress, "advertise_address", "", "host:port consoleauth dials to reach this agent (default: grpc_listen with 0.0.0.0 replaced by 127.0.0.1)")
-	fs.StringVar(&c.Host, "host", hostname, "this compute host's name, as registered in etcd")
-	fs.StringVar(&etcd, "etcd_endpoints", "127.0.0.1:2379", "comma-separated etcd endpoints")
-	fs.StringVar(&c.EtcdTLS.Cert, "etcd_cert", "", "client certificate (PEM) for etcd")
-	fs.StringVar(&c.EtcdTLS.Key, "etcd_key", "", "client key (PEM) for etcd")
-	fs.StringVar(&c.EtcdTLS.CA, "etcd_ca", "", "CA (PEM) that signed etcd's certificate")
-	fs.StringVar(&c.GRPCTLS.Cert, "grpc_cert", "", "certificate (PEM) of the gRPC API, also used as client certificate to consoleauth")
-	fs.StringVar(&c.GRPCTLS.Key, "grpc_key", "", "key (PEM) of grpc_cert")
-	fs.StringVar(&c.GRPCTLS.CA, "grpc_ca", "", "CA (PEM) for mutual TLS: clients of the API and consoleauth's certificate")
-	fs.StringVar(&c.Driver, "driver", "static", "where instances come from: static, libvirt or qmp")
-	fs.StringVar(&c.InventoryFile, "inventory_file", "", "JSON inventory of the static driver")
-	fs.StringVar(&c.LibvirtURI, "libvirt_uri", "qemu:///system", "libvirt connection URI of the libvirt driver (Nova's [libvirt] connection_uri)")
-	fs.StringVar(&c.QMPSockets, "qmp_sockets", "", "instances of the qmp driver: comma-separated uuid=/path/to/qmp.sock")
-	fs.StringVar(&c.ProxyClientAddress, "server_proxyclient_address", "127.0.0.1", "address proxies use to reach VNC servers on this host (Nova's name)")
-	fs.IntVar(&ttlSecs, "registration_ttl", 10, "seconds a dead agent stays registered in etcd")
-	fs.StringVar(&c.ConsoleAuthAddress, "consoleauth_address", "127.0.0.1:6090", "host:port of consoleauth's gRPC API, to revoke tokens")
-	fs.StringVar(&c.LogLevel, "log_level", "info", "debug, info, warn or error")
-	if err := config.Load(fs, args); err != nil {
-		return Config{}, err
+	var c Config
+	s := config.New("compute-agent")
+	s.String(&c.Host, config.SectionDefault, "host", hostname, "this compute host's name, as registered in etcd (Nova's host)")
+	s.String(&c.MyIP, config.SectionDefault, "my_ip", "", "this host's address, advertised when grpc_listen's host is a wildcard (127.0.0.1 when empty)")
+	s.Bool(&c.VNCEnabled, config.SectionVNC, "enabled", true, "VNC consoles on; the agent refuses to start without").Flag("vnc_enabled")
+	s.String(&c.ProxyClientAddress, config.SectionVNC, "server_proxyclient_address", "127.0.0.1", "address proxies dial to reach VNC servers on this host")
+	s.String(&c.ServerListen, config.SectionVNC, "server_listen", "127.0.0.1", "where nova-compute makes VNC servers listen (checked against server_proxyclient_address)")
+	s.String(&c.LibvirtURI, config.SectionLibvirt, "connection_uri", "qemu:///system", "libvirt connection URI of the libvirt driver").Flag("libvirt_uri")
+	s.String(&c.GRPCListen, config.SectionVNCGate, "grpc_listen", "0.0.0.0:6092", "host:port the gRPC API listens on")
+	s.String(&c.AdvertiseAddress, config.SectionVNCGate, "advertise_address", "", "host:port consoleauth dials to reach this agent (default: grpc_listen with a wildcard host replaced by my_ip, or 127.0.0.1)")
+	s.List(&c.EtcdEndpoints, config.SectionVNCGate, "etcd_endpoints", []string{"127.0.0.1:2379"}, "etcd endpoints")
+	s.TLS(&c.EtcdTLS, config.SectionVNCGate, "etcd", "the etcd client")
+	s.TLS(&c.GRPCTLS, config.SectionVNCGate, "grpc", "the gRPC API, also presented to consoleauth")
+	s.Choice(&c.Driver, config.SectionVNCGate, "driver", "static", []string{"static", "libvirt", "qmp"}, "where instances come from")
+	s.String(&c.InventoryFile, config.SectionVNCGate, "inventory_file", "", "JSON inventory of the static driver")
+	s.String(&c.QMPSockets, config.SectionVNCGate, "qmp_sockets", "", "instances of the qmp driver: comma-separated uuid=/path/to/qmp.sock")
+	s.Seconds(&c.RegistrationTTL, config.SectionVNCGate, "registration_ttl", 10*time.Second, "how long a dead agent stays registered in etcd")
+	s.String(&c.ConsoleAuthAddress, config.SectionVNCGate, "consoleauth_address", "127.0.0.1:6090", "host:port of consoleauth's gRPC API, to revoke tokens")
+	c.Log.Declare(s)
+	notes, err := s.Load(args)
+	if err != nil {
+		return Config{}, notes, err
 	}
-	c.GRPCListen = *listenAt
-	for _, e := range strings.Split(etcd, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			c.EtcdEndpoints = append(c.EtcdEndpoints, e)
-		}
-	}
-	c.RegistrationTTL = time.Duration(ttlSecs) * time.Second
-	return c, c.validate()
+	return c, notes, c.validate()
 }
 
 func (c Config) validate() error {
 	switch {
+	case !c.VNCEnabled:
+		return errors.New("[vnc] enabled is false: this host serves no VNC consoles, so compute-agent has nothing to do; do not run it, or set enabled = true")
 	case c.Host == "" || strings.Contains(c.Host, "/"):
 		return fmt.Errorf("host %q must be non-empty and contain no '/'", c.Host)
 	case len(c.EtcdEndpoints) == 0:
@@ -92,37 +97,47 @@ func (c Config) validate() error {
 			return fmt.Errorf("advertise_address: %w", err)
 		}
 	}
-	if _, err := parseLevel(c.LogLevel); err != nil {
-		return err
+	if err := c.EtcdTLS.Check(); err != nil {
+		return fmt.Errorf("etcd_key: %w", err)
+	}
+	if err := c.GRPCTLS.Check(); err != nil {
+		return fmt.Errorf("grpc_key: %w", err)
 	}
 	return nil
 }
 
 // advertiseFrom is the address consoleauth dials when advertise_address is
-// not set: the listener's, with an unspecified host made loopback.
-func advertiseFrom(listen net.Addr) string {
+// not set: the listener's, with an unspecified host made myIP, or loopback
+// when myIP is empty.
+func advertiseFrom(listen net.Addr, myIP string) string {
 	host, port, err := net.SplitHostPort(listen.String())
 	if err != nil {
 		return listen.String()
 	}
 	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
-		host = "127.0.0.1"
+		host = myIP
+		if host == "" {
+			host = "127.0.0.1"
+		}
 	}
 	return net.JoinHostPort(host, port)
 }
 
-func parseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return 0, fmt.Errorf("log_level %q: want debug, info, warn or error", s)
+// unreachableVNC says why proxies on other hosts cannot reach this host's
+// VNC servers, when server_listen is loopback but server_proxyclient_address
+// is not; "" when the pair is consistent.
+func (c Config) unreachableVNC() string {
+	if isLoopback(c.ServerListen) && !isLoopback(c.ProxyClientAddress) {
+		return fmt.Sprintf("[vnc] server_listen %s is a loopback address, but proxies are told to dial server_proxyclient_address %s: "+
+			"VNC servers listening on loopback cannot be reached that way", c.ServerListen, c.ProxyClientAddress)
 	}
-	return l, nil
+	return ""
 }
 
-func newLogger(level string, w io.Writer) (*slog.Logger, error) {
-	l, err := parseLevel(level)
-	if err != nil {
-		return nil, err
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
 	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})).With("service", "compute-agent"), nil
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -3,9 +3,10 @@
 // ValidateConsolePort), registers the host and publishes its instances in
 // etcd, and revokes console tokens when an instance stops or leaves.
 //
-// Settings are flags, then VNCGATE_* environment variables, then the file
-// named by --config_file (see pkg/config). SIGINT and SIGTERM stop it;
-// SIGHUP re-reads the driver's inventory.
+// Options come from flags, VNCGATE_* variables and nova.conf-style files
+// (--config-file, --config-dir; see pkg/config); `compute-agent -help`
+// lists them by section. SIGINT and SIGTERM stop it; SIGHUP re-reads the
+// driver's inventory.
 package main
 
 import (
@@ -16,29 +17,27 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/vncgate/vncgate/pkg/logging"
 )
 
 func main() {
-	cfg, err := loadConfig(os.Args[1:])
+	cfg, notes, err := loadConfig(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		return
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "compute-agent: %v\n", err)
+		fmt.Fprintln(os.Stderr, "compute-agent:", err)
 		os.Exit(2)
 	}
-	log, err := newLogger(cfg.LogLevel, os.Stderr)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "compute-agent: %v\n", err)
-		os.Exit(2)
-	}
+	log := logging.New(os.Stderr, "compute-agent", cfg.Log)
+	notes.Log(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	reload := make(chan os.Signal, 1)
 	signal.Notify(reload, syscall.SIGHUP)
-
 	if err := run(ctx, cfg, env{log: log, reload: reload}); err != nil {
-		log.Error("compute-agent failed", "err", err)
+		log.Error("compute-agent stopped", "error", err)
 		stop()
 		os.Exit(1)
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -16,10 +17,13 @@ import (
 	"time"
 
 	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
-	"github.com/vncgate/vncgate/pkg/etcdembed"
+	"github.com/vncgate/vncgate/pkg/etcdclient"
+	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/registry"
-	"github.com/vncgate/vncgate/pkg/rfb"
-	"github.com/vncgate/vncgate/services/compute-agent/internal/etcdconn"
+	"github.com/vncgate/vncgate/pkg/tlsconfig"
+	"github.com/vncgate/vncgate/testkit/etcd"
+	"github.com/vncgate/vncgate/testkit/novaconf"
+	"github.com/vncgate/vncgate/testkit/rfb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -28,82 +32,190 @@ import (
 
 const uuidDemo = "5f1c0c3e-8d6c-4a57-9a2e-0c6f8f0f4b1a"
 
-func TestLoadConfig(t *testing.T) {
+// defaults is the configuration without any option set.
+func defaults() Config {
 	hostname, _ := os.Hostname()
-	tests := []struct {
-		name    string
-		args    []string
-		env     map[string]string
-		check   func(Config) error
-		wantErr string
-	}{
-		{name: "defaults", check: func(c Config) error {
-			want := Config{
-				GRPCListen: "0.0.0.0:6092", Host: hostname, EtcdEndpoints: []string{"127.0.0.1:2379"},
-				Driver: "static", LibvirtURI: "qemu:///system", ProxyClientAddress: "127.0.0.1", RegistrationTTL: 10 * time.Second,
-				ConsoleAuthAddress: "127.0.0.1:6090", LogLevel: "info",
-			}
-			if fmt.Sprint(c) != fmt.Sprint(want) {
-				return fmt.Errorf("got %+v, want %+v", c, want)
-			}
-			return nil
-		}},
-		{
-			name: "flags and environment",
-			args: []string{"--host", "compute-7", "--etcd_endpoints", "10.0.0.1:2379, 10.0.0.2:2379", "--grpc_ca", "/ca.pem"},
-			env:  map[string]string{"VNCGATE_REGISTRATION_TTL": "3", "VNCGATE_HOST": "ignored", "VNCGATE_SERVER_PROXYCLIENT_ADDRESS": "192.0.2.1"},
-			check: func(c Config) error {
-				if c.Host != "compute-7" || c.RegistrationTTL != 3*time.Second || c.ProxyClientAddress != "192.0.2.1" ||
-					strings.Join(c.EtcdEndpoints, "|") != "10.0.0.1:2379|10.0.0.2:2379" || c.GRPCTLS.CA != "/ca.pem" {
-					return fmt.Errorf("got %+v", c)
-				}
-				return nil
-			},
-		},
-		{name: "host with slash", args: []string{"--host", "a/b"}, wantErr: "contain no '/'"},
-		{name: "ttl zero", args: []string{"--registration_ttl", "0"}, wantErr: "registration_ttl"},
-		{name: "bad log level", args: []string{"--log_level", "loud"}, wantErr: "log_level"},
-		{name: "bad listen", args: []string{"--grpc_listen", "6092"}, wantErr: "grpc_listen"},
-		{name: "no etcd", args: []string{"--etcd_endpoints", " , "}, wantErr: "etcd_endpoints is empty"},
-		{name: "unknown flag", args: []string{"--novncproxy_port", "1"}, wantErr: "flag provided but not defined"},
+	return Config{
+		Host: hostname, VNCEnabled: true, ProxyClientAddress: "127.0.0.1", ServerListen: "127.0.0.1", LibvirtURI: "qemu:///system",
+		GRPCListen: "0.0.0.0:6092", EtcdEndpoints: []string{"127.0.0.1:2379"}, Driver: "static",
+		RegistrationTTL: 10 * time.Second, ConsoleAuthAddress: "127.0.0.1:6090",
+		Log: logging.Options{Level: slog.LevelInfo, Format: "json"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			for k, v := range tt.env {
+}
+
+// TestOptions: every option, read from the section Nova (or vncgate) puts
+// it in, with its meaning.
+func TestOptions(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		file string // a site file
+		args []string
+		env  map[string]string
+		want func(*Config)
+		err  string
+	}{
+		{name: "defaults", want: func(*Config) {}},
+		{name: "[DEFAULT] host and my_ip", file: "[DEFAULT]\nhost = compute-7\nmy_ip = 10.0.0.7\n",
+			want: func(c *Config) { c.Host, c.MyIP = "compute-7", "10.0.0.7" }},
+		{name: "[vnc] server_proxyclient_address = $my_ip, as Nova's docs write it", file: "[DEFAULT]\nmy_ip = 10.0.0.7\n[vnc]\nserver_proxyclient_address = $my_ip\nserver_listen = 0.0.0.0\n",
+			want: func(c *Config) { c.MyIP, c.ProxyClientAddress, c.ServerListen = "10.0.0.7", "10.0.0.7", "0.0.0.0" }},
+		{name: "[libvirt] connection_uri", file: "[libvirt]\nconnection_uri = qemu+tcp://h/system\n",
+			want: func(c *Config) { c.LibvirtURI = "qemu+tcp://h/system" }},
+		{name: "[vncgate] options", file: "[vncgate]\ngrpc_listen = 10.0.0.1:7\nadvertise_address = agent.example:7\netcd_endpoints = a:1,b:2\n" +
+			"etcd_cert = e.pem\ngrpc_cert = g.pem\ngrpc_ca = ca.pem\ndriver = qmp\nqmp_sockets = u=/s\ninventory_file = i.json\nregistration_ttl = 3\nconsoleauth_address = ca:6090\n",
+			want: func(c *Config) {
+				c.GRPCListen, c.AdvertiseAddress, c.EtcdEndpoints = "10.0.0.1:7", "agent.example:7", []string{"a:1", "b:2"}
+				c.EtcdTLS, c.GRPCTLS = tlsconfig.Files{Cert: "e.pem"}, tlsconfig.Files{Cert: "g.pem", CA: "ca.pem"}
+				c.Driver, c.QMPSockets, c.InventoryFile = "qmp", "u=/s", "i.json"
+				c.RegistrationTTL, c.ConsoleAuthAddress = 3*time.Second, "ca:6090"
+			}},
+		{name: "flags and environment over files", file: "[DEFAULT]\nhost = from-file\n[vncgate]\nregistration_ttl = 30\n",
+			args: []string{"--host", "compute-7", "--etcd_endpoints", "10.0.0.1:2379, 10.0.0.2:2379", "--libvirt_uri=qemu:///session"},
+			env:  map[string]string{"VNCGATE_REGISTRATION_TTL": "3", "VNCGATE_HOST": "ignored", "VNCGATE_SERVER_PROXYCLIENT_ADDRESS": "192.0.2.1"},
+			want: func(c *Config) {
+				c.Host, c.RegistrationTTL, c.ProxyClientAddress = "compute-7", 3*time.Second, "192.0.2.1"
+				c.EtcdEndpoints, c.LibvirtURI = []string{"10.0.0.1:2379", "10.0.0.2:2379"}, "qemu:///session"
+			}},
+		{name: "[vnc] enabled = false", file: "[vnc]\nenabled = false\n", err: "[vnc] enabled is false"},
+		{name: "misspelt option", file: "[vnc]\nserver_proxyclient_adress = 1.2.3.4\n",
+			err: "site.conf:2: unknown option [vnc] server_proxyclient_adress (neither Nova's nor vncgate's); did you mean server_proxyclient_address?"},
+		{name: "bad driver", file: "[vncgate]\ndriver = hyperv\n", err: `site.conf:2: [vncgate] driver = "hyperv": want static, libvirt or qmp`},
+		{name: "host with slash", args: []string{"--host", "a/b"}, err: "contain no '/'"},
+		{name: "ttl zero", args: []string{"--registration_ttl", "0"}, err: "registration_ttl"},
+		{name: "bad log level", args: []string{"--log_level", "loud"}, err: "log_level"},
+		{name: "bad listen", args: []string{"--grpc_listen", "6092"}, err: "grpc_listen"},
+		{name: "no etcd", args: []string{"--etcd_endpoints", " , "}, err: "etcd_endpoints is empty"},
+		{name: "unknown flag", args: []string{"--novncproxy_port", "1"}, err: "flag provided but not defined"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}
-			c, err := loadConfig(tt.args)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("got error %v, want one containing %q", err, tt.wantErr)
+			args := tc.args
+			if tc.file != "" {
+				site := filepath.Join(dir, "site.conf")
+				if err := os.WriteFile(site, []byte(tc.file), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				args = append([]string{"--config-file", site}, args...)
+			}
+			got, _, err := loadConfig(args)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("got error %v, want one containing %q", err, tc.err)
 				}
 				return
 			}
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := tt.check(c); err != nil {
-				t.Error(err)
+			want := defaults()
+			tc.want(&want)
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("config:\ngot  %+v\nwant %+v", got, want)
 			}
 		})
 	}
 }
 
 func TestAdvertiseFrom(t *testing.T) {
-	tests := []struct{ listen, want string }{
-		{"0.0.0.0:6092", "127.0.0.1:6092"},
-		{"[::]:6092", "127.0.0.1:6092"},
-		{"10.1.2.3:6092", "10.1.2.3:6092"},
-		{"127.0.0.1:40000", "127.0.0.1:40000"},
+	tests := []struct{ listen, myIP, want string }{
+		{"0.0.0.0:6092", "", "127.0.0.1:6092"},
+		{"[::]:6092", "", "127.0.0.1:6092"},
+		{"0.0.0.0:6092", "10.0.0.7", "10.0.0.7:6092"},
+		{"10.1.2.3:6092", "10.0.0.7", "10.1.2.3:6092"},
+		{"127.0.0.1:40000", "", "127.0.0.1:40000"},
 	}
 	for _, tt := range tests {
 		addr, err := net.ResolveTCPAddr("tcp", tt.listen)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := advertiseFrom(addr); got != tt.want {
-			t.Errorf("advertiseFrom(%s): got %s, want %s", tt.listen, got, tt.want)
+		if got := advertiseFrom(addr, tt.myIP); got != tt.want {
+			t.Errorf("advertiseFrom(%s, %q): got %s, want %s", tt.listen, tt.myIP, got, tt.want)
 		}
+	}
+}
+
+func TestUnreachableVNC(t *testing.T) {
+	for _, tc := range []struct {
+		listen, proxyClient string
+		warn                bool
+	}{
+		{"127.0.0.1", "127.0.0.1", false},
+		{"0.0.0.0", "10.0.0.7", false},
+		{"10.0.0.7", "10.0.0.7", false},
+		{"127.0.0.1", "10.0.0.7", true},
+		{"localhost", "compute-7.example", true},
+	} {
+		c := Config{ServerListen: tc.listen, ProxyClientAddress: tc.proxyClient}
+		if got := c.unreachableVNC(); (got != "") != tc.warn {
+			t.Errorf("server_listen %s, server_proxyclient_address %s: got %q, want a warning: %v", tc.listen, tc.proxyClient, got, tc.warn)
+		}
+	}
+}
+
+// siteConf is what an operator adds to Nova's sample nova.conf for the
+// agent of one compute host.
+const siteConf = `[DEFAULT]
+host = compute-from-site
+my_ip = 127.0.0.2
+
+[vnc]
+server_listen = 0.0.0.0
+server_proxyclient_address = $my_ip
+
+[vncgate]
+grpc_listen = 0.0.0.0:0
+etcd_endpoints = %s
+inventory_file = %s
+registration_ttl = 2
+consoleauth_address = 127.0.0.1:1
+`
+
+// TestNovaConf starts the agent from Debian's nova.conf (Nova's own
+// generated sample) and a site file: it registers under the site's host,
+// advertises my_ip, and hands out server_proxyclient_address.
+func TestNovaConf(t *testing.T) {
+	sample := novaconf.Sample(t)
+	etcdSrv, cli := etcd.Start(t)
+	inventory := filepath.Join(t.TempDir(), "inventory.json")
+	writeInventory(t, inventory, 5901)
+	site := filepath.Join(t.TempDir(), "site.conf")
+	if err := os.WriteFile(site, []byte(fmt.Sprintf(siteConf, etcdSrv.Endpoint, inventory)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, notes, err := loadConfig([]string{"--config-file", sample, "--config-file", site})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := defaults()
+	want.Host, want.MyIP, want.ServerListen, want.ProxyClientAddress = "compute-from-site", "127.0.0.2", "0.0.0.0", "127.0.0.2"
+	want.GRPCListen, want.EtcdEndpoints, want.InventoryFile = "0.0.0.0:0", []string{etcdSrv.Endpoint}, inventory
+	want.RegistrationTTL, want.ConsoleAuthAddress = 2*time.Second, "127.0.0.1:1"
+	if !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("config:\ngot  %+v\nwant %+v", cfg, want)
+	}
+	if len(notes.Files) != 2 || len(notes.Unsupported) != 0 {
+		t.Errorf("notes: got %+v", notes)
+	}
+
+	a := startRun(t, cfg)
+	_, port, _ := net.SplitHostPort(a.addr)
+	eventually(t, 10*time.Second, "registration", func() error {
+		val, ok, err := etcdGet(cli, registry.ComputeKey("compute-from-site"))
+		var c registry.Compute
+		if err != nil || !ok || json.Unmarshal([]byte(val), &c) != nil || c.Address != "127.0.0.2:"+port {
+			return fmt.Errorf("compute key: got %q (%v), want address 127.0.0.2:%s (my_ip)", val, err, port)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := a.client.GetConsole(ctx, &computeagentv1.GetConsoleRequest{InstanceUuid: uuidDemo, ConsoleType: "novnc"})
+	if err != nil || c.GetHost() != "127.0.0.2" || c.GetPort() != 5901 {
+		t.Errorf("get console: got %v, %v; want 127.0.0.2:5901 (server_proxyclient_address = $my_ip)", c, err)
 	}
 }
 
@@ -133,7 +245,7 @@ func testConfig(etcdEndpoint, inventory string) Config {
 	return Config{
 		GRPCListen: "127.0.0.1:0", Host: "compute-test", EtcdEndpoints: []string{etcdEndpoint},
 		Driver: "static", InventoryFile: inventory, ProxyClientAddress: "127.0.0.1",
-		RegistrationTTL: 2 * time.Second, ConsoleAuthAddress: "127.0.0.1:1", LogLevel: "debug",
+		RegistrationTTL: 2 * time.Second, ConsoleAuthAddress: "127.0.0.1:1", VNCEnabled: true,
 	}
 }
 
@@ -242,12 +354,8 @@ func etcdGet(cli *clientv3.Client, key string) (string, bool, error) {
 // TestRun starts the whole agent against embedded etcd and a demo VM, and
 // follows the console it reports to a real RFB handshake.
 func TestRun(t *testing.T) {
-	etcd, err := etcdembed.Start(t.TempDir(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(etcd.Stop)
-	cli, err := clientv3.New(etcdconn.Config([]string{etcd.Endpoint}, nil))
+	etcdSrv := etcd.New(t, "127.0.0.1:0")
+	cli, err := clientv3.New(etcdclient.Config([]string{etcdSrv.Endpoint}, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +364,7 @@ func TestRun(t *testing.T) {
 	port := demoVM(t)
 	writeInventory(t, inventory, port)
 
-	a := startRun(t, testConfig(etcd.Endpoint, inventory))
+	a := startRun(t, testConfig(etcdSrv.Endpoint, inventory))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -338,12 +446,8 @@ func TestRunBeforeEtcd(t *testing.T) {
 		t.Fatalf("get console without etcd: got %v, %v; want port 5901", c, err)
 	}
 
-	etcd, err := etcdembed.Start(t.TempDir(), endpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(etcd.Stop)
-	cli, err := clientv3.New(etcdconn.Config([]string{etcd.Endpoint}, nil))
+	etcdSrv := etcd.New(t, endpoint)
+	cli, err := clientv3.New(etcdclient.Config([]string{etcdSrv.Endpoint}, nil))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,18 +12,15 @@ import (
 
 	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver/libvirt"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver/qmp"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver/static"
-	"github.com/vncgate/vncgate/services/compute-agent/internal/etcdconn"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/grpcapi"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/registration"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/revoker"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -49,34 +45,27 @@ func run(ctx context.Context, cfg Config, env env) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
+	if why := cfg.unreachableVNC(); why != "" {
+		log.Warn(why)
+	}
 	drv, background, err := openDriver(cfg, log)
 	if err != nil {
 		return err
 	}
-	serverTLS, err := cfg.GRPCTLS.Server()
+	etcd, err := etcdclient.New(cfg.EtcdEndpoints, cfg.EtcdTLS)
 	if err != nil {
-		return fmt.Errorf("grpc tls: %w", err)
-	}
-	clientTLS, err := cfg.GRPCTLS.Client()
-	if err != nil {
-		return fmt.Errorf("grpc tls: %w", err)
-	}
-	etcdTLS, err := cfg.EtcdTLS.Client()
-	if err != nil {
-		return fmt.Errorf("etcd tls: %w", err)
-	}
-
-	etcd, err := clientv3.New(etcdconn.Config(cfg.EtcdEndpoints, etcdTLS))
-	if err != nil {
-		return fmt.Errorf("etcd client: %w", err)
+		return err
 	}
 	defer etcd.Close()
-	caConn, err := grpc.NewClient(cfg.ConsoleAuthAddress, transportCredentials(clientTLS))
+	consoleauth, err := dialConsoleAuth(cfg)
 	if err != nil {
-		return fmt.Errorf("consoleauth client: %w", err)
+		return err
 	}
-	defer caConn.Close()
-
+	defer consoleauth.Close()
+	srv, healthSrv, err := newServer(cfg, drv, log)
+	if err != nil {
+		return err
+	}
 	l, err := net.Listen("tcp", cfg.GRPCListen)
 	if err != nil {
 		return fmt.Errorf("grpc listen: %w", err)
@@ -84,7 +73,7 @@ func run(ctx context.Context, cfg Config, env env) error {
 	defer l.Close()
 	advertise := cfg.AdvertiseAddress
 	if advertise == "" {
-		advertise = advertiseFrom(l.Addr())
+		advertise = advertiseFrom(l.Addr(), cfg.MyIP)
 	}
 	agent, err := registration.New(registration.Config{
 		Client:  etcd,
@@ -92,21 +81,12 @@ func run(ctx context.Context, cfg Config, env env) error {
 		Address: advertise,
 		TTL:     cfg.RegistrationTTL,
 		Driver:  drv,
-		Revoker: revoker.New(consoleauthv1.NewConsoleAuthServiceClient(caConn), log),
+		Revoker: revoker.New(consoleauthv1.NewConsoleAuthServiceClient(consoleauth), log),
 		Logger:  log,
 	})
 	if err != nil {
 		return err
 	}
-
-	var opts []grpc.ServerOption
-	if serverTLS != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(serverTLS)))
-	}
-	srv := grpc.NewServer(opts...)
-	computeagentv1.RegisterComputeAgentServiceServer(srv, grpcapi.New(drv, cfg.ProxyClientAddress, log))
-	healthSrv := health.NewServer()
-	healthpb.RegisterHealthServer(srv, healthSrv)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -125,8 +105,8 @@ func run(ctx context.Context, cfg Config, env env) error {
 	}()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(l) }()
-	log.Info("compute agent serving", "grpc", l.Addr().String(), "advertise", advertise, "host", cfg.Host,
-		"driver", cfg.Driver, "etcd", cfg.EtcdEndpoints, "tls", serverTLS != nil)
+	log.Info("compute agent serving", "addr", l.Addr().String(), "advertise", advertise, "compute_host", cfg.Host,
+		"driver", cfg.Driver, "endpoints", cfg.EtcdEndpoints, "tls", cfg.GRPCTLS.Enabled())
 	if env.ready != nil {
 		env.ready(l.Addr().String())
 	}
@@ -141,15 +121,48 @@ func run(ctx context.Context, cfg Config, env env) error {
 	healthSrv.Shutdown()
 	cancel()
 	<-agentDone // the lease is revoked: consoleauth stops sending work here
+	gracefulStop(srv, drainTimeout)
+	return runErr
+}
+
+// gracefulStop lets in-flight RPCs finish for up to timeout, then cuts them.
+func gracefulStop(srv *grpc.Server, timeout time.Duration) {
 	stopped := make(chan struct{})
 	go func() { srv.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
-	case <-time.After(drainTimeout):
+	case <-time.After(timeout):
 		srv.Stop()
 		<-stopped
 	}
-	return runErr
+}
+
+// dialConsoleAuth connects to consoleauth, to revoke tokens; mTLS with the
+// grpc_* files when given.
+func dialConsoleAuth(cfg Config) (*grpc.ClientConn, error) {
+	creds, err := cfg.GRPCTLS.DialOption()
+	if err != nil {
+		return nil, fmt.Errorf("grpc tls: %w", err)
+	}
+	conn, err := grpc.NewClient(cfg.ConsoleAuthAddress, creds)
+	if err != nil {
+		return nil, fmt.Errorf("consoleauth client: %w", err)
+	}
+	return conn, nil
+}
+
+// newServer is the agent's gRPC server: the ComputeAgentService answering
+// from drv, and grpc.health.v1.
+func newServer(cfg Config, drv driver.Driver, log *slog.Logger) (*grpc.Server, *health.Server, error) {
+	creds, err := cfg.GRPCTLS.ServerOption()
+	if err != nil {
+		return nil, nil, fmt.Errorf("grpc tls: %w", err)
+	}
+	srv := grpc.NewServer(creds)
+	computeagentv1.RegisterComputeAgentServiceServer(srv, grpcapi.New(drv, cfg.ProxyClientAddress, log))
+	healthSrv := health.NewServer()
+	healthpb.RegisterHealthServer(srv, healthSrv)
+	return srv, healthSrv, nil
 }
 
 // openDriver builds the driver named by cfg.Driver and, when it has one,
@@ -194,15 +207,8 @@ func reloadOnSignal(ctx context.Context, sig <-chan os.Signal, r interface{ Relo
 		case <-sig:
 			log.Info("reloading the driver's configuration")
 			if err := r.Reload(); err != nil {
-				log.Error("reload failed", "err", err)
+				log.Error("reload failed", "error", err)
 			}
 		}
 	}
-}
-
-func transportCredentials(c *tls.Config) grpc.DialOption {
-	if c == nil {
-		return grpc.WithTransportCredentials(insecure.NewCredentials())
-	}
-	return grpc.WithTransportCredentials(credentials.NewTLS(c))
 }

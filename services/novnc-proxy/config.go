@@ -1,35 +1,35 @@
 package main
 
 import (
-	"crypto/tls"
-	"flag"
+	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/vncgate/vncgate/pkg/config"
+	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 )
 
-// Config is novnc-proxy's configuration. Flag names are Nova's where Nova
-// has the option ([vnc] and [DEFAULT] of nova.conf).
+// Config is novnc-proxy's configuration. Options are Nova's where Nova has
+// them, in Nova's sections; the others are in [vncgate].
 type Config struct {
-	Host           string
-	Port           int
-	BaseURL        string
-	AllowedOrigins []string
+	Host           string   // [vnc] novncproxy_host
+	Port           int      // [vnc] novncproxy_port
+	BaseURL        string   // [vnc] novncproxy_base_url
+	VNCEnabled     bool     // [vnc] enabled; false refuses to start
+	AllowedOrigins []string // [console] allowed_origins
 	TrustedProxies []string
+	SourceIsIPv6   bool // [DEFAULT] source_is_ipv6
 
-	SSLOnly           bool
-	Cert, Key         string
-	SSLMinimumVersion string
+	SSLOnly           bool   // [DEFAULT] ssl_only
+	Cert, Key         string // [DEFAULT] cert and key (key may be inside cert)
+	SSLMinimumVersion string // [console] ssl_minimum_version
+	SSLCiphers        string // [console] ssl_ciphers
 
-	Web      string // another noVNC build to serve instead of our page
+	Web      string // [DEFAULT] web: another noVNC build to serve instead of our page
 	NoVNCDir string // the noVNC library under our page; "" finds it
 
 	ConsoleAuthAddress string
@@ -42,7 +42,7 @@ type Config struct {
 	PingInterval           time.Duration
 	IdleTimeout            time.Duration
 	MaxSessionLength       time.Duration
-	EnforceSessionTimeout  bool
+	EnforceSessionTimeout  bool // [consoleauth] enforce_session_timeout
 	RevocationGrace        time.Duration
 	MaxSessionsPerInstance int
 	FailedTokenLimit       int
@@ -50,84 +50,80 @@ type Config struct {
 	DrainTimeout           time.Duration
 	ShutdownDelay          time.Duration
 
-	LogLevel slog.Level
+	Log logging.Options
 }
 
-// parseConfig reads flags, then VNCGATE_* variables, then config_file.
-func parseConfig(args []string) (Config, error) {
+// loadConfig reads novnc-proxy's options from args, the environment and
+// the files they name (pkg/config), and checks them.
+func loadConfig(args []string) (Config, config.Notes, error) {
 	var c Config
-	fs := flag.NewFlagSet("novnc-proxy", flag.ContinueOnError)
-	fs.StringVar(&c.Host, "novncproxy_host", "0.0.0.0", "address to listen on")
-	fs.IntVar(&c.Port, "novncproxy_port", 6080, "port to listen on")
-	fs.StringVar(&c.BaseURL, "novncproxy_base_url", "http://127.0.0.1:6080/vnc_lite.html", "public URL of the console page; its host is the allowed WebSocket Origin")
-	fs.Var((*listFlag)(&c.AllowedOrigins), "allowed_origins", "comma-separated extra hosts allowed as WebSocket Origin")
-	fs.Var((*listFlag)(&c.TrustedProxies), "trusted_proxies", "comma-separated addresses or CIDRs of reverse proxies whose X-Forwarded-For/-Proto are believed")
-	fs.BoolVar(&c.SSLOnly, "ssl_only", false, "refuse plain HTTP (needs cert and key); without it, TLS and plain share the port")
-	fs.StringVar(&c.Cert, "cert", "", "PEM certificate for TLS on the public port")
-	fs.StringVar(&c.Key, "key", "", "PEM private key for TLS on the public port")
-	fs.StringVar(&c.SSLMinimumVersion, "ssl_minimum_version", "default", "minimum TLS version: default (1.2), tlsv1_1, tlsv1_2, tlsv1_3")
-	fs.StringVar(&c.Web, "web", "", "serve this noVNC build (e.g. /usr/share/novnc) instead of the vncgate console page")
-	fs.StringVar(&c.NoVNCDir, "novnc_core_dir", "", "directory of the @novnc/novnc package (holding core/rfb.js) for the console page; empty: look next to the binary and in the working directory")
-	fs.StringVar(&c.ConsoleAuthAddress, "consoleauth_address", "127.0.0.1:6090", "consoleauth gRPC address")
-	fs.StringVar(&c.GRPC.Cert, "grpc_cert", "", "client certificate for mTLS to consoleauth")
-	fs.StringVar(&c.GRPC.Key, "grpc_key", "", "client key for mTLS to consoleauth")
-	fs.StringVar(&c.GRPC.CA, "grpc_ca", "", "CA that signs consoleauth's certificate")
-	fs.Var((*listFlag)(&c.EtcdEndpoints), "etcd_endpoints", "comma-separated etcd endpoints, to end sessions when tokens are revoked; empty: no revocation watch")
-	fs.StringVar(&c.Etcd.Cert, "etcd_cert", "", "client certificate for etcd")
-	fs.StringVar(&c.Etcd.Key, "etcd_key", "", "client key for etcd")
-	fs.StringVar(&c.Etcd.CA, "etcd_ca", "", "CA that signs etcd's certificate")
-	secondsVar(fs, &c.HandshakeTimeout, "handshake_timeout", 10*time.Second, "limit for TLS, the HTTP request head, and the token check and dial of an upgrade")
-	secondsVar(fs, &c.DialTimeout, "dial_timeout", 5*time.Second, "limit for connecting to the VNC server")
-	secondsVar(fs, &c.PingInterval, "ping_interval", 20*time.Second, "WebSocket ping period, keeping load balancers from dropping quiet consoles (0: off)")
-	secondsVar(fs, &c.IdleTimeout, "idle_timeout", 0, "end a session when no byte moved for this long (0: never)")
-	secondsVar(fs, &c.MaxSessionLength, "max_session_length", 0, "end sessions after this long (0: never)")
-	fs.BoolVar(&c.EnforceSessionTimeout, "enforce_session_timeout", false, "end a session when its token expires")
-	secondsVar(fs, &c.RevocationGrace, "revocation_grace", 3*time.Second, "when a VM's VNC server closes, wait this long for a revocation to tell the user why (hypervisors close the socket before they report the stop)")
-	fs.IntVar(&c.MaxSessionsPerInstance, "max_sessions_per_instance", 0, "concurrent sessions allowed per instance on this proxy (0: no cap)")
-	fs.IntVar(&c.FailedTokenLimit, "failed_token_limit", 10, "failed tokens allowed per client address per window (0: no limit)")
-	secondsVar(fs, &c.FailedTokenWindow, "failed_token_window", time.Minute, "window of failed_token_limit")
-	secondsVar(fs, &c.DrainTimeout, "drain_timeout", 30*time.Second, "on shutdown, how long live sessions may go on before they are ended")
-	secondsVar(fs, &c.ShutdownDelay, "shutdown_delay", 0, "on shutdown, how long /healthz answers 503 before the port closes")
-	level := fs.String("log_level", "info", "debug, info, warn or error")
-	if err := config.Load(fs, args); err != nil {
-		return Config{}, err
+	s := config.New("novnc-proxy")
+	s.String(&c.Host, config.SectionVNC, "novncproxy_host", "0.0.0.0", "address to listen on")
+	s.Int(&c.Port, config.SectionVNC, "novncproxy_port", 6080, "port to listen on")
+	s.String(&c.BaseURL, config.SectionVNC, "novncproxy_base_url", "http://127.0.0.1:6080/vnc_lite.html", "public URL of the console page; its host is the allowed WebSocket Origin")
+	s.Bool(&c.VNCEnabled, config.SectionVNC, "enabled", true, "VNC consoles on; novnc-proxy refuses to start without").Flag("vnc_enabled")
+	s.List(&c.AllowedOrigins, config.SectionConsole, "allowed_origins", nil, "extra hosts allowed as WebSocket Origin")
+	s.String(&c.SSLMinimumVersion, config.SectionConsole, "ssl_minimum_version", "default", "minimum TLS version: default (TLS 1.2), tlsv1_1, tlsv1_2 or tlsv1_3")
+	s.String(&c.SSLCiphers, config.SectionConsole, "ssl_ciphers", "", "OpenSSL cipher string for TLS 1.2 (empty: Go's defaults)")
+	s.Bool(&c.SSLOnly, config.SectionDefault, "ssl_only", false, "refuse plain HTTP (needs cert); without it, TLS and plain share the port")
+	s.String(&c.Cert, config.SectionDefault, "cert", "", "PEM certificate for TLS on the public port; holds the key too when key is empty")
+	s.String(&c.Key, config.SectionDefault, "key", "", "PEM private key of cert, when in a file of its own")
+	s.Bool(&c.SourceIsIPv6, config.SectionDefault, "source_is_ipv6", false, "resolve novncproxy_host to its IPv6 addresses")
+	s.String(&c.Web, config.SectionDefault, "web", "", "serve this noVNC build (e.g. /usr/share/novnc) instead of the vncgate console page")
+	s.Bool(&c.EnforceSessionTimeout, config.SectionConsoleAuth, "enforce_session_timeout", false, "end a session when its token expires")
+	s.List(&c.TrustedProxies, config.SectionVNCGate, "trusted_proxies", nil, "addresses or CIDRs of reverse proxies whose X-Forwarded-For/-Proto are believed")
+	s.String(&c.NoVNCDir, config.SectionVNCGate, "novnc_core_dir", "", "directory of the @novnc/novnc package (holding core/rfb.js) for the console page; empty: look next to the binary and in the working directory")
+	s.String(&c.ConsoleAuthAddress, config.SectionVNCGate, "consoleauth_address", "127.0.0.1:6090", "consoleauth gRPC address")
+	s.TLS(&c.GRPC, config.SectionVNCGate, "grpc", "the client of consoleauth")
+	s.List(&c.EtcdEndpoints, config.SectionVNCGate, "etcd_endpoints", nil, "etcd endpoints, to end sessions when tokens are revoked; empty: no revocation watch")
+	s.TLS(&c.Etcd, config.SectionVNCGate, "etcd", "the etcd client")
+	s.Seconds(&c.HandshakeTimeout, config.SectionVNCGate, "handshake_timeout", 10*time.Second, "limit for TLS, the HTTP request head, and the token check and dial of an upgrade")
+	s.Seconds(&c.DialTimeout, config.SectionVNCGate, "dial_timeout", 5*time.Second, "limit for connecting to the VNC server")
+	s.Seconds(&c.PingInterval, config.SectionVNCGate, "ping_interval", 20*time.Second, "WebSocket ping period, keeping load balancers from dropping quiet consoles (0: off)")
+	s.Seconds(&c.IdleTimeout, config.SectionVNCGate, "idle_timeout", 0, "end a session when no byte moved for this long (0: never)")
+	s.Seconds(&c.MaxSessionLength, config.SectionVNCGate, "max_session_length", 0, "end sessions after this long (0: never)")
+	s.Seconds(&c.RevocationGrace, config.SectionVNCGate, "revocation_grace", 3*time.Second, "when a VM's VNC server closes, wait this long for a revocation to tell the user why (hypervisors close the socket before they report the stop)")
+	s.Int(&c.MaxSessionsPerInstance, config.SectionVNCGate, "max_sessions_per_instance", 0, "concurrent sessions allowed per instance on this proxy (0: no cap)")
+	s.Int(&c.FailedTokenLimit, config.SectionVNCGate, "failed_token_limit", 10, "failed tokens allowed per client address per window (0: no limit)")
+	s.Seconds(&c.FailedTokenWindow, config.SectionVNCGate, "failed_token_window", time.Minute, "window of failed_token_limit")
+	s.Seconds(&c.DrainTimeout, config.SectionVNCGate, "drain_timeout", 30*time.Second, "on shutdown, how long live sessions may go on before they are ended")
+	s.Seconds(&c.ShutdownDelay, config.SectionVNCGate, "shutdown_delay", 0, "on shutdown, how long /healthz answers 503 before the port closes")
+	c.Log.Declare(s)
+	notes, err := s.Load(args)
+	if err != nil {
+		return Config{}, notes, err
 	}
-	if err := c.LogLevel.UnmarshalText([]byte(*level)); err != nil {
-		return Config{}, fmt.Errorf("log_level: %w", err)
-	}
-	return c, c.validate()
+	return c, notes, c.validate()
+}
+
+// public is the TLS of the public port.
+func (c Config) public() tlsconfig.Public {
+	return tlsconfig.Public{Cert: c.Cert, Key: c.Key, MinimumVersion: c.SSLMinimumVersion, Ciphers: c.SSLCiphers}
 }
 
 func (c Config) validate() error {
+	if !c.VNCEnabled {
+		return errors.New("[vnc] enabled is false: there are no VNC consoles to proxy; do not run novnc-proxy, or set enabled = true")
+	}
 	if c.Port < 0 || c.Port > 65535 {
 		return fmt.Errorf("novncproxy_port %d out of range", c.Port)
 	}
-	if (c.Cert == "") != (c.Key == "") {
-		return fmt.Errorf("cert and key go together")
-	}
 	if c.SSLOnly && c.Cert == "" {
-		return fmt.Errorf("ssl_only needs cert and key")
+		return fmt.Errorf("ssl_only needs cert")
 	}
-	if _, err := tlsMinVersion(c.SSLMinimumVersion); err != nil {
+	if _, err := c.public().Check(); err != nil {
 		return err
 	}
 	if c.FailedTokenLimit < 0 || c.MaxSessionsPerInstance < 0 {
 		return fmt.Errorf("failed_token_limit and max_sessions_per_instance must not be negative")
 	}
-	return nil
-}
-
-// tlsMinVersion reads Nova's ssl_minimum_version.
-func tlsMinVersion(s string) (uint16, error) {
-	switch strings.ToLower(s) {
-	case "", "default", "tlsv1_2", "1.2":
-		return tls.VersionTLS12, nil
-	case "tlsv1_3", "1.3":
-		return tls.VersionTLS13, nil
-	case "tlsv1_1", "1.1":
-		return tls.VersionTLS11, nil
+	if err := c.GRPC.Check(); err != nil {
+		return fmt.Errorf("grpc_key: %w", err)
 	}
-	return 0, fmt.Errorf("ssl_minimum_version %q: want default, tlsv1_1, tlsv1_2 or tlsv1_3", s)
+	if err := c.Etcd.Check(); err != nil {
+		return fmt.Errorf("etcd_key: %w", err)
+	}
+	return nil
 }
 
 // noVNCCandidates are where the noVNC library is looked for when
@@ -149,44 +145,4 @@ func noVNCCandidates() []string {
 		dirs = append(dirs, filepath.Join(filepath.Dir(file), "web", pkg))
 	}
 	return dirs
-}
-
-// listFlag is a comma-separated list (Nova's ListOpt).
-type listFlag []string
-
-func (l *listFlag) String() string { return strings.Join(*l, ",") }
-func (l *listFlag) Set(s string) error {
-	*l = nil
-	for _, v := range strings.Split(s, ",") {
-		if v = strings.TrimSpace(v); v != "" {
-			*l = append(*l, v)
-		}
-	}
-	return nil
-}
-
-// secondsFlag takes whole seconds, as nova.conf does ("20"), or a Go
-// duration ("1m30s").
-type secondsFlag time.Duration
-
-func secondsVar(fs *flag.FlagSet, p *time.Duration, name string, def time.Duration, usage string) {
-	*p = def
-	fs.Var((*secondsFlag)(p), name, usage+" (seconds, or a duration like 1m30s)")
-}
-
-func (s *secondsFlag) String() string { return time.Duration(*s).String() }
-func (s *secondsFlag) Set(v string) error {
-	if n, err := strconv.ParseFloat(v, 64); err == nil {
-		if n < 0 {
-			return fmt.Errorf("negative")
-		}
-		*s = secondsFlag(n * float64(time.Second))
-		return nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 {
-		return fmt.Errorf("want seconds or a duration, got %q", v)
-	}
-	*s = secondsFlag(d)
-	return nil
 }

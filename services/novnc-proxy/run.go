@@ -3,21 +3,17 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
 	"github.com/vncgate/vncgate/pkg/backend"
+	"github.com/vncgate/vncgate/pkg/config"
+	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/failban"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
-	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/revocation"
 	"github.com/vncgate/vncgate/pkg/sessions"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
@@ -54,7 +50,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 	if err != nil {
 		return err
 	}
-	publicTLS, err := publicTLSConfig(cfg)
+	publicTLS, err := publicTLSConfig(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -69,55 +65,49 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 	defer conn.Close()
 
 	metrics := proxymetrics.NewRegistry()
-	table := sessions.NewTable(cfg.MaxSessionsPerInstance)
 	revocationGrace := cfg.RevocationGrace
 	if len(cfg.EtcdEndpoints) == 0 {
 		revocationGrace = 0 // no revocation can come
 	}
-	px := proxy.New(proxy.Options{
+	core := sessions.New(sessions.Config{
+		ConsoleType:           proxy.ConsoleType,
 		Checker:               tokencheck.New(conn, cfg.HandshakeTimeout),
 		Dialer:                backend.Dialer{Timeout: cfg.DialTimeout},
-		Origin:                policy,
-		Trust:                 trust,
-		Sessions:              table,
 		FailBan:               failban.New(cfg.FailedTokenLimit, cfg.FailedTokenWindow),
-		Web:                   pages,
-		Log:                   log,
+		MaxPerInstance:        cfg.MaxSessionsPerInstance,
 		Metrics:               proxymetrics.New(metrics),
-		MetricsHandler:        proxymetrics.Handler(metrics),
+		Log:                   log,
 		HandshakeTimeout:      cfg.HandshakeTimeout,
-		PingInterval:          cfg.PingInterval,
 		IdleTimeout:           cfg.IdleTimeout,
 		MaxSessionLength:      cfg.MaxSessionLength,
 		EnforceSessionTimeout: cfg.EnforceSessionTimeout,
-		RevocationGrace:       revocationGrace,
+	})
+	px := proxy.New(proxy.Options{
+		Core:             core,
+		Origin:           policy,
+		Trust:            trust,
+		Web:              pages,
+		Log:              log,
+		MetricsHandler:   proxymetrics.Handler(metrics),
+		HandshakeTimeout: cfg.HandshakeTimeout,
+		PingInterval:     cfg.PingInterval,
+		RevocationGrace:  revocationGrace,
 	})
 
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
 	if len(cfg.EtcdEndpoints) > 0 {
-		cli, err := etcdClient(cfg)
+		cli, err := etcdclient.New(cfg.EtcdEndpoints, cfg.Etcd)
 		if err != nil {
 			return err
 		}
 		defer cli.Close()
-		go revocation.Watch(watchCtx, cli, log, func(uuid string, r registry.Revocation) {
-			if n := table.EndInstance(uuid, r.RevokedAt, r.Reason); n > 0 {
-				log.Info("sessions revoked", "instance", uuid, "sessions", n, "reason", r.Reason)
-			}
-		})
+		go revocation.Watch(watchCtx, cli, log, core.Revoke)
 	}
 
-	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+	ln, scheme, err := listen(cfg, publicTLS)
 	if err != nil {
 		return err
-	}
-	scheme := "http"
-	switch {
-	case publicTLS != nil && cfg.SSLOnly:
-		ln, scheme = tls.NewListener(ln, publicTLS), "https"
-	case publicTLS != nil:
-		ln, scheme = tlssniff.New(ln, publicTLS, cfg.HandshakeTimeout), "https+http"
 	}
 	srv := &http.Server{
 		Handler:           px,
@@ -143,7 +133,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 
 	// Phase 1: readiness red, stop accepting, let sessions finish.
 	px.Drain()
-	log.Info("shutting down: draining", "sessions", table.Len(), "drain_timeout", cfg.DrainTimeout)
+	log.Info("shutting down: draining", "sessions", core.Len(), "drain_timeout", cfg.DrainTimeout)
 	if cfg.ShutdownDelay > 0 {
 		time.Sleep(cfg.ShutdownDelay)
 	}
@@ -152,17 +142,17 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 	if err := srv.Shutdown(drainCtx); err != nil {
 		srv.Close()
 	}
-	if table.Wait(drainCtx) == nil {
+	if core.Wait(drainCtx) == nil {
 		log.Info("shut down: all sessions ended")
 		return nil
 	}
 	// Phase 2: end what is left.
-	log.Info("shutting down: ending sessions", "sessions", table.Len())
+	log.Info("shutting down: ending sessions", "sessions", core.Len())
 	px.EndSessions()
 	graceCtx, cancelGrace := context.WithTimeout(context.Background(), endGrace)
 	defer cancelGrace()
-	if err := table.Wait(graceCtx); err != nil {
-		return fmt.Errorf("%d sessions did not end: %w", table.Len(), err)
+	if err := core.Wait(graceCtx); err != nil {
+		return fmt.Errorf("%d sessions did not end: %w", core.Len(), err)
 	}
 	log.Info("shut down: sessions ended")
 	return nil
@@ -186,35 +176,30 @@ func webHandler(cfg Config) (http.Handler, string, error) {
 	return h, "novnc_core_dir=" + dir, err
 }
 
-func publicTLSConfig(cfg Config) (*tls.Config, error) {
-	if cfg.Cert == "" {
-		return nil, nil
+// listen opens the public port: plain HTTP, TLS only (ssl_only), or both
+// on one port as websockify does. scheme says which.
+func listen(cfg Config, publicTLS *tls.Config) (ln net.Listener, scheme string, err error) {
+	if ln, err = net.Listen(config.ListenAddr(cfg.Host, cfg.Port, cfg.SourceIsIPv6)); err != nil {
+		return nil, "", err
 	}
-	min, err := tlsMinVersion(cfg.SSLMinimumVersion)
+	switch {
+	case publicTLS != nil && cfg.SSLOnly:
+		return tls.NewListener(ln, publicTLS), "https", nil
+	case publicTLS != nil:
+		return tlssniff.New(ln, publicTLS, cfg.HandshakeTimeout), "https+http", nil
+	}
+	return ln, "http", nil
+}
+
+// publicTLSConfig is the TLS of the public port (HTTP/1.1 only: WebSocket
+// upgrades are HTTP/1.1), nil without a certificate.
+func publicTLSConfig(cfg Config, log *slog.Logger) (*tls.Config, error) {
+	warnings, err := cfg.public().Check()
 	if err != nil {
 		return nil, err
 	}
-	pair, err := tls.LoadX509KeyPair(cfg.Cert, cfg.Key)
-	if err != nil {
-		return nil, fmt.Errorf("cert/key: %w", err)
+	for _, w := range warnings {
+		log.Warn(w)
 	}
-	// HTTP/1.1 only: WebSocket upgrades are HTTP/1.1.
-	return &tls.Config{MinVersion: min, Certificates: []tls.Certificate{pair}, NextProtos: []string{"http/1.1"}}, nil
-}
-
-func etcdClient(cfg Config) (*clientv3.Client, error) {
-	tlsCfg, err := cfg.Etcd.Client()
-	if err != nil {
-		return nil, fmt.Errorf("etcd tls: %w", err)
-	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.EtcdEndpoints,
-		TLS:         tlsCfg,
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-	})
-	if err != nil {
-		return nil, errors.Join(errors.New("etcd client"), err)
-	}
-	return cli, nil
+	return cfg.public().Config("http/1.1")
 }

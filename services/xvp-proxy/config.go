@@ -1,29 +1,33 @@
 package main
 
 import (
-	"crypto/tls"
-	"flag"
+	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/config"
+	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 )
 
-// Config is everything xvp-proxy is told at start.
+// Config is everything xvp-proxy is told at start. Options are Nova's
+// where Nova has them, in Nova's sections; the others are in [vncgate].
 type Config struct {
-	Host string // xvpvncproxy_host
-	Port int    // xvpvncproxy_port
+	Host         string // [vnc] xvpvncproxy_host
+	Port         int    // [vnc] xvpvncproxy_port
+	VNCEnabled   bool   // [vnc] enabled; false refuses to start
+	SourceIsIPv6 bool   // [DEFAULT] source_is_ipv6
 
-	// Cert and Key turn on TLS on the listener; SSLMinimumVersion is Nova's
-	// ssl_minimum_version ("default" is TLS 1.2).
-	Cert, Key, SSLMinimumVersion string
+	// Cert and Key ([DEFAULT] cert and key; key may be inside cert) turn on
+	// TLS on the listener; SSLMinimumVersion and SSLCiphers are [console]
+	// ssl_minimum_version and ssl_ciphers.
+	Cert, Key, SSLMinimumVersion, SSLCiphers string
 
-	ConsoleauthAddress string
+	ConsoleAuthAddress string
 	GRPC               tlsconfig.Files // mTLS to consoleauth
 
-	EtcdEndpoints string          // comma-separated; empty turns revocation watching off
+	EtcdEndpoints []string        // empty turns revocation watching off
 	Etcd          tlsconfig.Files // TLS to etcd
 
 	// MetricsListen is the host:port of the HTTP listener for /metrics and
@@ -34,7 +38,7 @@ type Config struct {
 	IdleTimeout      time.Duration
 	MaxSessionLength time.Duration
 	// TCPKeepAlive is the keep-alive period of client and VNC server
-	// connections; 0 means Go's default (15 s), negative turns it off.
+	// connections, in Go's terms: negative is off (tcp_keepalive = 0).
 	TCPKeepAlive time.Duration
 	DrainTimeout time.Duration
 
@@ -42,57 +46,60 @@ type Config struct {
 	FailedTokenWindow      time.Duration
 	MaxSessionsPerInstance int
 
-	LogLevel string
+	Log logging.Options
 }
 
-// registerFlags defines xvp-proxy's flags on fs and returns the Config they fill.
-func registerFlags(fs *flag.FlagSet) *Config {
-	c := &Config{}
-	fs.StringVar(&c.Host, "xvpvncproxy_host", "0.0.0.0", "address to listen on for XVP clients")
-	fs.IntVar(&c.Port, "xvpvncproxy_port", 6081, "port to listen on for XVP clients")
-	fs.StringVar(&c.Cert, "cert", "", "PEM certificate for TLS on the listener (with key)")
-	fs.StringVar(&c.Key, "key", "", "PEM private key for TLS on the listener")
-	fs.StringVar(&c.SSLMinimumVersion, "ssl_minimum_version", "default", "minimum TLS version on the listener: default (TLS 1.2), tlsv1_2 or tlsv1_3")
-	fs.StringVar(&c.ConsoleauthAddress, "consoleauth_address", "127.0.0.1:6090", "consoleauth gRPC address")
-	fs.StringVar(&c.GRPC.Cert, "grpc_cert", "", "client certificate for mTLS to consoleauth")
-	fs.StringVar(&c.GRPC.Key, "grpc_key", "", "client key for mTLS to consoleauth")
-	fs.StringVar(&c.GRPC.CA, "grpc_ca", "", "CA that signs consoleauth's certificate")
-	fs.StringVar(&c.EtcdEndpoints, "etcd_endpoints", "", "comma-separated etcd endpoints for revocation watching; empty turns it off")
-	fs.StringVar(&c.Etcd.Cert, "etcd_cert", "", "client certificate for etcd")
-	fs.StringVar(&c.Etcd.Key, "etcd_key", "", "client key for etcd")
-	fs.StringVar(&c.Etcd.CA, "etcd_ca", "", "CA that signs etcd's certificate")
-	fs.StringVar(&c.MetricsListen, "metrics_listen", "", "host:port of a plain HTTP listener serving /metrics (Prometheus) and /healthz, e.g. 127.0.0.1:9181; empty turns it off")
-	fs.DurationVar(&c.HandshakeTimeout, "handshake_timeout", 10*time.Second, "time from accept to the 200 answer: request head, token check, VNC dial")
-	fs.DurationVar(&c.IdleTimeout, "idle_timeout", 0, "end a session after this long without a byte either way; 0 means never")
-	fs.DurationVar(&c.MaxSessionLength, "max_session_length", 0, "end a session after this long; 0 means never")
-	fs.DurationVar(&c.TCPKeepAlive, "tcp_keepalive", 30*time.Second, "TCP keep-alive period on client and VNC connections; negative turns it off")
-	fs.DurationVar(&c.DrainTimeout, "drain_timeout", 30*time.Second, "on shutdown, how long live sessions may continue before they are closed")
-	fs.IntVar(&c.FailedTokenLimit, "failed_token_limit", 10, "failed tokens allowed per client IP within failed_token_window before 429; 0 means no limit")
-	fs.DurationVar(&c.FailedTokenWindow, "failed_token_window", time.Minute, "window of failed_token_limit")
-	fs.IntVar(&c.MaxSessionsPerInstance, "max_sessions_per_instance", 0, "live sessions allowed per instance; 0 means no limit")
-	fs.StringVar(&c.LogLevel, "log_level", "info", "debug, info, warn or error")
-	return c
-}
-
-// tlsMinVersion maps Nova's ssl_minimum_version names. TLS 1.0 and 1.1 are
-// refused: no supported Java runtime needs them.
-func tlsMinVersion(name string) (uint16, error) {
-	switch strings.ToLower(name) {
-	case "", "default", "tlsv1_2":
-		return tls.VersionTLS12, nil
-	case "tlsv1_3":
-		return tls.VersionTLS13, nil
+// loadConfig reads xvp-proxy's options from args, the environment and the
+// files they name (pkg/config), and checks them.
+func loadConfig(args []string) (Config, config.Notes, error) {
+	var c Config
+	var keepAlive time.Duration
+	s := config.New("xvp-proxy")
+	s.String(&c.Host, config.SectionVNC, "xvpvncproxy_host", "0.0.0.0", "address to listen on for XVP clients")
+	s.Int(&c.Port, config.SectionVNC, "xvpvncproxy_port", 6081, "port to listen on for XVP clients")
+	s.Bool(&c.VNCEnabled, config.SectionVNC, "enabled", true, "VNC consoles on; xvp-proxy refuses to start without").Flag("vnc_enabled")
+	s.String(&c.Cert, config.SectionDefault, "cert", "", "PEM certificate for TLS on the listener; holds the key too when key is empty")
+	s.String(&c.Key, config.SectionDefault, "key", "", "PEM private key of cert, when in a file of its own")
+	s.Bool(&c.SourceIsIPv6, config.SectionDefault, "source_is_ipv6", false, "resolve xvpvncproxy_host to its IPv6 addresses")
+	s.String(&c.SSLMinimumVersion, config.SectionConsole, "ssl_minimum_version", "default", "minimum TLS version on the listener: default (TLS 1.2), tlsv1_1, tlsv1_2 or tlsv1_3")
+	s.String(&c.SSLCiphers, config.SectionConsole, "ssl_ciphers", "", "OpenSSL cipher string for TLS 1.2 (empty: Go's defaults)")
+	s.String(&c.ConsoleAuthAddress, config.SectionVNCGate, "consoleauth_address", "127.0.0.1:6090", "consoleauth gRPC address")
+	s.TLS(&c.GRPC, config.SectionVNCGate, "grpc", "the client of consoleauth")
+	s.List(&c.EtcdEndpoints, config.SectionVNCGate, "etcd_endpoints", nil, "etcd endpoints for revocation watching; empty turns it off")
+	s.TLS(&c.Etcd, config.SectionVNCGate, "etcd", "the etcd client")
+	s.String(&c.MetricsListen, config.SectionVNCGate, "metrics_listen", "", "host:port of a plain HTTP listener serving /metrics (Prometheus) and /healthz, e.g. 127.0.0.1:9181; empty turns it off")
+	s.Seconds(&c.HandshakeTimeout, config.SectionVNCGate, "handshake_timeout", 10*time.Second, "time from accept to the 200 answer: request head, token check, VNC dial")
+	s.Seconds(&c.IdleTimeout, config.SectionVNCGate, "idle_timeout", 0, "end a session after this long without a byte either way (0: never)")
+	s.Seconds(&c.MaxSessionLength, config.SectionVNCGate, "max_session_length", 0, "end a session after this long (0: never)")
+	s.Seconds(&keepAlive, config.SectionVNCGate, "tcp_keepalive", 30*time.Second, "TCP keep-alive period on client and VNC connections (0: off)")
+	s.Seconds(&c.DrainTimeout, config.SectionVNCGate, "drain_timeout", 30*time.Second, "on shutdown, how long live sessions may continue before they are closed")
+	s.Int(&c.FailedTokenLimit, config.SectionVNCGate, "failed_token_limit", 10, "failed tokens allowed per client IP within failed_token_window before 429 (0: no limit)")
+	s.Seconds(&c.FailedTokenWindow, config.SectionVNCGate, "failed_token_window", time.Minute, "window of failed_token_limit")
+	s.Int(&c.MaxSessionsPerInstance, config.SectionVNCGate, "max_sessions_per_instance", 0, "live sessions allowed per instance (0: no limit)")
+	c.Log.Declare(s)
+	notes, err := s.Load(args)
+	if err != nil {
+		return Config{}, notes, err
 	}
-	return 0, fmt.Errorf("ssl_minimum_version %q: want default, tlsv1_2 or tlsv1_3", name)
+	c.TCPKeepAlive = keepAlive
+	if keepAlive == 0 {
+		c.TCPKeepAlive = -1
+	}
+	return c, notes, c.validate()
+}
+
+// public is the TLS of the listener.
+func (c Config) public() tlsconfig.Public {
+	return tlsconfig.Public{Cert: c.Cert, Key: c.Key, MinimumVersion: c.SSLMinimumVersion, Ciphers: c.SSLCiphers}
 }
 
 func (c Config) validate() error {
 	switch {
+	case !c.VNCEnabled:
+		return errors.New("[vnc] enabled is false: there are no VNC consoles to proxy; do not run xvp-proxy, or set enabled = true")
 	case c.Port < 0 || c.Port > 65535:
 		return fmt.Errorf("xvpvncproxy_port %d: want 0 to 65535", c.Port)
-	case (c.Cert == "") != (c.Key == ""):
-		return fmt.Errorf("cert and key: give both or neither")
-	case c.ConsoleauthAddress == "":
+	case c.ConsoleAuthAddress == "":
 		return fmt.Errorf("consoleauth_address: required")
 	case c.HandshakeTimeout <= 0:
 		return fmt.Errorf("handshake_timeout %v: want > 0", c.HandshakeTimeout)
@@ -108,6 +115,12 @@ func (c Config) validate() error {
 			return fmt.Errorf("metrics_listen %q: want host:port", c.MetricsListen)
 		}
 	}
-	_, err := tlsMinVersion(c.SSLMinimumVersion)
+	if err := c.GRPC.Check(); err != nil {
+		return fmt.Errorf("grpc_key: %w", err)
+	}
+	if err := c.Etcd.Check(); err != nil {
+		return fmt.Errorf("etcd_key: %w", err)
+	}
+	_, err := c.public().Check()
 	return err
 }

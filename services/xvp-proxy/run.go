@@ -8,15 +8,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/vncgate/vncgate/pkg/backend"
+	"github.com/vncgate/vncgate/pkg/config"
+	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/failban"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/revocation"
@@ -36,35 +35,41 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 	if err != nil {
 		return fmt.Errorf("consoleauth tls: %w", err)
 	}
-	caConn, err := tokencheck.Dial(cfg.ConsoleauthAddress, grpcTLS)
+	caConn, err := tokencheck.Dial(cfg.ConsoleAuthAddress, grpcTLS)
 	if err != nil {
 		return err
 	}
 	defer caConn.Close()
 
 	metrics := proxymetrics.NewRegistry()
-	srv := proxy.New(proxy.Config{
+	core := sessions.New(sessions.Config{
+		ConsoleType:      proxy.ConsoleType,
 		Checker:          tokencheck.New(caConn, 0),
 		Dialer:           backend.Dialer{Timeout: cfg.HandshakeTimeout, KeepAlive: cfg.TCPKeepAlive},
-		Limiter:          failban.New(cfg.FailedTokenLimit, cfg.FailedTokenWindow),
-		Sessions:         sessions.NewTable(cfg.MaxSessionsPerInstance),
-		Log:              log,
+		FailBan:          failban.New(cfg.FailedTokenLimit, cfg.FailedTokenWindow),
+		MaxPerInstance:   cfg.MaxSessionsPerInstance,
 		Metrics:          proxymetrics.New(metrics),
+		Log:              log,
 		HandshakeTimeout: cfg.HandshakeTimeout,
 		IdleTimeout:      cfg.IdleTimeout,
 		MaxSessionLength: cfg.MaxSessionLength,
+	})
+	srv := proxy.New(proxy.Config{
+		Core:             core,
+		Log:              log,
+		HandshakeTimeout: cfg.HandshakeTimeout,
 		DrainTimeout:     cfg.DrainTimeout,
 	})
 
-	if cfg.EtcdEndpoints != "" {
-		cli, err := etcdClient(cfg)
+	if len(cfg.EtcdEndpoints) > 0 {
+		cli, err := etcdclient.New(cfg.EtcdEndpoints, cfg.Etcd)
 		if err != nil {
 			return err
 		}
 		defer cli.Close()
 		watchCtx, stopWatching := context.WithCancel(ctx)
 		var watcher sync.WaitGroup
-		watcher.Go(func() { revocation.Watch(watchCtx, cli, log, srv.Revoke) })
+		watcher.Go(func() { revocation.Watch(watchCtx, cli, log, core.Revoke) })
 		defer func() { stopWatching(); watcher.Wait() }() // before cli.Close
 	} else {
 		log.Warn("etcd_endpoints is empty: revocations will not end live sessions")
@@ -82,11 +87,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 		log.Info("metrics listening", "addr", metricsAddr.String())
 	}
 
-	l, err := listen(ctx, cfg)
+	l, err := listen(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	log.Info("listening", "addr", l.Addr().String(), "tls", cfg.Cert != "", "consoleauth", cfg.ConsoleauthAddress)
+	log.Info("listening", "addr", l.Addr().String(), "tls", cfg.Cert != "", "consoleauth", cfg.ConsoleAuthAddress)
 	if ready != nil {
 		ready(l.Addr(), metricsAddr)
 	}
@@ -118,45 +123,32 @@ func serveMetrics(l net.Listener, reg *prometheus.Registry, srv *proxy.Server, l
 			hs.Close()
 		}
 		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-			log.Warn("metrics listener failed", "err", err)
+			log.Warn("metrics listener failed", "error", err)
 		}
 	}
 }
 
 // listen opens the client listener, with TLS when a certificate is given.
-func listen(ctx context.Context, cfg Config) (net.Listener, error) {
+func listen(ctx context.Context, cfg Config, log *slog.Logger) (net.Listener, error) {
+	warnings, err := cfg.public().Check()
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range warnings {
+		log.Warn(w)
+	}
+	tlsCfg, err := cfg.public().Config()
+	if err != nil {
+		return nil, fmt.Errorf("listener tls: %w", err)
+	}
 	lc := net.ListenConfig{KeepAlive: cfg.TCPKeepAlive}
-	addr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
-	l, err := lc.Listen(ctx, "tcp", addr)
+	network, addr := config.ListenAddr(cfg.Host, cfg.Port, cfg.SourceIsIPv6)
+	l, err := lc.Listen(ctx, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
-	if cfg.Cert == "" {
+	if tlsCfg == nil {
 		return l, nil
 	}
-	pair, err := tls.LoadX509KeyPair(cfg.Cert, cfg.Key)
-	if err != nil {
-		l.Close()
-		return nil, fmt.Errorf("listener tls: %w", err)
-	}
-	minVersion, _ := tlsMinVersion(cfg.SSLMinimumVersion) // checked by validate
-	return tls.NewListener(l, &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: minVersion}), nil
-}
-
-func etcdClient(cfg Config) (*clientv3.Client, error) {
-	tlsCfg, err := cfg.Etcd.Client()
-	if err != nil {
-		return nil, fmt.Errorf("etcd tls: %w", err)
-	}
-	var endpoints []string
-	for e := range strings.SplitSeq(cfg.EtcdEndpoints, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			endpoints = append(endpoints, e)
-		}
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, TLS: tlsCfg})
-	if err != nil {
-		return nil, fmt.Errorf("etcd: %w", err)
-	}
-	return cli, nil
+	return tls.NewListener(l, tlsCfg), nil
 }

@@ -16,7 +16,7 @@ import (
 
 	"github.com/vncgate/vncgate/deploy/devstack"
 	"github.com/vncgate/vncgate/deploy/devstack/devstacktest"
-	"github.com/vncgate/vncgate/pkg/rfb"
+	"github.com/vncgate/vncgate/testkit/rfb"
 )
 
 // TestBannerURLsOpenTheDemoConsole is `make run` on free ports: the console

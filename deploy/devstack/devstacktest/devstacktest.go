@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/vncgate/vncgate/deploy/devstack"
-	"github.com/vncgate/vncgate/pkg/testlog"
+	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
 var (

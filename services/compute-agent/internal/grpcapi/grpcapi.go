@@ -138,7 +138,7 @@ func (s *Server) logError(op, uuid string, err error) {
 	if code := status.Code(toStatus(err)); code == codes.Internal || code == codes.Unavailable {
 		level = slog.LevelWarn
 	}
-	s.log.Log(context.Background(), level, op+" failed", "instance", uuid, "err", err)
+	s.log.Log(context.Background(), level, op+" failed", "instance", uuid, "error", err)
 }
 
 // sameHost compares host names without case and IP addresses by value.

@@ -154,7 +154,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			delay := a.backoff(failures)
 			failures++
-			a.log.Warn("registration failed", "err", err, "attempt", failures, "retry_in", delay)
+			a.log.Warn("registration failed", "error", err, "attempt", failures, "retry_in", delay)
 			if !a.wait(ctx, delay, &events) {
 				return nil
 			}
@@ -172,7 +172,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Info("deregistered")
 			return nil
 		}
-		a.log.Warn("registration lost, registering again", "err", err)
+		a.log.Warn("registration lost, registering again", "error", err)
 	}
 }
 
@@ -223,14 +223,14 @@ func (a *Agent) serve(ctx context.Context, keepAlive <-chan *clientv3.LeaseKeepA
 				continue
 			}
 			if err := a.handle(ctx, ev, true); err != nil {
-				a.log.Warn("instance not updated in etcd, will publish all again", "instance", ev.UUID, "err", err)
+				a.log.Warn("instance not updated in etcd, will publish all again", "instance", ev.UUID, "error", err)
 				syncTimer.Reset(a.backoff(syncFailures))
 			}
 		case <-syncTimer.C:
 			if err := a.sync(ctx); err != nil {
 				delay := a.backoff(syncFailures)
 				syncFailures++
-				a.log.Warn("publishing instances failed", "err", err, "retry_in", delay)
+				a.log.Warn("publishing instances failed", "error", err, "retry_in", delay)
 				syncTimer.Reset(delay)
 				continue
 			}
@@ -392,7 +392,7 @@ func (a *Agent) revokeLease(id clientv3.LeaseID) {
 	ctx, cancel := context.WithTimeout(context.Background(), min(a.cfg.OpTimeout, 2*time.Second))
 	defer cancel()
 	if _, err := a.cfg.Client.Revoke(ctx, id); err != nil {
-		a.log.Debug("lease not revoked; it expires by itself", "lease", int64(id), "err", err)
+		a.log.Debug("lease not revoked; it expires by itself", "lease", int64(id), "error", err)
 	}
 }
 
@@ -436,7 +436,7 @@ func (a *Agent) revoke(ctx context.Context, r revocation) {
 			return
 		}
 		delay := a.backoff(attempt)
-		a.log.Warn("revoking instance tokens failed", "instance", r.uuid, "err", err, "attempt", attempt+1, "retry_in", delay)
+		a.log.Warn("revoking instance tokens failed", "instance", r.uuid, "error", err, "attempt", attempt+1, "retry_in", delay)
 		select {
 		case <-ctx.Done():
 			return

@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vncgate/vncgate/pkg/etcdembed"
+	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver/static"
-	"github.com/vncgate/vncgate/services/compute-agent/internal/etcdconn"
+	"github.com/vncgate/vncgate/testkit/etcd"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -32,19 +32,14 @@ const (
 	uuidY = "ffffffff-0000-0000-0000-000000000006" // published before, now on another host
 )
 
-func startEtcd(t *testing.T) *etcdembed.Server {
+func startEtcd(t *testing.T) *etcd.Server {
 	t.Helper()
-	s, err := etcdembed.Start(t.TempDir(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Stop)
-	return s
+	return etcd.New(t, "127.0.0.1:0")
 }
 
 func newClient(t *testing.T, endpoint string) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(etcdconn.Config([]string{endpoint}, nil))
+	cli, err := clientv3.New(etcdclient.Config([]string{endpoint}, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +72,7 @@ func (r *recorder) uuids() []string {
 }
 
 type world struct {
-	etcd      *etcdembed.Server
+	etcd      *etcd.Server
 	cli       *clientv3.Client // the test's own view of etcd
 	inventory string
 	driver    *static.Driver

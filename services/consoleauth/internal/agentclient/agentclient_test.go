@@ -8,14 +8,14 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	"github.com/vncgate/vncgate/pkg/etcdembed/etcdtest"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/agentclient"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/testworld"
+	"github.com/vncgate/vncgate/testkit/etcd"
 )
 
 func TestGetConsoleMapsAgentCodes(t *testing.T) {
 	t.Parallel()
-	_, cli := etcdtest.Start(t)
+	_, cli := etcd.Start(t)
 	ctx := testworld.Ctx(t)
 	agent := testworld.StartAgent(t, cli, "c1")
 	agent.AddInstance(t, "ok", testworld.Console{Host: "10.0.0.5", Port: 5901, Path: "/vnc"})
@@ -61,7 +61,7 @@ func TestGetConsoleMapsAgentCodes(t *testing.T) {
 
 func TestValidateConsolePort(t *testing.T) {
 	t.Parallel()
-	_, cli := etcdtest.Start(t)
+	_, cli := etcd.Start(t)
 	ctx := testworld.Ctx(t)
 	agent := testworld.StartAgent(t, cli, "c1")
 	agent.AddInstance(t, "vm", testworld.Console{Host: "10.0.0.5", Port: 5901})

@@ -65,7 +65,7 @@ func New(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.Handler
 	}
 
 	mux := http.NewServeMux()
-	mux.Handle("/", limitBody(gw, opts.MaxBodyBytes))
+	mux.Handle("/", microversion(limitBody(gw, opts.MaxBodyBytes)))
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(openapi.JSON)

@@ -75,3 +75,41 @@ func TestHealthz(t *testing.T) {
 		})
 	}
 }
+
+func TestMicroversionIsEchoedOrRefused(t *testing.T) {
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	tests := []struct {
+		name    string
+		headers map[string]string
+		status  int
+		want    string // the version answered
+	}{
+		{"none: 2.1", nil, 200, "2.1"},
+		{"legacy header", map[string]string{"X-OpenStack-Nova-API-Version": "2.6"}, 200, "2.6"},
+		{"API-SIG header", map[string]string{"OpenStack-API-Version": "compute 2.6"}, 200, "2.6"},
+		{"API-SIG wins, other services ignored", map[string]string{"OpenStack-API-Version": "identity 3.0, compute 2.8", "X-OpenStack-Nova-API-Version": "2.6"}, 200, "2.8"},
+		{"latest", map[string]string{"OpenStack-API-Version": "compute latest"}, 200, "2.100"},
+		{"too new", map[string]string{"X-OpenStack-Nova-API-Version": "2.101"}, 406, "2.1"},
+		{"major 3", map[string]string{"X-OpenStack-Nova-API-Version": "3.0"}, 406, "2.1"},
+		{"garbage", map[string]string{"X-OpenStack-Nova-API-Version": "two.six"}, 406, "2.1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest("GET", "/v2.1/servers/x/remote-consoles", nil)
+			for k, v := range tt.headers {
+				req.Header.Set(k, v)
+			}
+			rec := httptest.NewRecorder()
+			microversion(ok).ServeHTTP(rec, req)
+			if rec.Code != tt.status {
+				t.Errorf("status: got %d, want %d (%s)", rec.Code, tt.status, rec.Body)
+			}
+			if got := rec.Header().Get("X-OpenStack-Nova-API-Version"); got != tt.want {
+				t.Errorf("X-OpenStack-Nova-API-Version: got %q, want %q", got, tt.want)
+			}
+			if got := rec.Header().Get("OpenStack-API-Version"); got != "compute "+tt.want {
+				t.Errorf("OpenStack-API-Version: got %q, want %q", got, "compute "+tt.want)
+			}
+		})
+	}
+}

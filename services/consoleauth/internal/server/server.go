@@ -25,20 +25,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/agentclient"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/authserver"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/gateway"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/tokenstore"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/test/bufconn"
 )
 
-// Config is the service's configuration (its flags).
+// Config is the service's configuration (its options: see
+// services/consoleauth/config.go).
 type Config struct {
 	GRPCListen string
 	RESTListen string
@@ -107,40 +107,23 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		}
 	}()
 
-	etcdTLS, err := cfg.EtcdTLS.Client()
-	if err != nil {
-		return nil, fmt.Errorf("etcd tls: %w", err)
-	}
-	// No DialTimeout: the client connects in the background, so consoleauth
-	// starts (and answers 503) while etcd is still down.
-	s.etcd, err = clientv3.New(clientv3.Config{
-		Endpoints:            cfg.EtcdEndpoints,
-		TLS:                  etcdTLS,
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 3 * time.Second,
-		// The client's own logs would duplicate ours: every etcd failure
-		// reaches a caller that logs it.
-		Logger: zap.NewNop(),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("etcd client: %w", err)
+	// The client connects in the background, so consoleauth starts (and
+	// answers 503) while etcd is still down.
+	if s.etcd, err = etcdclient.New(cfg.EtcdEndpoints, cfg.EtcdTLS); err != nil {
+		return nil, err
 	}
 	store, err := tokenstore.New(s.etcd, tokenstore.Options{TTL: cfg.TokenTTL, Timeout: cfg.EtcdTimeout})
 	if err != nil {
 		return nil, err
 	}
 
-	serverTLS, err := cfg.GRPCTLS.Server()
+	serverCreds, err := cfg.GRPCTLS.ServerOption()
 	if err != nil {
 		return nil, fmt.Errorf("grpc server tls: %w", err)
 	}
-	clientTLS, err := cfg.GRPCTLS.Client()
+	agentCreds, err := cfg.GRPCTLS.ClientCredentials()
 	if err != nil {
 		return nil, fmt.Errorf("grpc client tls: %w", err)
-	}
-	var agentCreds credentials.TransportCredentials
-	if clientTLS != nil {
-		agentCreds = credentials.NewTLS(clientTLS)
 	}
 	s.agents = agentclient.New(agentclient.Options{Timeout: cfg.ComputeTimeout, TLS: agentCreds})
 
@@ -157,11 +140,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	}
 
 	interceptor := grpc.ChainUnaryInterceptor(authserver.LogUnary(log))
-	opts := []grpc.ServerOption{interceptor}
-	if serverTLS != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(serverTLS)))
-	}
-	s.grpcServer = grpc.NewServer(opts...)
+	s.grpcServer = grpc.NewServer(interceptor, serverCreds)
 	consoleauthv1.RegisterConsoleAuthServiceServer(s.grpcServer, svc)
 	s.gwServer = grpc.NewServer(interceptor)
 	consoleauthv1.RegisterConsoleAuthServiceServer(s.gwServer, svc)

@@ -17,16 +17,15 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
-	"github.com/vncgate/vncgate/pkg/etcdembed"
-	"github.com/vncgate/vncgate/pkg/etcdembed/etcdtest"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/server"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/testworld"
+	"github.com/vncgate/vncgate/testkit/etcd"
 )
 
 // world is a running consoleauth on loopback with its own embedded etcd and
 // one in-test compute agent, "compute-1".
 type world struct {
-	etcd  *etcdembed.Server
+	etcd  *etcd.Server
 	cli   *clientv3.Client
 	agent *testworld.Agent
 	srv   *server.Server
@@ -39,13 +38,13 @@ type world struct {
 // newWorld starts a world; edit adjusts the service's configuration.
 func newWorld(t testing.TB, edit func(*server.Config)) *world {
 	t.Helper()
-	etcd, cli := etcdtest.Start(t)
-	w := &world{etcd: etcd, cli: cli, logs: &syncBuffer{}, http: &http.Client{Timeout: 20 * time.Second}}
+	etcdSrv, cli := etcd.Start(t)
+	w := &world{etcd: etcdSrv, cli: cli, logs: &syncBuffer{}, http: &http.Client{Timeout: 20 * time.Second}}
 	w.agent = testworld.StartAgent(t, cli, "compute-1")
 	cfg := server.Config{
 		GRPCListen:          "127.0.0.1:0",
 		RESTListen:          "127.0.0.1:0",
-		EtcdEndpoints:       []string{etcd.Endpoint},
+		EtcdEndpoints:       []string{etcdSrv.Endpoint},
 		EtcdTimeout:         time.Second,
 		ComputeTimeout:      time.Second,
 		TokenTTL:            10 * time.Minute,

@@ -1,23 +1,14 @@
-// Package testworld builds the real parts consoleauth's tests run on: an
-// embedded etcd (pkg/etcdembed) and small compute agents, real gRPC servers
+// Package testworld builds the real parts consoleauth's tests run on: a
+// real etcd (testkit/etcd) and small compute agents, real gRPC servers
 // on loopback that register in etcd the way the real agent does. Only tests
 // import it.
 package testworld
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -31,6 +22,7 @@ import (
 	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
+	"github.com/vncgate/vncgate/testkit/certs"
 )
 
 // Ctx is a context that ends with the test or after 30 s.
@@ -181,54 +173,6 @@ func (a *Agent) ValidateConsolePort(_ context.Context, req *computeagentv1.Valid
 // usable by servers and clients alike, and returns them as mTLS settings.
 func TLSFiles(t testing.TB) tlsconfig.Files {
 	t.Helper()
-	dir := t.TempDir()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "vncgate test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "vncgate test service"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caTmpl, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := tlsconfig.Files{Cert: filepath.Join(dir, "cert.pem"), Key: filepath.Join(dir, "key.pem"), CA: filepath.Join(dir, "ca.pem")}
-	for path, block := range map[string]*pem.Block{
-		f.CA:   {Type: "CERTIFICATE", Bytes: caDER},
-		f.Cert: {Type: "CERTIFICATE", Bytes: leafDER},
-		f.Key:  {Type: "EC PRIVATE KEY", Bytes: keyDER},
-	} {
-		if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return f
+	f, _ := certs.TestFiles(t, "127.0.0.1")
+	return tlsconfig.Files{Cert: f.Cert, Key: f.Key, CA: f.CA}
 }

@@ -11,10 +11,10 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/vncgate/vncgate/pkg/etcdembed/etcdtest"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/testworld"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/tokenstore"
+	"github.com/vncgate/vncgate/testkit/etcd"
 )
 
 func newStore(t *testing.T, cli *clientv3.Client, opts tokenstore.Options) *tokenstore.Store {
@@ -32,7 +32,7 @@ func record(uuid string) registry.Token {
 
 func TestMintStoresOnlyTheHashOnOneLease(t *testing.T) {
 	t.Parallel()
-	_, cli := etcdtest.Start(t)
+	_, cli := etcd.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{TTL: time.Minute})
 
@@ -93,7 +93,7 @@ func TestMintStoresOnlyTheHashOnOneLease(t *testing.T) {
 
 func TestExpiredTokenRefusedBeforeItsLeaseEnds(t *testing.T) {
 	t.Parallel()
-	_, cli := etcdtest.Start(t)
+	_, cli := etcd.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{TTL: time.Second})
 
@@ -121,7 +121,7 @@ func TestExpiredTokenRefusedBeforeItsLeaseEnds(t *testing.T) {
 
 func TestConcurrentMintsShareLeases(t *testing.T) {
 	t.Parallel()
-	_, cli := etcdtest.Start(t)
+	_, cli := etcd.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{TTL: 10 * time.Minute})
 
@@ -161,7 +161,7 @@ func TestConcurrentMintsShareLeases(t *testing.T) {
 
 func TestConsumeSucceedsExactlyOnce(t *testing.T) {
 	t.Parallel()
-	_, cli := etcdtest.Start(t)
+	_, cli := etcd.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{})
 	m, err := s.Mint(ctx, record("i-1"))
@@ -206,7 +206,7 @@ func TestConsumeSucceedsExactlyOnce(t *testing.T) {
 
 func TestRevokeDeletesOneInstanceInBatches(t *testing.T) {
 	t.Parallel()
-	_, cli := etcdtest.Start(t)
+	_, cli := etcd.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{})
 
@@ -278,7 +278,7 @@ func TestRevokeDeletesOneInstanceInBatches(t *testing.T) {
 
 func TestRevokeWithoutTokensStillAnnounces(t *testing.T) {
 	t.Parallel()
-	_, cli := etcdtest.Start(t)
+	_, cli := etcd.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{})
 	n, err := s.Revoke(ctx, "lonely", "stopped")
@@ -296,7 +296,7 @@ func TestRevokeWithoutTokensStillAnnounces(t *testing.T) {
 
 func TestEtcdDownIsUnavailableThenRecovers(t *testing.T) {
 	t.Parallel()
-	etcd, cli := etcdtest.Start(t)
+	etcdSrv, cli := etcd.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{Timeout: 500 * time.Millisecond})
 	m, err := s.Mint(ctx, record("i-1"))
@@ -304,7 +304,7 @@ func TestEtcdDownIsUnavailableThenRecovers(t *testing.T) {
 		t.Fatalf("mint: %v", err)
 	}
 
-	etcd.Stop()
+	etcdSrv.Stop()
 	calls := map[string]func() error{
 		"mint":   func() error { _, err := s.Mint(ctx, record("i-1")); return err },
 		"lookup": func() error { _, err := s.Lookup(ctx, m.Token); return err },
@@ -323,7 +323,7 @@ func TestEtcdDownIsUnavailableThenRecovers(t *testing.T) {
 		}
 	}
 
-	if err := etcd.Restart(); err != nil {
+	if err := etcdSrv.Restart(); err != nil {
 		t.Fatalf("restart etcd: %v", err)
 	}
 	deadline := time.Now().Add(20 * time.Second)
@@ -344,7 +344,7 @@ func TestEtcdDownIsUnavailableThenRecovers(t *testing.T) {
 
 func TestLocate(t *testing.T) {
 	t.Parallel()
-	_, cli := etcdtest.Start(t)
+	_, cli := etcd.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{})
 	testworld.PutJSON(t, cli, registry.LocationKey("running"), registry.Location{ComputeHost: "c1"})

@@ -19,7 +19,7 @@ func TestIdleSessionMemory(t *testing.T) {
 		t.Skip("short")
 	}
 	const n = 300
-	w := newWorld(t, func(c *worldConfig) { c.opts.PingInterval = time.Minute; c.opts.IdleTimeout = time.Hour })
+	w := newWorld(t, func(c *worldConfig) { c.opts.PingInterval = time.Minute; c.core.IdleTimeout = time.Hour })
 
 	// The VNC side: accept and hold, sending nothing.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -80,7 +80,7 @@ func TestIdleSessionMemory(t *testing.T) {
 			t.Fatalf("upgrade: %v %v", resp, err)
 		}
 	}
-	waitFor(t, "every session to start", func() bool { return w.table.Len() == n })
+	waitFor(t, "every session to start", func() bool { return w.core.Len() == n })
 	time.Sleep(100 * time.Millisecond)
 	after := measure()
 	per := float64(after-before) / n

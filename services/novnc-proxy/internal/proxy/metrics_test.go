@@ -11,8 +11,10 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/vncgate/vncgate/pkg/proxymetrics/proxymetricstest"
+	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/closecode"
+	"github.com/vncgate/vncgate/testkit/scrape"
+	"github.com/vncgate/vncgate/testkit/wsclose"
 )
 
 // TestMetricsCountRefusedAndRelayedSessions drives two refused upgrades and
@@ -22,7 +24,7 @@ func TestMetricsCountRefusedAndRelayedSessions(t *testing.T) {
 	w := newWorld(t, nil)
 	value := func(name string, labels ...string) float64 {
 		t.Helper()
-		return proxymetricstest.Value(t, w.metrics, name, labels...)
+		return scrape.Value(t, w.metrics, name, labels...)
 	}
 
 	// Refused after the upgrade: a bad token.
@@ -30,7 +32,7 @@ func TestMetricsCountRefusedAndRelayedSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ce := closeOf(t, c); ce.Code != websocket.StatusCode(closecode.TokenInvalid) {
+	if ce := wsclose.Read(t, c); ce.Code != websocket.StatusCode(closecode.TokenInvalid) {
 		t.Fatalf("bad token: got close %d, want %d", ce.Code, closecode.TokenInvalid)
 	}
 	// Refused before the upgrade: a foreign page.
@@ -114,25 +116,41 @@ func TestMetricsCountRefusedAndRelayedSessions(t *testing.T) {
 	}
 }
 
-func TestEndReasonOfEveryEndingCloseCode(t *testing.T) {
+// TestCloseCodeOfEveryRefusalAndEnd pins the edge's one mapping from the
+// session core's reasons to close codes.
+func TestCloseCodeOfEveryRefusalAndEnd(t *testing.T) {
 	for _, tc := range []struct {
-		name       string
-		code       closecode.Code
-		pingFailed bool
-		want       string
+		why  proxymetrics.Refusal
+		want closecode.Code
 	}{
-		{"client ended", 0, false, "client_closed"},
-		{"vnc server closed", closecode.Normal, false, "server_closed"},
-		{"ping unanswered", closecode.Normal, true, "ping_timeout"},
-		{"shutdown", closecode.ShuttingDown, false, "shutdown"},
-		{"text frame", closecode.TextFrame, false, "protocol_error"},
-		{"revoked", closecode.Revoked, false, "revoked"},
-		{"idle", closecode.IdleTimeout, false, "idle_timeout"},
-		{"too long", closecode.SessionTooLong, false, "max_length"},
-		{"token expired", closecode.TokenExpired, false, "token_expired"},
+		{proxymetrics.RefusedThrottled, closecode.Throttled},
+		{proxymetrics.RefusedTokenInvalid, closecode.TokenInvalid},
+		{proxymetrics.RefusedWrongType, closecode.WrongType},
+		{proxymetrics.RefusedConsoleMoved, closecode.Moved},
+		{proxymetrics.RefusedUnavailable, closecode.Unavailable},
+		{proxymetrics.RefusedTooManySessions, closecode.Throttled},
+		{proxymetrics.RefusedVNCUnreachable, closecode.Unreachable},
+		{proxymetrics.RefusedRevoked, closecode.Revoked},
+		{proxymetrics.RefusedShutdown, closecode.ShuttingDown},
 	} {
-		if got := endReason(tc.code, tc.pingFailed).String(); got != tc.want {
-			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
+		if got := refusalCode(tc.why); got != tc.want {
+			t.Errorf("refused %s: got %d, want %d", tc.why, got, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		why  proxymetrics.EndReason
+		want closecode.Code
+	}{
+		{proxymetrics.EndServerClosed, closecode.Normal},
+		{proxymetrics.EndShutdown, closecode.ShuttingDown},
+		{proxymetrics.EndProtocolError, closecode.TextFrame},
+		{proxymetrics.EndRevoked, closecode.Revoked},
+		{proxymetrics.EndIdleTimeout, closecode.IdleTimeout},
+		{proxymetrics.EndMaxLength, closecode.SessionTooLong},
+		{proxymetrics.EndTokenExpired, closecode.TokenExpired},
+	} {
+		if got := endCode(tc.why); got != tc.want {
+			t.Errorf("ended %s: got %d, want %d", tc.why, got, tc.want)
 		}
 	}
 }

@@ -16,14 +16,18 @@
 //     console type, console moved, VM unreachable, console service
 //     unavailable, throttled, proxy shutting down) accept the upgrade and close
 //     at once with a 4xxx code and a reason: a browser cannot read the HTTP
-//     status of a failed upgrade, it only sees 1006.
+//     status of a failed upgrade, it only sees 1006. A client that sent no
+//     Origin is not a browser: it gets Nova's answer, the upgrade and then
+//     the connection closed without a close frame (OpenStack tempest's
+//     console test expects exactly that).
 //
-// The checks run in the order token, Origin, dial (Nova's). A refused Origin
-// wins over a token failure, for the reason above.
-//
-// Every upgrade request is counted once in Options.Metrics: as relayed, or
-// under the reason it was refused; a relayed session's end is counted with
-// its reason and bytes. GET /metrics serves Options.MetricsHandler.
+// The Origin is checked first, so a cross-origin page learns nothing about
+// a token and its guesses do not count against the client's address; then
+// the session core (pkg/sessions) checks the token, the instance's cap and
+// dials. Sessions are run, limited, revoked, counted and logged by the core;
+// this package keeps only the WebSocket edge: the upgrade, pings, and the
+// close code and sentence of every way a console fails or ends. GET /metrics
+// serves Options.MetricsHandler.
 package proxy
 
 import (
@@ -32,22 +36,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
 
-	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
-	"github.com/vncgate/vncgate/pkg/backend"
-	"github.com/vncgate/vncgate/pkg/failban"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
-	"github.com/vncgate/vncgate/pkg/registry"
-	"github.com/vncgate/vncgate/pkg/relay"
 	"github.com/vncgate/vncgate/pkg/sessions"
-	"github.com/vncgate/vncgate/pkg/tokencheck"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/closecode"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/forwarded"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/origin"
@@ -56,25 +53,15 @@ import (
 // ConsoleType is the console type this proxy serves.
 const ConsoleType = "novnc"
 
-// TokenChecker checks console tokens; *tokencheck.Checker is one. Its errors
-// wrap the tokencheck reasons.
-type TokenChecker interface {
-	Check(ctx context.Context, token, consoleType string) (*consoleauthv1.ConnectInfo, error)
-}
-
 // Options are the Server's dependencies and limits.
 type Options struct {
-	Checker  TokenChecker
-	Dialer   backend.Dialer
-	Origin   *origin.Policy
-	Trust    forwarded.Trust
-	Sessions *sessions.Table
-	FailBan  *failban.Limiter
+	// Core admits and runs sessions; its ConsoleType must be ConsoleType.
+	Core   *sessions.Core
+	Origin *origin.Policy
+	Trust  forwarded.Trust
 	// Web serves everything that is not an upgrade, /healthz nor /metrics.
 	Web http.Handler
 	Log *slog.Logger
-	// Metrics counts sessions; nil: counted but not exported.
-	Metrics *proxymetrics.Metrics
 	// MetricsHandler, when set, answers GET /metrics.
 	MetricsHandler http.Handler
 
@@ -83,12 +70,6 @@ type Options struct {
 	// PingInterval is how often the proxy pings the browser; 0 disables it.
 	// A ping not answered within the interval ends the session.
 	PingInterval time.Duration
-	// IdleTimeout ends a session in which no byte moved for that long; 0: never.
-	IdleTimeout time.Duration
-	// MaxSessionLength ends sessions that long; 0: never.
-	MaxSessionLength time.Duration
-	// EnforceSessionTimeout ends a session when its token expires.
-	EnforceSessionTimeout bool
 	// RevocationGrace is how long a session whose VNC server closed first
 	// waits for a revocation before it closes with 1000: a hypervisor closes
 	// the VNC socket of a stopped VM before it reports the stop, and the
@@ -98,14 +79,12 @@ type Options struct {
 
 // Server is an http.Handler; see the package comment.
 type Server struct {
-	opts     Options
-	log      *slog.Logger
-	draining atomic.Bool // readiness is red; new upgrades are told 1001
-	stopping atomic.Bool // sessions are being ended for shutdown
+	opts Options
+	log  *slog.Logger
+	core *sessions.Core
 }
 
-// New returns a Server. Options.Checker, Origin, Sessions, FailBan and Web
-// are required.
+// New returns a Server. Options.Core, Origin and Web are required.
 func New(opts Options) *Server {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
@@ -113,22 +92,15 @@ func New(opts Options) *Server {
 	if opts.HandshakeTimeout <= 0 {
 		opts.HandshakeTimeout = 10 * time.Second
 	}
-	if opts.Metrics == nil {
-		opts.Metrics = proxymetrics.New(nil)
-	}
-	return &Server{opts: opts, log: opts.Log}
+	return &Server{opts: opts, log: opts.Log, core: opts.Core}
 }
 
 // Drain turns readiness red: /healthz answers 503 and new upgrades are
 // closed with 1001. Live sessions go on.
-func (s *Server) Drain() { s.draining.Store(true) }
+func (s *Server) Drain() { s.core.Drain() }
 
 // EndSessions ends every live session with 1001 "proxy shutting down".
-func (s *Server) EndSessions() {
-	s.draining.Store(true)
-	s.stopping.Store(true)
-	s.opts.Sessions.EndAll("proxy shutting down")
-}
+func (s *Server) EndSessions() { s.core.EndAll() }
 
 // ServeHTTP routes a request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -151,9 +123,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Server) serveHealth(w http.ResponseWriter) {
-	s.opts.Sessions.WriteHealth(w, s.draining.Load())
-}
+func (s *Server) serveHealth(w http.ResponseWriter) { s.core.WriteHealth(w) }
 
 // writeError answers with an HTTP status and a JSON body.
 func writeError(w http.ResponseWriter, status int, msg string) {
@@ -227,103 +197,47 @@ func tokenOf(r *http.Request) string {
 	return ""
 }
 
-// refusal is a failure answered after the upgrade.
-type refusal struct {
-	code   closecode.Code
-	reason string // sent to the user: never an internal address
-	err    error  // logged
-	result proxymetrics.Refusal
-}
-
-// checkToken asks consoleauth; failures are sorted into close codes.
-func (s *Server) checkToken(ctx context.Context, ip, token string) (*consoleauthv1.ConnectInfo, *refusal) {
-	if ok, wait := s.opts.FailBan.Allowed(ip); !ok {
-		return nil, &refusal{closecode.Throttled,
-			fmt.Sprintf("too many failed console tokens from your address; retry in %d s", int(wait.Seconds())+1),
-			errors.New("client throttled after failed tokens"), proxymetrics.RefusedThrottled}
-	}
-	info, err := s.opts.Checker.Check(ctx, token, ConsoleType)
-	switch {
-	case err == nil:
-		return info, nil
-	case errors.Is(err, tokencheck.ErrInvalid):
-		s.opts.FailBan.Fail(ip)
-		return nil, &refusal{closecode.TokenInvalid, tokencheck.ErrInvalid.Error(), err, proxymetrics.RefusedTokenInvalid}
-	case errors.Is(err, tokencheck.ErrWrongType):
-		s.opts.FailBan.Fail(ip)
-		return nil, &refusal{closecode.WrongType, tokencheck.ErrWrongType.Error(), err, proxymetrics.RefusedWrongType}
-	case errors.Is(err, tokencheck.ErrMoved):
-		return nil, &refusal{closecode.Moved, tokencheck.ErrMoved.Error(), err, proxymetrics.RefusedConsoleMoved}
-	default:
-		return nil, &refusal{closecode.Unavailable, tokencheck.ErrUnavailable.Error(), err, proxymetrics.RefusedUnavailable}
-	}
-}
-
 func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	ip := s.opts.Trust.ClientIP(r)
+	log := s.log.With("client", ip)
 	if err := checkUpgrade(r); err != nil {
-		s.opts.Metrics.Refused(proxymetrics.RefusedBadRequest)
-		s.log.Info("upgrade refused", "client", s.opts.Trust.ClientIP(r), "status", http.StatusBadRequest, "err", err)
+		s.core.Refuse(log, &sessions.Refusal{Why: proxymetrics.RefusedBadRequest, Message: err.Error(), Err: err})
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	ip := s.opts.Trust.ClientIP(r)
-	token := tokenOf(r)
-	log := s.log.With("client", ip)
-	if token != "" {
-		log = log.With("token", registry.HashPrefix(registry.TokenHash(token)))
+	if err := s.opts.Origin.Check(r.Header.Get("Origin"), s.opts.Trust.Scheme(r)); err != nil {
+		s.core.Refuse(log, &sessions.Refusal{Why: proxymetrics.RefusedOriginRefused, Message: err.Error(), Err: err})
+		writeError(w, http.StatusForbidden, err.Error())
+		return
 	}
 
 	ctx, cancel := context.WithTimeout(r.Context(), s.opts.HandshakeTimeout)
 	defer cancel()
-
-	var ref *refusal
-	var info *consoleauthv1.ConnectInfo
-	// A revocation stamped after this instant must end the session even if
-	// it arrives before the session is in the table.
-	checked := time.Now()
-	if s.draining.Load() {
-		ref = &refusal{closecode.ShuttingDown, "proxy shutting down", errors.New("draining"), proxymetrics.RefusedShutdown}
-	} else {
-		info, ref = s.checkToken(ctx, ip, token)
-	}
-	if err := s.opts.Origin.Check(r.Header.Get("Origin"), s.opts.Trust.Scheme(r)); err != nil {
-		s.opts.Metrics.Refused(proxymetrics.RefusedOriginRefused)
-		log.Warn("upgrade refused", "status", http.StatusForbidden, "err", err)
-		writeError(w, http.StatusForbidden, err.Error())
-		return
-	}
+	sess, ref := s.core.Admit(ctx, sessions.Attempt{Start: start, ClientIP: ip, Token: tokenOf(r), Log: log})
 	if ref != nil {
 		s.refuse(w, r, log, ref)
 		return
 	}
-	log = log.With("instance", info.GetInstanceUuid())
-
-	sess := &session{srv: s, log: log}
-	entry, err := s.opts.Sessions.AddAt(info.GetInstanceUuid(), checked, sess.end)
-	if err != nil {
-		s.refuse(w, r, log, &refusal{closecode.Throttled, sessions.ErrTooMany.Error(), err, proxymetrics.RefusedTooManySessions})
-		return
-	}
-	defer s.opts.Sessions.Remove(entry)
-
-	vnc, err := s.opts.Dialer.Dial(ctx, info.GetHost(), info.GetPort(), info.GetInternalAccessPath())
-	if err != nil {
-		s.refuse(w, r, log, &refusal{closecode.Unreachable, backend.ErrUnreachable.Error(), err, proxymetrics.RefusedVNCUnreachable})
-		return
-	}
 	ws, err := s.accept(w, r)
 	if err != nil {
-		vnc.Close()
-		s.opts.Metrics.Refused(proxymetrics.RefusedClientGone)
-		log.Warn("upgrade failed", "err", err)
+		sess.Abort(proxymetrics.RefusedClientGone, fmt.Errorf("upgrade failed: %w", err))
 		return
 	}
 	cancel()
-	setup := time.Since(start)
-	log.Info("session started", "vnc", net.JoinHostPort(info.GetHost(), fmt.Sprint(info.GetPort())),
-		"subprotocol", ws.Subprotocol(), "setup", setup)
-	sess.run(ws, r.RemoteAddr, vnc, info, s.opts.Metrics.Start(setup))
+	sess.Log = sess.Log.With("subprotocol", ws.Subprotocol())
+	client := newWSConn(ws, r.RemoteAddr, s.opts.RevocationGrace)
+	client.onText = func() { sess.End(proxymetrics.EndProtocolError, "binary frames only") }
+	stopPings := s.startPings(ws, sess)
+	sess.Run(client, func(why proxymetrics.EndReason, message string) {
+		if why == proxymetrics.EndPingTimeout { // nobody left to tell
+			client.setClose(closecode.Normal, "")
+			ws.CloseNow()
+			return
+		}
+		client.setClose(endCode(why), closeReason(message))
+	})
+	stopPings()
 }
 
 // accept completes the upgrade, answering "binary" only when offered.
@@ -344,151 +258,101 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request) (*websocket.Conn
 	return ws, nil
 }
 
-// refuse accepts the upgrade and closes it at once with ref's code, so the
-// page can tell the user why.
-func (s *Server) refuse(w http.ResponseWriter, r *http.Request, log *slog.Logger, ref *refusal) {
-	s.opts.Metrics.Refused(ref.result)
-	log.Warn("console refused", "close_code", int(ref.code), "reason", ref.code.String(), "err", ref.err)
+// refuse accepts the upgrade and closes it at once with the refusal's code
+// and reason, so the page can tell the user why. A client that sent no
+// Origin (not a browser: OpenStack tempest, scripts) gets Nova's answer
+// instead, the upgrade and a close without a frame.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, log *slog.Logger, ref *sessions.Refusal) {
 	ws, err := s.accept(w, r)
 	if err != nil {
-		log.Warn("upgrade failed", "err", err)
+		log.Info("upgrade failed", "error", err)
 		return
 	}
-	ws.Close(websocket.StatusCode(ref.code), closeReason(ref.reason))
-}
-
-// session is one relayed console.
-type session struct {
-	srv   *Server
-	log   *slog.Logger
-	ended atomic.Pointer[func(closecode.Code, string)]
-	early atomic.Pointer[string] // an end requested before the relay started
-}
-
-// end is the sessions.Table callback: revocation, or shutdown.
-func (ss *session) end(reason string) {
-	code := closecode.Revoked
-	if ss.srv.stopping.Load() {
-		code = closecode.ShuttingDown
-	}
-	if f := ss.ended.Load(); f != nil {
-		(*f)(code, reason)
+	if r.Header.Get("Origin") == "" {
+		ws.CloseNow()
 		return
 	}
-	ss.early.Store(&reason)
-	if f := ss.ended.Load(); f != nil { // run raced with us
-		(*f)(code, reason)
+	reason := ref.Message
+	if ref.Why == proxymetrics.RefusedThrottled {
+		reason = fmt.Sprintf("too many failed console tokens from your address; retry in %d s", int(ref.RetryAfter.Seconds())+1)
 	}
+	ws.Close(websocket.StatusCode(refusalCode(ref.Why)), closeReason(reason))
 }
 
-// run relays until the session ends, enforcing its limits; it ends
-// metrics when the relay is done.
-func (ss *session) run(ws *websocket.Conn, remote string, vnc net.Conn, info *consoleauthv1.ConnectInfo, metrics *proxymetrics.Session) {
-	opts := ss.srv.opts
-	client := newWSConn(ws, remote, opts.RevocationGrace)
-	rl := relay.New(client, vnc, opts.IdleTimeout > 0)
+// refusalCode is the close code of a refusal after the upgrade.
+func refusalCode(why proxymetrics.Refusal) closecode.Code {
+	switch why {
+	case proxymetrics.RefusedTokenInvalid:
+		return closecode.TokenInvalid
+	case proxymetrics.RefusedWrongType:
+		return closecode.WrongType
+	case proxymetrics.RefusedConsoleMoved:
+		return closecode.Moved
+	case proxymetrics.RefusedThrottled, proxymetrics.RefusedTooManySessions:
+		return closecode.Throttled
+	case proxymetrics.RefusedVNCUnreachable:
+		return closecode.Unreachable
+	case proxymetrics.RefusedRevoked:
+		return closecode.Revoked
+	case proxymetrics.RefusedShutdown:
+		return closecode.ShuttingDown
+	}
+	return closecode.Unavailable
+}
 
-	// end decides the close code once and closes both ends; the close
-	// handshake may wait, so it runs on its own goroutine.
-	end := func(code closecode.Code, reason string) {
-		if client.setClose(code, closeReason(reason)) {
-			go rl.Close()
-		}
+// endCode is the close code of a session the proxy ended.
+func endCode(why proxymetrics.EndReason) closecode.Code {
+	switch why {
+	case proxymetrics.EndShutdown:
+		return closecode.ShuttingDown
+	case proxymetrics.EndProtocolError:
+		return closecode.TextFrame
+	case proxymetrics.EndRevoked:
+		return closecode.Revoked
+	case proxymetrics.EndIdleTimeout:
+		return closecode.IdleTimeout
+	case proxymetrics.EndMaxLength:
+		return closecode.SessionTooLong
+	case proxymetrics.EndTokenExpired:
+		return closecode.TokenExpired
 	}
-	ss.ended.Store(&end)
-	if r := ss.early.Load(); r != nil {
-		ss.end(*r)
-	}
+	return closecode.Normal
+}
 
-	// Limits run as timers, not goroutines: an idle session costs none.
-	var stopped, pingFailed atomic.Bool
-	var timers []*time.Timer
-	after := func(d time.Duration, f func()) {
-		timers = append(timers, time.AfterFunc(d, f))
+// startPings pings the browser every PingInterval, as a timer rather than a
+// goroutine; a ping not answered within the interval ends the session. It
+// returns a function that stops pinging.
+func (s *Server) startPings(ws *websocket.Conn, sess *sessions.Session) (stop func()) {
+	d := s.opts.PingInterval
+	if d <= 0 {
+		return func() {}
 	}
-	if opts.MaxSessionLength > 0 {
-		after(opts.MaxSessionLength, func() {
-			end(closecode.SessionTooLong, fmt.Sprintf("session longer than %s", opts.MaxSessionLength))
-		})
-	}
-	if opts.EnforceSessionTimeout && info.GetExpiresAt() != nil {
-		after(max(time.Until(info.GetExpiresAt().AsTime()), 0), func() {
-			end(closecode.TokenExpired, "console token expired")
-		})
-	}
-	if opts.IdleTimeout > 0 {
-		var t *time.Timer
-		check := func() {
-			idle := rl.IdleFor()
-			if idle >= opts.IdleTimeout {
-				end(closecode.IdleTimeout, fmt.Sprintf("idle for %s", opts.IdleTimeout))
-				return
-			}
-			if !stopped.Load() {
-				t.Reset(opts.IdleTimeout - idle)
-			}
+	var (
+		mu      sync.Mutex
+		t       *time.Timer
+		stopped bool
+	)
+	mu.Lock()
+	defer mu.Unlock()
+	t = time.AfterFunc(d, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		err := ws.Ping(ctx)
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case stopped:
+		case err != nil:
+			sess.Log.Info("client did not answer ping", "error", err)
+			sess.End(proxymetrics.EndPingTimeout, "client did not answer ping")
+		default:
+			t.Reset(d)
 		}
-		t = time.AfterFunc(opts.IdleTimeout, check)
-		timers = append(timers, t)
-	}
-	if opts.PingInterval > 0 {
-		var t *time.Timer
-		ping := func() {
-			ctx, cancel := context.WithTimeout(context.Background(), opts.PingInterval)
-			defer cancel()
-			if err := ws.Ping(ctx); err != nil {
-				if client.setClose(closecode.Normal, "") { // nobody left to tell
-					pingFailed.Store(true)
-					ss.log.Info("client did not answer ping", "err", err)
-					ws.CloseNow()
-					rl.Close()
-				}
-				return
-			}
-			if !stopped.Load() {
-				t.Reset(opts.PingInterval)
-			}
-		}
-		t = time.AfterFunc(opts.PingInterval, ping)
-		timers = append(timers, t)
-	}
-
-	res := rl.Run()
-	stopped.Store(true)
-	for _, t := range timers {
+	})
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
 		t.Stop()
 	}
-	code, reason := client.closing()
-	metrics.End(endReason(code, pingFailed.Load()), res)
-	ss.log.Info("session ended",
-		"close_code", int(code), "close_reason", reason, "first_done", res.FirstDone.String(),
-		"bytes_from_client", res.ClientToServer, "bytes_to_client", res.ServerToClient,
-		"client_err", res.ClientErr, "server_err", res.ServerErr)
-}
-
-// endReason names how a relayed session ended from its close code (0: the
-// client ended it, no close frame sent).
-func endReason(code closecode.Code, pingFailed bool) proxymetrics.EndReason {
-	switch code {
-	case 0:
-		return proxymetrics.EndClientClosed
-	case closecode.Normal:
-		if pingFailed {
-			return proxymetrics.EndPingTimeout
-		}
-		return proxymetrics.EndServerClosed
-	case closecode.ShuttingDown:
-		return proxymetrics.EndShutdown
-	case closecode.TextFrame:
-		return proxymetrics.EndProtocolError
-	case closecode.Revoked:
-		return proxymetrics.EndRevoked
-	case closecode.IdleTimeout:
-		return proxymetrics.EndIdleTimeout
-	case closecode.SessionTooLong:
-		return proxymetrics.EndMaxLength
-	case closecode.TokenExpired:
-		return proxymetrics.EndTokenExpired
-	}
-	return 0 // a refusal code: never the end of a relayed session
 }

@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -13,11 +15,14 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"google.golang.org/grpc/codes"
 
-	"github.com/vncgate/vncgate/pkg/proxymetrics/proxymetricstest"
+	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/relay"
-	"github.com/vncgate/vncgate/pkg/rfb"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/closecode"
+	"github.com/vncgate/vncgate/testkit/rfb"
+	"github.com/vncgate/vncgate/testkit/scrape"
+	"github.com/vncgate/vncgate/testkit/wsclose"
 )
 
 func TestConsoleRelaysRFBBothWays(t *testing.T) {
@@ -45,11 +50,11 @@ func TestConsoleRelaysRFBBothWays(t *testing.T) {
 	if _, err := w.vnc.WaitKey(ctx, 0x61); err != nil {
 		t.Fatalf("key 'a' did not reach the VNC server: %v", err)
 	}
-	if got := w.table.Len(); got != 1 {
+	if got := w.core.Len(); got != 1 {
 		t.Errorf("live sessions: got %d, want 1", got)
 	}
 	nc.Close()
-	waitFor(t, "the session to end", func() bool { return w.table.Len() == 0 && w.vnc.ActiveConns() == 0 })
+	waitFor(t, "the session to end", func() bool { return w.core.Len() == 0 && w.vnc.ActiveConns() == 0 })
 }
 
 func TestUpgradeOnAnyPathWithTokenFromQueryOrCookie(t *testing.T) {
@@ -132,7 +137,7 @@ func TestRefusalsAfterUpgradeCarryACloseCode(t *testing.T) {
 		return int32(l.Addr().(*net.TCPAddr).Port)
 	}()
 	moved := w.token()
-	w.auth.SetMoved(moved)
+	w.auth.Fail(moved, codes.FailedPrecondition) // the instance no longer listens there
 	for _, tc := range []struct {
 		name   string
 		token  func() string
@@ -143,8 +148,8 @@ func TestRefusalsAfterUpgradeCarryACloseCode(t *testing.T) {
 		{"unknown token", func() string { return "no-such-token" }, false, closecode.TokenInvalid, "token_invalid"},
 		{"no token", func() string { return "" }, false, closecode.TokenInvalid, "token_invalid"},
 		{"expired token", func() string {
-			tok := w.auth.Mint(w.instance, "novnc", w.vncHost, w.vncPort, time.Millisecond)
-			time.Sleep(5 * time.Millisecond)
+			tok := w.token()
+			w.auth.Expire(tok)
 			return tok
 		}, false, closecode.TokenInvalid, "token_invalid"},
 		{"revoked token", func() string { tok := w.token(); w.auth.Revoke(tok); return tok }, false, closecode.TokenInvalid, "token_invalid"},
@@ -161,24 +166,24 @@ func TestRefusalsAfterUpgradeCarryACloseCode(t *testing.T) {
 			tok := tc.token()
 			w.auth.SetUnavailable(tc.down)
 			defer w.auth.SetUnavailable(false)
-			counted := proxymetricstest.Value(t, w.metrics, "vncgate_proxy_sessions_total", "result", tc.result)
+			counted := scrape.Value(t, w.metrics, "vncgate_proxy_sessions_total", "result", tc.result)
 			c, _, err := w.dial(w.wsURL("/websockify", tok), w.dialOpts())
 			if err != nil {
 				t.Fatalf("got %v, want an upgrade closed with %d", err, tc.want)
 			}
-			ce := closeOf(t, c)
+			ce := wsclose.Read(t, c)
 			if ce.Code != websocket.StatusCode(tc.want) {
 				t.Fatalf("got close %d %q, want %d", ce.Code, ce.Reason, tc.want)
 			}
 			if ce.Reason == "" || strings.Contains(ce.Reason, "127.0.0.1") {
 				t.Errorf("got reason %q, want a reason without internal addresses", ce.Reason)
 			}
-			if got := proxymetricstest.Value(t, w.metrics, "vncgate_proxy_sessions_total", "result", tc.result); got != counted+1 {
+			if got := scrape.Value(t, w.metrics, "vncgate_proxy_sessions_total", "result", tc.result); got != counted+1 {
 				t.Errorf("sessions_total{result=%q}: got %v, want %v", tc.result, got, counted+1)
 			}
 		})
 	}
-	if got := proxymetricstest.Value(t, w.metrics, "vncgate_proxy_sessions_total", "result", "relayed"); got != 0 {
+	if got := scrape.Value(t, w.metrics, "vncgate_proxy_sessions_total", "result", "relayed"); got != 0 {
 		t.Errorf("sessions_total{result=\"relayed\"}: got %v, want 0", got)
 	}
 	if w.vnc.Accepted() != 0 {
@@ -343,7 +348,7 @@ func TestRepeatedBadTokensFromOneAddressAreThrottled(t *testing.T) {
 		if err != nil {
 			t.Fatalf("dial: %v", err)
 		}
-		return closeOf(t, c)
+		return wsclose.Read(t, c)
 	}
 	for i := 0; i < 3; i++ {
 		if ce := from("192.0.2.1", "guess"); ce.Code != websocket.StatusCode(closecode.TokenInvalid) {
@@ -381,13 +386,13 @@ func TestMaxSessionsPerInstance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ce := closeOf(t, c); ce.Code != websocket.StatusCode(closecode.Throttled) {
+	if ce := wsclose.Read(t, c); ce.Code != websocket.StatusCode(closecode.Throttled) {
 		t.Fatalf("second session: got close %d %q, want %d", ce.Code, ce.Reason, closecode.Throttled)
 	}
 	other := w.auth.Mint("another-instance", "novnc", w.vncHost, w.vncPort, time.Minute)
 	w.console(other) // another instance is not capped
 	first.Close()
-	waitFor(t, "the first session to end", func() bool { return w.table.Len() == 1 })
+	waitFor(t, "the first session to end", func() bool { return w.core.Len() == 1 })
 	w.console(w.token())
 }
 
@@ -400,12 +405,12 @@ func TestSessionEndsWith(t *testing.T) {
 		reason string
 	}{
 		{"revocation", nil, func(w *world) {
-			time.Sleep(5 * time.Millisecond)
-			w.table.EndInstance(w.instance, time.Now(), "the instance was stopped")
+			time.Sleep(5 * time.Millisecond) // RevokedAt after the check, whatever the clock's grain
+			w.core.Revoke(w.instance, registry.Revocation{Reason: "the instance was stopped", RevokedAt: time.Now()})
 		}, closecode.Revoked, "the instance was stopped"},
-		{"idle timeout", func(c *worldConfig) { c.opts.IdleTimeout = 300 * time.Millisecond }, nil, closecode.IdleTimeout, "idle"},
-		{"max session length", func(c *worldConfig) { c.opts.MaxSessionLength = 300 * time.Millisecond }, nil, closecode.SessionTooLong, "session longer"},
-		{"token expiry when enforced", func(c *worldConfig) { c.opts.EnforceSessionTimeout = true }, nil, closecode.TokenExpired, "expired"},
+		{"idle timeout", func(c *worldConfig) { c.core.IdleTimeout = 300 * time.Millisecond }, nil, closecode.IdleTimeout, "idle"},
+		{"max session length", func(c *worldConfig) { c.core.MaxSessionLength = 300 * time.Millisecond }, nil, closecode.SessionTooLong, "session longer"},
+		{"token expiry when enforced", func(c *worldConfig) { c.core.EnforceSessionTimeout = true }, nil, closecode.TokenExpired, "expired"},
 		{"shutdown", nil, func(w *world) { w.srv.EndSessions() }, closecode.ShuttingDown, "shutting down"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -415,7 +420,6 @@ func TestSessionEndsWith(t *testing.T) {
 				tok = w.auth.Mint(w.instance, "novnc", w.vncHost, w.vncPort, 700*time.Millisecond)
 			}
 			nc, _ := w.console(tok)
-			start := time.Now()
 			if tc.act != nil {
 				tc.act(w)
 			}
@@ -423,16 +427,13 @@ func TestSessionEndsWith(t *testing.T) {
 			if code != websocket.StatusCode(tc.want) || !strings.Contains(reason, tc.reason) {
 				t.Fatalf("got close %d %q, want %d with %q", code, reason, tc.want, tc.reason)
 			}
-			if took := time.Since(start); took > 2*time.Second {
-				t.Errorf("session took %s to end, want < 2s", took)
-			}
 			waitFor(t, "the VNC connection to close", func() bool { return w.vnc.ActiveConns() == 0 })
 		})
 	}
 }
 
 func TestIdleTimeoutSparesActiveSessions(t *testing.T) {
-	w := newWorld(t, func(c *worldConfig) { c.opts.IdleTimeout = 300 * time.Millisecond })
+	w := newWorld(t, func(c *worldConfig) { c.core.IdleTimeout = 300 * time.Millisecond })
 	nc, si := w.console(w.token())
 	for end := time.Now().Add(time.Second); time.Now().Before(end); {
 		if err := rfb.RequestUpdate(nc, si, false); err != nil {
@@ -469,7 +470,7 @@ func TestPings(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	for w.table.Len() > 1 || time.Since(start) < 400*time.Millisecond {
+	for w.core.Len() > 1 || time.Since(start) < 400*time.Millisecond {
 		if time.Since(start) > 5*time.Second {
 			t.Fatal("the session of a client that answers no ping was not ended")
 		}
@@ -500,7 +501,7 @@ func TestTextFramesAreRefused(t *testing.T) {
 	if err := c.Write(ctx, websocket.MessageText, []byte("RFB 003.008\n")); err != nil {
 		t.Fatal(err)
 	}
-	if ce := closeOf(t, c); ce.Code != websocket.StatusUnsupportedData {
+	if ce := wsclose.Read(t, c); ce.Code != websocket.StatusUnsupportedData {
 		t.Fatalf("got close %d %q, want 1003", ce.Code, ce.Reason)
 	}
 }
@@ -532,7 +533,7 @@ func echoServer(t *testing.T) (string, int32) {
 
 func TestLargeTransfersArriveIntactWithBackPressure(t *testing.T) {
 	checkNoLeak(t)
-	w := newWorld(t, func(c *worldConfig) { c.opts.IdleTimeout = time.Minute })
+	w := newWorld(t, func(c *worldConfig) { c.core.IdleTimeout = time.Minute })
 	host, port := echoServer(t)
 	tok := w.auth.Mint(w.instance, "novnc", host, port, time.Minute)
 	c, _, err := w.dial(w.wsURL("/", tok), w.dialOpts())
@@ -577,7 +578,7 @@ func TestLargeTransfersArriveIntactWithBackPressure(t *testing.T) {
 		t.Fatal("echoed bytes differ from those sent")
 	}
 	c.Close(websocket.StatusNormalClosure, "")
-	waitFor(t, "the session to end", func() bool { return w.table.Len() == 0 })
+	waitFor(t, "the session to end", func() bool { return w.core.Len() == 0 })
 }
 
 func TestVNCServerClosingEndsTheSessionNormally(t *testing.T) {
@@ -605,7 +606,7 @@ func TestVNCServerClosingEndsTheSessionNormally(t *testing.T) {
 	if err != nil || string(b) != "RFB 003.008\n" {
 		t.Fatalf("got %q, %v; want the server's greeting", b, err)
 	}
-	if ce := closeOf(t, c); ce.Code != websocket.StatusNormalClosure || !strings.Contains(ce.Reason, "VNC server closed") {
+	if ce := wsclose.Read(t, c); ce.Code != websocket.StatusNormalClosure || !strings.Contains(ce.Reason, "VNC server closed") {
 		t.Fatalf("got close %d %q, want 1000 saying the VNC server closed", ce.Code, ce.Reason)
 	}
 }
@@ -626,7 +627,7 @@ func TestDrain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ce := closeOf(t, c); ce.Code != websocket.StatusGoingAway {
+	if ce := wsclose.Read(t, c); ce.Code != websocket.StatusGoingAway {
 		t.Errorf("new console while draining: got close %d %q, want 1001", ce.Code, ce.Reason)
 	}
 	if err := rfb.RequestUpdate(nc, si, false); err != nil {
@@ -682,8 +683,54 @@ func TestVNCServerClosingWaitsForTheRevocationReason(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond) // the VNC server has closed; no revocation yet
-	w.table.EndInstance(w.instance, time.Now(), "the instance was stopped")
-	if ce := closeOf(t, c); ce.Code != websocket.StatusCode(closecode.Revoked) || ce.Reason != "the instance was stopped" {
+	w.core.Revoke(w.instance, registry.Revocation{Reason: "the instance was stopped", RevokedAt: time.Now()})
+	if ce := wsclose.Read(t, c); ce.Code != websocket.StatusCode(closecode.Revoked) || ce.Reason != "the instance was stopped" {
 		t.Fatalf("got close %d %q, want %d with the revocation's reason", ce.Code, ce.Reason, closecode.Revoked)
+	}
+}
+
+// TestClientWithoutOriginGetsNovasAnswer: a client that sends no Origin is
+// not a browser (OpenStack tempest's console test, scripts); it reads any
+// byte after the upgrade as a frame, so a refusal is the upgrade and a close
+// without a frame, as Nova's proxy answers. A good token still connects.
+func TestClientWithoutOriginGetsNovasAnswer(t *testing.T) {
+	w := newWorld(t, nil)
+	upgrade := func(token string) (head string, rest []byte) {
+		t.Helper()
+		c, err := net.Dial("tcp", strings.TrimPrefix(w.base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		// As tempest sends it: the token in a cookie, no Origin.
+		fmt.Fprintf(c, "GET /websockify HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nCookie: token=%s\r\n\r\n",
+			strings.TrimPrefix(w.base, "http://"), token)
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("reading the upgrade answer: %v", err)
+		}
+		resp.Body.Close()
+		if token != "bad" {
+			rest = make([]byte, 12)
+			if _, err := io.ReadFull(br, rest); err != nil {
+				t.Fatalf("reading the first frame: %v", err)
+			}
+			return resp.Status, rest
+		}
+		rest, err = io.ReadAll(br)
+		if err != nil {
+			t.Fatalf("reading after the upgrade: %v", err)
+		}
+		return resp.Status, rest
+	}
+	if status, rest := upgrade("bad"); status != "101 Switching Protocols" || len(rest) != 0 {
+		t.Errorf("bad token: got %q then %q, want 101 and a close without a frame", status, rest)
+	}
+	// A binary frame (0x82) carrying the VNC server's "RFB 003.008\n".
+	if status, rest := upgrade(w.token()); status != "101 Switching Protocols" || rest[0] != 0x82 || !strings.HasPrefix(string(rest[2:]), "RFB 003.") {
+		t.Errorf("good token: got %q then %q, want 101 and the RFB version in a binary frame", status, rest)
 	}
 }

@@ -23,13 +23,13 @@ import (
 	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/failban"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
-	"github.com/vncgate/vncgate/pkg/rfb"
 	"github.com/vncgate/vncgate/pkg/sessions"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/closecode"
-	"github.com/vncgate/vncgate/services/novnc-proxy/internal/consoleauthtest"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/forwarded"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/origin"
+	"github.com/vncgate/vncgate/testkit/fakeconsoleauth"
+	"github.com/vncgate/vncgate/testkit/rfb"
 )
 
 // world is a proxy under test with real parts around it on loopback: the
@@ -37,12 +37,12 @@ import (
 // HTTP server, with its metrics in its own registry.
 type world struct {
 	t        *testing.T
-	auth     *consoleauthtest.Server
+	auth     *fakeconsoleauth.Server
 	vnc      *rfb.Server
 	vncHost  string
 	vncPort  int32
 	srv      *Server
-	table    *sessions.Table
+	core     *sessions.Core
 	http     *httptest.Server
 	base     string // http://127.0.0.1:port
 	origin   string // the Origin a page of ours sends
@@ -50,8 +50,10 @@ type world struct {
 	metrics  *prometheus.Registry
 }
 
-// worldConfig adjusts a world before it starts.
+// worldConfig adjusts a world before it starts: the session core's and the
+// edge's settings.
 type worldConfig struct {
+	core           sessions.Config
 	opts           Options
 	allowedOrigins []string
 	trusted        []string
@@ -62,7 +64,7 @@ type worldConfig struct {
 
 func newWorld(t *testing.T, adjust func(*worldConfig)) *world {
 	t.Helper()
-	w := &world{t: t, auth: consoleauthtest.Start(t), instance: "6d5c8a3e-0000-4000-8000-000000000001", metrics: prometheus.NewRegistry()}
+	w := &world{t: t, auth: fakeconsoleauth.Start(t), instance: "6d5c8a3e-0000-4000-8000-000000000001", metrics: prometheus.NewRegistry()}
 
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -81,12 +83,18 @@ func newWorld(t *testing.T, adjust func(*worldConfig)) *world {
 	w.origin = w.base
 
 	cfg := worldConfig{failLimit: 100, headerTimeout: 2 * time.Second}
-	cfg.opts = Options{
+	log := testLogger(t)
+	cfg.core = sessions.Config{
+		ConsoleType:      ConsoleType,
 		Dialer:           backend.Dialer{Timeout: 2 * time.Second},
-		Web:              http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "page") }),
-		Log:              testLogger(t),
+		Log:              log,
 		HandshakeTimeout: 5 * time.Second,
 		Metrics:          proxymetrics.New(w.metrics),
+	}
+	cfg.opts = Options{
+		Web:              http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "page") }),
+		Log:              log,
+		HandshakeTimeout: 5 * time.Second,
 		MetricsHandler:   proxymetrics.Handler(w.metrics),
 	}
 	if adjust != nil {
@@ -97,16 +105,17 @@ func newWorld(t *testing.T, adjust func(*worldConfig)) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	cfg.opts.Checker = tokencheck.New(conn, 2*time.Second)
+	cfg.core.Checker = tokencheck.New(conn, 2*time.Second)
 	if cfg.opts.Origin, err = origin.NewPolicy(w.base+"/vnc_lite.html", cfg.allowedOrigins); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.opts.Trust, err = forwarded.ParseTrust(cfg.trusted); err != nil {
 		t.Fatal(err)
 	}
-	w.table = sessions.NewTable(cfg.maxPerInstance)
-	cfg.opts.Sessions = w.table
-	cfg.opts.FailBan = failban.New(cfg.failLimit, time.Minute)
+	cfg.core.MaxPerInstance = cfg.maxPerInstance
+	cfg.core.FailBan = failban.New(cfg.failLimit, time.Minute)
+	w.core = sessions.New(cfg.core)
+	cfg.opts.Core = w.core
 	w.srv = New(cfg.opts)
 	w.http.Config.Handler = w.srv
 	w.http.Config.ReadHeaderTimeout = cfg.headerTimeout
@@ -116,8 +125,8 @@ func newWorld(t *testing.T, adjust func(*worldConfig)) *world {
 		w.srv.EndSessions()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := w.table.Wait(ctx); err != nil {
-			t.Errorf("sessions still live at the end: %d", w.table.Len())
+		if err := w.core.Wait(ctx); err != nil {
+			t.Errorf("sessions still live at the end: %d", w.core.Len())
 		}
 		w.http.Close()
 	})
@@ -176,24 +185,6 @@ func (w *world) console(token string) (net.Conn, rfb.ServerInit) {
 		w.t.Fatalf("rfb handshake through the proxy: %v", err)
 	}
 	return nc, si
-}
-
-// closeOf reads from c until it fails and returns the close frame it got.
-func closeOf(t *testing.T, c *websocket.Conn) websocket.CloseError {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for {
-		_, _, err := c.Read(ctx)
-		if err == nil {
-			continue
-		}
-		var ce websocket.CloseError
-		if !errors.As(err, &ce) {
-			t.Fatalf("connection ended without a close frame: %v", err)
-		}
-		return ce
-	}
 }
 
 // closeCodeOfNetConn reads from a console's stream until it fails, and

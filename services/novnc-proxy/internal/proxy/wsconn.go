@@ -40,11 +40,14 @@ type wsConn struct {
 	grace   time.Duration // see Options.RevocationGrace
 
 	clientEnded atomic.Bool // the client closed or failed its side
+	onText      func()      // the client sent a text message: end the session (1003)
 	reader      io.Reader   // the message being read by Read
 }
 
 func newWSConn(ws *websocket.Conn, remote string, grace time.Duration) *wsConn {
-	return &wsConn{ws: ws, remote: stringAddr(remote), decided: make(chan struct{}), grace: grace}
+	c := &wsConn{ws: ws, remote: stringAddr(remote), decided: make(chan struct{}), grace: grace}
+	c.onText = func() { c.setClose(closecode.TextFrame, "binary frames only") }
+	return c
 }
 
 // setClose records how the session ends, unless that was already decided;
@@ -82,7 +85,7 @@ func (c *wsConn) next() (io.Reader, error) {
 		return nil, err
 	}
 	if typ != websocket.MessageBinary {
-		c.setClose(closecode.TextFrame, "binary frames only")
+		c.onText()
 		return nil, errTextFrame
 	}
 	return r, nil

@@ -90,6 +90,41 @@ func TestConsolePage(t *testing.T) {
 	}
 }
 
+// TestPageIsWhatTempestChecks fetches each console page name a Nova base
+// URL uses, following redirects as tempest's urllib3 does, and applies
+// tempest's checks (tempest/api/compute/servers/test_novnc.py,
+// _validate_novnc_html): 200, an HTML document, the word noVNC and a script.
+func TestPageIsWhatTempestChecks(t *testing.T) {
+	h, err := New(Options{NoVNCDir: fakeNoVNC(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	for _, name := range []string{"vnc_lite.html", "vnc.html", "vnc_auto.html"} {
+		t.Run(name, func(t *testing.T) {
+			resp, err := srv.Client().Get(srv.URL + "/" + name + "?path=%3Ftoken%3Dabc")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body := string(b)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("got %d, want 200", resp.StatusCode)
+			}
+			if !regexp.MustCompile(`<html.*>`).MatchString(body) || !strings.Contains(body, "</html>") {
+				t.Errorf("not an HTML document:\n%s", body)
+			}
+			for _, want := range []string{"noVNC", "<script"} {
+				if !strings.Contains(body, want) {
+					t.Errorf("page lacks %q, which tempest requires", want)
+				}
+			}
+		})
+	}
+}
+
 // TestPageImportsResolve follows the page's script and its imports as a
 // browser would, so a moved file cannot break the page unnoticed.
 func TestPageImportsResolve(t *testing.T) {

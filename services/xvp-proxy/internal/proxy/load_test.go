@@ -123,7 +123,7 @@ func TestConcurrentSessionsRelayEveryByte(t *testing.T) {
 		idle time.Duration
 	}{{"splice", 0}, {"idle tracked", time.Minute}} {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newWorld(t, func(c *Config) { c.HandshakeTimeout = 20 * time.Second; c.IdleTimeout = tc.idle })
+			w := newWorld(t, func(c *worldConfig) { c.proxy.HandshakeTimeout = 20 * time.Second; c.core.IdleTimeout = tc.idle })
 			backendAddr := checksumServer(t)
 			for i := range loadSessions {
 				w.auth.add(fmt.Sprintf("tok-%d", i), fmt.Sprintf("inst-%d", i), backendAddr)

@@ -15,12 +15,12 @@ import (
 //
 //	200 OK                   token valid, VNC server reached: raw RFB follows
 //	400 Invalid Request      no token, malformed request, head over 4 KiB or cut short (Nova's reason phrase)
-//	401 Not Authorized       unknown, expired, revoked or wrong-type token, or the console moved (Nova's reason phrase)
+//	401 Not Authorized       unknown, expired, revoked (also during the handshake) or wrong-type token, or the console moved (Nova's reason phrase)
 //	405 Method Not Allowed   a method other than CONNECT or GET
 //	408 Request Timeout      no complete head within the handshake timeout
 //	429 Too Many Requests    too many failed tokens from this client IP; Retry-After says when to try again
 //	502 Bad Gateway          the VNC server is unreachable or refused the internal CONNECT
-//	503 Service Unavailable  consoleauth cannot answer, or the instance has its maximum of sessions
+//	503 Service Unavailable  consoleauth cannot answer, the instance has its maximum of sessions, or the proxy is shutting down
 var (
 	replyOK           = []byte("HTTP/1.1 200 OK\r\n\r\n")
 	replyNoToken      = refusal(http.StatusBadRequest, "Invalid Request", "no token: connect with CONNECT /console?token=TOKEN HTTP/1.1")
@@ -34,6 +34,7 @@ var (
 	replyBadGateway   = refusal(http.StatusBadGateway, "Bad Gateway", "console server unreachable")
 	replyUnavailable  = refusal(http.StatusServiceUnavailable, "Service Unavailable", "console service unavailable: retry later")
 	replyTooMany      = refusal(http.StatusServiceUnavailable, "Service Unavailable", "too many console sessions for this instance")
+	replyShuttingDown = refusal(http.StatusServiceUnavailable, "Service Unavailable", "proxy shutting down: reconnect")
 )
 
 // replyThrottled is the 429 answer; retry is rounded up to whole seconds.

@@ -25,6 +25,7 @@ var goldenReplies = map[string][]byte{
 	"bad-gateway":   replyBadGateway,
 	"unavailable":   replyUnavailable,
 	"too-many":      replyTooMany,
+	"shutting-down": replyShuttingDown,
 }
 
 // TestRepliesMatchGoldenFiles pins every answer byte for byte; run with

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vncgate/vncgate/pkg/qemutest"
-	"github.com/vncgate/vncgate/pkg/rfb"
+	"github.com/vncgate/vncgate/testkit/qemu"
+	"github.com/vncgate/vncgate/testkit/rfb"
 )
 
 // rfbOver reads what follows the 200 (some may already be buffered in br)
@@ -72,7 +72,7 @@ func TestDemoVNCServerThroughProxy(t *testing.T) {
 }
 
 func TestQEMUThroughProxy(t *testing.T) {
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(qemutest.StartVNC(t)))
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(qemu.StartVNC(t)))
 	w := newWorld(t)
 	w.auth.add("tok", "inst-qemu", addr)
 	c, br := w.session(t, "tok")

@@ -16,11 +16,10 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/vncgate/vncgate/pkg/backend"
-	"github.com/vncgate/vncgate/pkg/failban"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/sessions"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
-	"github.com/vncgate/vncgate/services/xvp-proxy/internal/fakeconsoleauth"
+	"github.com/vncgate/vncgate/testkit/fakeconsoleauth"
 )
 
 // fakeAuth adapts fakeconsoleauth.Server to the proxy's console type.
@@ -38,16 +37,23 @@ func (f fakeAuth) fail(token string, code codes.Code) { f.Fail(token, code) }
 // world is a proxy under test with its consoleauth, and its metrics in its
 // own registry.
 type world struct {
-	auth     fakeAuth
-	srv      *Server
-	addr     string // the proxy's listening address
-	sessions *sessions.Table
-	metrics  *prometheus.Registry
-	logs     *logBuffer
-	stop     func() // ends Serve and waits for it
+	auth    fakeAuth
+	srv     *Server
+	core    *sessions.Core
+	addr    string // the proxy's listening address
+	metrics *prometheus.Registry
+	logs    *logBuffer
+	stop    func() // ends Serve and waits for it
 }
 
-type worldOption func(*Config)
+// worldConfig is what a worldOption may change: the session core's and the
+// edge's settings.
+type worldConfig struct {
+	core  sessions.Config
+	proxy Config
+}
+
+type worldOption func(*worldConfig)
 
 // newWorld starts a fake consoleauth and a proxy on loopback. The proxy is
 // stopped in t.Cleanup.
@@ -60,21 +66,24 @@ func newWorld(t *testing.T, opts ...worldOption) *world {
 	}
 	t.Cleanup(func() { conn.Close() })
 	logs := &logBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
-	cfg := Config{
-		Checker:          tokencheck.New(conn, 2*time.Second),
-		Dialer:           backend.Dialer{Timeout: 2 * time.Second},
-		Limiter:          failban.New(0, 0),
-		Sessions:         sessions.NewTable(0),
-		Log:              slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Metrics:          proxymetrics.New(reg),
-		HandshakeTimeout: 3 * time.Second,
-		DrainTimeout:     2 * time.Second,
+	cfg := worldConfig{
+		core: sessions.Config{
+			ConsoleType:      ConsoleType,
+			Checker:          tokencheck.New(conn, 2*time.Second),
+			Dialer:           backend.Dialer{Timeout: 2 * time.Second},
+			Metrics:          proxymetrics.New(reg),
+			Log:              log,
+			HandshakeTimeout: 3 * time.Second,
+		},
+		proxy: Config{Log: log, HandshakeTimeout: 3 * time.Second, DrainTimeout: 2 * time.Second},
 	}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	w := &world{auth: auth, srv: New(cfg), sessions: cfg.Sessions, metrics: reg, logs: logs}
+	cfg.proxy.Core = sessions.New(cfg.core)
+	w := &world{auth: auth, srv: New(cfg.proxy), core: cfg.proxy.Core, metrics: reg, logs: logs}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -146,9 +155,9 @@ func (w *world) session(t *testing.T, token string) (*net.TCPConn, *bufio.Reader
 func (w *world) waitSessions(t *testing.T, n int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for w.sessions.Len() != n {
+	for w.core.Len() != n {
 		if time.Now().After(deadline) {
-			t.Fatalf("live sessions: got %d, want %d", w.sessions.Len(), n)
+			t.Fatalf("live sessions: got %d, want %d", w.core.Len(), n)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -311,7 +311,7 @@ func (d *Driver) client(ctx context.Context) (*golibvirt.Libvirt, error) {
 	if err != nil {
 		wait := d.backoff.Next()
 		d.nextDial = time.Now().Add(wait)
-		d.log.Warn("libvirt connection failed", "err", err, "retry_in", wait.Round(time.Millisecond))
+		d.log.Warn("libvirt connection failed", "error", err, "retry_in", wait.Round(time.Millisecond))
 		return nil, fmt.Errorf("%w: %w", driver.ErrUnavailable, err)
 	}
 	if d.closed {

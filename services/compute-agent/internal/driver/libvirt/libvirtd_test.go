@@ -1,6 +1,6 @@
 package libvirt
 
-// Fixtures: a real libvirtd (pkg/libvirttest starts it when it is not
+// Fixtures: a real libvirtd (testkit/libvirt starts it when it is not
 // running), real TCG guests defined through the libvirt API, and a log
 // handler that tells the tests when the watcher has (re)subscribed.
 
@@ -16,9 +16,9 @@ import (
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 
-	"github.com/vncgate/vncgate/pkg/libvirttest"
-	"github.com/vncgate/vncgate/pkg/testlog"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
+	testlibvirt "github.com/vncgate/vncgate/testkit/libvirt"
+	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
 // subscribedMsg is logged each time the watcher has subscribed.
@@ -39,7 +39,7 @@ func adminConn(t *testing.T) *golibvirt.Libvirt {
 
 // testDomain is a guest defined through the test's own connection.
 type testDomain struct {
-	libvirttest.Guest
+	testlibvirt.Guest
 	dom golibvirt.Domain
 }
 
@@ -47,7 +47,7 @@ type testDomain struct {
 // removes it (destroy + undefine) when the test ends.
 func defineDomain(t *testing.T, l *golibvirt.Libvirt, graphics string) testDomain {
 	t.Helper()
-	td := testDomain{Guest: libvirttest.NewGuest(t, "vncgate-test-")}
+	td := testDomain{Guest: testlibvirt.NewGuest(t, "vncgate-test-")}
 	dom, err := l.DomainDefineXML(td.XML(graphics))
 	if err != nil {
 		t.Fatalf("define domain: %v", err)
@@ -87,7 +87,7 @@ func startDomain(t *testing.T, l *golibvirt.Libvirt, td testDomain) {
 // vncdisplayPort asks virsh (not the driver) where td's VNC server listens.
 func vncdisplayPort(t *testing.T, td testDomain) int32 {
 	t.Helper()
-	s := libvirttest.Virsh(t, "vncdisplay", td.UUID)
+	s := testlibvirt.Virsh(t, "vncdisplay", td.UUID)
 	i := strings.LastIndex(s, ":")
 	n, err := strconv.Atoi(s[i+1:])
 	if i < 0 || err != nil {

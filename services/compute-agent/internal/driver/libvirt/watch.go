@@ -88,7 +88,7 @@ func (w *watcher) run(ctx context.Context) {
 			retry.Reset()
 		}
 		wait := retry.Next()
-		w.d.log.Warn("libvirt event subscription ended; subscribing again", "err", err, "retry_in", wait.Round(time.Millisecond))
+		w.d.log.Warn("libvirt event subscription ended; subscribing again", "error", err, "retry_in", wait.Round(time.Millisecond))
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -306,7 +306,7 @@ func (w *watcher) port(ctx context.Context, dom golibvirt.Domain) int32 {
 		return err
 	})
 	if err != nil {
-		w.d.log.Warn("read domain xml", "uuid", formatUUID(dom.UUID), "err", err)
+		w.d.log.Warn("read domain xml", "instance", formatUUID(dom.UUID), "error", err)
 		return 0
 	}
 	g, err := parseVNC(desc)

@@ -111,7 +111,7 @@ func (m *monitor) run(ctx context.Context) {
 			}
 			m.setBaseline()
 			wait := bo.Next()
-			m.log.Debug("qmp monitor unreachable", "err", err, "retry_in", wait.Round(time.Millisecond))
+			m.log.Debug("qmp monitor unreachable", "error", err, "retry_in", wait.Round(time.Millisecond))
 			t := time.NewTimer(wait)
 			select {
 			case <-ctx.Done():
@@ -136,7 +136,7 @@ func (m *monitor) run(ctx context.Context) {
 			break // Close: QEMU still runs, report nothing
 		}
 		m.sawStopped(driver.Stopped, ReasonStopped)
-		m.log.Info("qmp session closed", "err", c.err)
+		m.log.Info("qmp session closed", "error", c.err)
 	}
 	if c := m.current(); c != nil {
 		c.close()
@@ -228,7 +228,7 @@ func (m *monitor) status(ctx context.Context, c *conn) bool {
 	defer cancel()
 	var st statusInfo
 	if err := c.execute(ctx, "query-status", &st); err != nil {
-		m.log.Warn("query-status", "err", err)
+		m.log.Warn("query-status", "error", err)
 		return true
 	}
 	return statusHasConsole(st.Status)

@@ -18,9 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vncgate/vncgate/pkg/qemutest"
-	"github.com/vncgate/vncgate/pkg/testlog"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
+	"github.com/vncgate/vncgate/testkit/qemu"
+	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
 // eventWithin is how fast a lifecycle change must reach the watcher.
@@ -44,9 +44,9 @@ type qemuProc struct {
 
 func needQEMU(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath(qemutest.Binary)
+	p, err := exec.LookPath(qemu.Binary)
 	if err != nil {
-		t.Fatalf("the qmp tests need %s (apt-get install qemu-system-x86): %v", qemutest.Binary, err)
+		t.Fatalf("the qmp tests need %s (apt-get install qemu-system-x86): %v", qemu.Binary, err)
 	}
 	return p
 }
@@ -62,7 +62,7 @@ func startQEMU(t *testing.T, sock string, o qemuOpts) *qemuProc {
 	}
 	for attempt := 0; ; attempt++ {
 		p := &qemuProc{sock: sock, exited: make(chan struct{})}
-		args := append(qemutest.BaseArgs(), "-qmp", "unix:"+sock+",server=on,wait=off")
+		args := append(qemu.BaseArgs(), "-qmp", "unix:"+sock+",server=on,wait=off")
 		if o.control {
 			p.ctlSock = filepath.Join(dir, "ctl.sock")
 			args = append(args, "-qmp", "unix:"+p.ctlSock+",server=on,wait=off")
@@ -70,10 +70,10 @@ func startQEMU(t *testing.T, sock string, o qemuOpts) *qemuProc {
 		if o.vnc {
 			port := o.port
 			if port == 0 {
-				port = qemutest.FreeVNCPort(t)
+				port = qemu.FreeVNCPort(t)
 			}
 			p.port = int32(port)
-			args = append(args, "-vnc", fmt.Sprintf("127.0.0.1:%d", port-qemutest.BasePort))
+			args = append(args, "-vnc", fmt.Sprintf("127.0.0.1:%d", port-qemu.BasePort))
 		}
 		var stderr strings.Builder
 		p.cmd = exec.Command(bin, args...)

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vncgate/vncgate/pkg/qemutest"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
+	"github.com/vncgate/vncgate/testkit/qemu"
 )
 
 func TestParseSockets(t *testing.T) {
@@ -178,9 +178,9 @@ func TestRestartOnAnotherPort(t *testing.T) {
 	first.kill(syscall.SIGKILL)
 	waitEvent(t, events, id, driver.Stopped, eventWithin)
 
-	port := qemutest.FreeVNCPort(t)
+	port := qemu.FreeVNCPort(t)
 	for port == int(first.port) {
-		port = qemutest.FreeVNCPort(t)
+		port = qemu.FreeVNCPort(t)
 	}
 	second := startQEMU(t, sock, qemuOpts{vnc: true, port: port})
 	// Console connects by itself, without waiting for the monitor's backoff.

@@ -382,7 +382,7 @@ func (d *Driver) reload(force bool) error {
 func (d *Driver) logOnce(err error) {
 	if err.Error() != d.lastErr {
 		d.lastErr = err.Error()
-		d.log.Error("inventory not reloaded, keeping the last good one", "err", err)
+		d.log.Error("inventory not reloaded, keeping the last good one", "error", err)
 	}
 }
 

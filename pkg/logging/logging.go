@@ -1,0 +1,92 @@
+// Package logging sets up the one logger of a vncgate service and names the
+// keys every service uses, so one query finds the same thing in all four.
+//
+// Records are JSON lines on stderr by default (log_format = text gives
+// slog's key=value text), at log_level (debug, info, warn, error; [DEFAULT]
+// debug = true, oslo.log's option in nova.conf, means debug too). Every
+// record carries "service".
+//
+// Keys, the same for the same thing in every service:
+//
+//	key            value
+//	service        consoleauth, compute-agent, novnc-proxy, xvp-proxy (added by New)
+//	error          an error's text (never "err")
+//	instance       an instance UUID (never "uuid")
+//	token_hash     the first 12 hex digits of a token's SHA-256 (registry.HashPrefix);
+//	               a token itself is never logged (never "token")
+//	session        a session's ID within its proxy
+//	client         a client's IP address, as the proxy believes it (trusted_proxies)
+//	console_type   novnc or xvpvnc
+//	compute_host   a compute host's name, as registered in etcd
+//	vnc            a VNC server's address, host:port
+//	addr           an address this service listens on
+//	reason         why something ended or was refused: a fixed word (revoked, idle_timeout, …)
+//	message        the sentence a user or operator is given with it (a revocation's text)
+//	duration       how long something lasted (a session, a call)
+//	close_code     a WebSocket close code (novnc-proxy)
+//	status         an HTTP status code
+//	retry_in       the wait before the next attempt
+//	attempt        the number of an attempt, from 1
+//	sessions       a count of sessions
+//	endpoints      etcd endpoints
+package logging
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/vncgate/vncgate/pkg/config"
+)
+
+// Options are the logging settings every service has.
+type Options struct {
+	// Level is [vncgate] log_level.
+	Level slog.Level
+	// Format is [vncgate] log_format: "json" or "text".
+	Format string
+	// Debug is [DEFAULT] debug (oslo.log's): log at debug level whatever
+	// Level says.
+	Debug bool
+}
+
+// Declare declares log_level, log_format and debug on s, into o.
+func (o *Options) Declare(s *config.Set) {
+	o.Level = slog.LevelInfo
+	s.Var(levelValue{&o.Level}, config.SectionVNCGate, "log_level", "debug, info, warn or error")
+	s.Choice(&o.Format, config.SectionVNCGate, "log_format", "json", []string{"json", "text"}, "log record format")
+	s.Bool(&o.Debug, config.SectionDefault, "debug", false, "nova.conf's debug: log at debug level whatever log_level says")
+}
+
+// New returns the service's logger, writing to w.
+func New(w io.Writer, service string, o Options) *slog.Logger {
+	level := o.Level
+	if o.Debug {
+		level = min(level, slog.LevelDebug)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewJSONHandler(w, opts)
+	if o.Format == "text" {
+		h = slog.NewTextHandler(w, opts)
+	}
+	return slog.New(h).With("service", service)
+}
+
+type levelValue struct{ p *slog.Level }
+
+func (v levelValue) String() string {
+	if v.p == nil {
+		return "info"
+	}
+	return strings.ToLower(v.p.String())
+}
+
+func (v levelValue) Set(s string) error {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(strings.TrimSpace(s))); err != nil {
+		return fmt.Errorf("want debug, info, warn or error, got %q", s)
+	}
+	*v.p = l
+	return nil
+}

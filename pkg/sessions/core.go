@@ -1,0 +1,486 @@
+package sessions
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/backend"
+	"github.com/vncgate/vncgate/pkg/failban"
+	"github.com/vncgate/vncgate/pkg/proxymetrics"
+	"github.com/vncgate/vncgate/pkg/registry"
+	"github.com/vncgate/vncgate/pkg/relay"
+	"github.com/vncgate/vncgate/pkg/tokencheck"
+)
+
+// TokenChecker checks console tokens; *tokencheck.Checker is one. Its errors
+// wrap the tokencheck reasons.
+type TokenChecker interface {
+	Check(ctx context.Context, token, consoleType string) (*consoleauthv1.ConnectInfo, error)
+}
+
+// Config is a Core's dependencies and limits.
+type Config struct {
+	// ConsoleType is the type of the tokens the proxy accepts ("novnc", "xvpvnc").
+	ConsoleType string
+	Checker     TokenChecker
+	Dialer      backend.Dialer
+	// FailBan limits failed tokens per client address; nil: no limit.
+	FailBan *failban.Limiter
+	// MaxPerInstance caps live sessions per instance; 0: no cap.
+	MaxPerInstance int
+	// Metrics counts attempts and sessions; nil: counted, not exported.
+	Metrics *proxymetrics.Metrics
+	Log     *slog.Logger
+
+	// HandshakeTimeout is the longest handshake; a revocation is remembered
+	// twice that long for handshakes in flight.
+	HandshakeTimeout time.Duration
+	// IdleTimeout ends a session in which no byte moved for that long; 0: never.
+	IdleTimeout time.Duration
+	// MaxSessionLength ends a session that long after it started; 0: never.
+	MaxSessionLength time.Duration
+	// EnforceSessionTimeout ends a session when its token expires.
+	EnforceSessionTimeout bool
+}
+
+// Core is the part of a console proxy that both proxies share: admission
+// and the life of every session. A proxy's edge parses its protocol's
+// request, calls Admit, answers its client in its own protocol (a refusal,
+// or the start of the session) and then calls Session.Run. Safe for
+// concurrent use.
+type Core struct {
+	cfg   Config
+	log   *slog.Logger
+	table *Table
+
+	draining atomic.Bool // readiness is red: new sessions are refused
+	stopping atomic.Bool // live sessions are being ended for shutdown
+
+	mu      sync.Mutex
+	revoked map[string]time.Time // instance -> latest RevokedAt, kept two handshakes long
+}
+
+// New returns a Core; a zero HandshakeTimeout means 10 s.
+func New(cfg Config) *Core {
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.FailBan == nil {
+		cfg.FailBan = failban.New(0, 0)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = proxymetrics.New(nil)
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Core{cfg: cfg, log: cfg.Log, table: NewTable(cfg.MaxPerInstance), revoked: map[string]time.Time{}}
+}
+
+// Refusal is why a console attempt was not relayed. Each proxy answers it in
+// its protocol: novnc-proxy with a close code and a sentence, xvp-proxy with
+// a status line.
+type Refusal struct {
+	Why proxymetrics.Refusal
+	// Message is safe to show the user: never an internal address.
+	Message string
+	// RetryAfter is when a throttled client may try again.
+	RetryAfter time.Duration
+	// Err is the cause, for the log.
+	Err error
+}
+
+// Attempt is one client's request for a console, as its edge read it.
+type Attempt struct {
+	// Start is when the client connected or sent its request: setup time
+	// counts from it.
+	Start    time.Time
+	ClientIP string
+	Token    string
+	// Log carries the edge's attributes, the client's address among them
+	// ("client"); the core adds token_hash, instance and session.
+	Log *slog.Logger
+}
+
+// Refuse counts and logs a refusal; the edge then answers its client. Admit
+// calls it for its own refusals; edges call it for theirs (a malformed
+// request, a refused Origin). While the proxy is shutting down every
+// refusal counts as a shutdown: the proxy cut the handshake.
+func (c *Core) Refuse(log *slog.Logger, r *Refusal) {
+	why := r.Why
+	if c.stopping.Load() {
+		why = proxymetrics.RefusedShutdown
+	}
+	c.cfg.Metrics.Refused(why)
+	if log == nil {
+		log = c.log
+	}
+	level := slog.LevelWarn
+	switch why {
+	case proxymetrics.RefusedClientGone, proxymetrics.RefusedShutdown, proxymetrics.RefusedRevoked:
+		level = slog.LevelInfo
+	}
+	log.Log(context.Background(), level, "console refused", "reason", why.String(), "message", r.Message, "error", r.Err)
+}
+
+// Admit runs every step of a console attempt that can fail, in order:
+// shutdown, the client's failed-token limit, the token check, the
+// instance's session cap, revocations seen during the handshake, and the
+// dial. On success the session is registered and holds the VNC server's
+// connection: the edge must end it with Run or Abort. ctx bounds the check
+// and the dial.
+func (c *Core) Admit(ctx context.Context, a Attempt) (*Session, *Refusal) {
+	log := a.Log
+	if log == nil {
+		log = c.log
+	}
+	if a.Token != "" {
+		log = log.With("token_hash", registry.HashPrefix(registry.TokenHash(a.Token)))
+	}
+	refuse := func(r *Refusal) (*Session, *Refusal) {
+		c.Refuse(log, r)
+		return nil, r
+	}
+	if c.draining.Load() {
+		return refuse(&Refusal{Why: proxymetrics.RefusedShutdown, Message: "proxy shutting down", Err: errors.New("draining")})
+	}
+	if ok, wait := c.cfg.FailBan.Allowed(a.ClientIP); !ok {
+		return refuse(&Refusal{Why: proxymetrics.RefusedThrottled, RetryAfter: wait,
+			Message: "too many failed console tokens from your address; retry in " + strconv.Itoa(int(wait.Seconds())+1) + " s",
+			Err:     errors.New("client throttled after failed tokens")})
+	}
+
+	// A revocation stamped after this instant must end the session even if
+	// it arrives before the session is in the table.
+	checked := time.Now()
+	info, err := c.cfg.Checker.Check(ctx, a.Token, c.cfg.ConsoleType)
+	if err != nil {
+		return refuse(c.tokenRefusal(a.ClientIP, err))
+	}
+	log = log.With("instance", info.GetInstanceUuid(), "session", newID())
+
+	s := &Session{core: c, Info: info, Log: log, start: a.Start}
+	entry, err := c.table.AddAt(info.GetInstanceUuid(), checked, func(reason string) { s.end(c.endedBy(), reason) })
+	if err != nil {
+		return refuse(&Refusal{Why: proxymetrics.RefusedTooManySessions, Message: ErrTooMany.Error(), Err: err})
+	}
+	s.entry = entry
+	if at, ok := c.revokedAfter(info.GetInstanceUuid(), checked); ok {
+		s.end(proxymetrics.EndRevoked, "revoked during the handshake at "+at.UTC().Format(time.RFC3339Nano))
+	}
+	if r := s.endedEarly(); r != nil {
+		c.table.Remove(entry)
+		return refuse(r)
+	}
+
+	vnc, err := c.cfg.Dialer.Dial(ctx, info.GetHost(), info.GetPort(), info.GetInternalAccessPath())
+	if r := s.endedEarly(); r != nil { // ended during the dial: its reason wins
+		if vnc != nil {
+			vnc.Close()
+		}
+		c.table.Remove(entry)
+		return refuse(r)
+	}
+	if err != nil {
+		c.table.Remove(entry)
+		return refuse(&Refusal{Why: proxymetrics.RefusedVNCUnreachable, Message: backend.ErrUnreachable.Error(), Err: err})
+	}
+	if !s.attach(vnc) {
+		c.table.Remove(entry)
+		return refuse(s.endedEarly())
+	}
+	return s, nil
+}
+
+// tokenRefusal sorts a failed check; guesses count against the client.
+func (c *Core) tokenRefusal(ip string, err error) *Refusal {
+	switch {
+	case errors.Is(err, tokencheck.ErrInvalid):
+		c.cfg.FailBan.Fail(ip)
+		return &Refusal{Why: proxymetrics.RefusedTokenInvalid, Message: tokencheck.ErrInvalid.Error(), Err: err}
+	case errors.Is(err, tokencheck.ErrWrongType):
+		c.cfg.FailBan.Fail(ip)
+		return &Refusal{Why: proxymetrics.RefusedWrongType, Message: tokencheck.ErrWrongType.Error(), Err: err}
+	case errors.Is(err, tokencheck.ErrMoved):
+		return &Refusal{Why: proxymetrics.RefusedConsoleMoved, Message: tokencheck.ErrMoved.Error(), Err: err}
+	}
+	return &Refusal{Why: proxymetrics.RefusedUnavailable, Message: tokencheck.ErrUnavailable.Error(), Err: err}
+}
+
+// Revoke ends the live sessions of instance whose token was checked before
+// r.RevokedAt, and remembers the revocation for handshakes in flight whose
+// check preceded it but whose session is not registered yet.
+func (c *Core) Revoke(instance string, r registry.Revocation) {
+	c.mu.Lock()
+	now := time.Now()
+	for id, at := range c.revoked {
+		if now.Sub(at) > 2*c.cfg.HandshakeTimeout {
+			delete(c.revoked, id)
+		}
+	}
+	if r.RevokedAt.After(c.revoked[instance]) {
+		c.revoked[instance] = r.RevokedAt
+	}
+	c.mu.Unlock()
+	n := c.table.EndInstance(instance, r.RevokedAt, r.Reason)
+	c.log.Info("console tokens revoked", "instance", instance, "reason", r.Reason, "sessions_ended", n)
+}
+
+func (c *Core) revokedAfter(instance string, t time.Time) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at, ok := c.revoked[instance]
+	return at, ok && at.After(t)
+}
+
+// endedBy is why the table ends a session: shutdown, else a revocation.
+func (c *Core) endedBy() proxymetrics.EndReason {
+	if c.stopping.Load() {
+		return proxymetrics.EndShutdown
+	}
+	return proxymetrics.EndRevoked
+}
+
+// Drain turns readiness red: WriteHealth answers 503 and Admit refuses new
+// sessions. Live sessions go on.
+func (c *Core) Drain() { c.draining.Store(true) }
+
+// Draining reports whether Drain was called.
+func (c *Core) Draining() bool { return c.draining.Load() }
+
+// EndAll ends every live session for shutdown ("proxy shutting down"), and
+// refuses new ones.
+func (c *Core) EndAll() {
+	c.draining.Store(true)
+	c.stopping.Store(true)
+	c.table.EndAll("proxy shutting down")
+}
+
+// Len is the number of live sessions, admitted ones included.
+func (c *Core) Len() int { return c.table.Len() }
+
+// Wait returns when no session is live, or with ctx's error.
+func (c *Core) Wait(ctx context.Context) error { return c.table.Wait(ctx) }
+
+// WriteHealth answers a health check (see Table.WriteHealth).
+func (c *Core) WriteHealth(w http.ResponseWriter) { c.table.WriteHealth(w, c.draining.Load()) }
+
+// Session is one admitted console: registered, its VNC server dialled.
+type Session struct {
+	core *Core
+	// Info is where the token connects to.
+	Info *consoleauthv1.ConnectInfo
+	// Log carries the session's attributes; the edge may add its own
+	// before Run.
+	Log   *slog.Logger
+	start time.Time
+	entry *Entry
+
+	mu      sync.Mutex
+	vnc     net.Conn
+	why     proxymetrics.EndReason // why the proxy ended the session; 0 while it runs
+	message string
+	relay   *relay.Relay
+	goodbye func(proxymetrics.EndReason, string)
+}
+
+// Server is the VNC server's connection, for bytes the edge must send
+// before the relay starts (a client's pipelined bytes).
+func (s *Session) Server() net.Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.vnc
+}
+
+// Abort ends an admitted session that the edge could not start (the client
+// went away before the upgrade or the answer, say) and counts it as why.
+func (s *Session) Abort(why proxymetrics.Refusal, err error) {
+	s.mu.Lock()
+	if s.vnc != nil {
+		s.vnc.Close()
+	}
+	s.mu.Unlock()
+	s.core.table.Remove(s.entry)
+	s.core.Refuse(s.Log, &Refusal{Why: why, Message: "session not started", Err: err})
+}
+
+// End ends the session with why; message is shown to the user where the
+// protocol can. The first end wins.
+func (s *Session) End(why proxymetrics.EndReason, message string) { s.end(why, message) }
+
+func (s *Session) end(why proxymetrics.EndReason, message string) {
+	s.mu.Lock()
+	if s.why != 0 {
+		s.mu.Unlock()
+		return
+	}
+	s.why, s.message = why, message
+	rl, goodbye, vnc := s.relay, s.goodbye, s.vnc
+	s.mu.Unlock()
+	if rl == nil { // not relaying yet: Admit or Run sees why
+		if vnc != nil {
+			vnc.Close()
+		}
+		return
+	}
+	if goodbye != nil {
+		goodbye(why, message)
+	}
+	go rl.Close() // a protocol's goodbye may wait for the client
+}
+
+// attach gives the session its VNC connection, or closes it and reports
+// false when the session already ended.
+func (s *Session) attach(vnc net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.why != 0 {
+		vnc.Close()
+		return false
+	}
+	s.vnc = vnc
+	return true
+}
+
+// endedEarly is the refusal of a session ended before its relay started.
+func (s *Session) endedEarly() *Refusal {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch s.why {
+	case 0:
+		return nil
+	case proxymetrics.EndShutdown:
+		return &Refusal{Why: proxymetrics.RefusedShutdown, Message: s.message, Err: errors.New("ended before it started")}
+	}
+	return &Refusal{Why: proxymetrics.RefusedRevoked, Message: s.message, Err: errors.New("ended before it started")}
+}
+
+// Run relays between client and the VNC server until the session ends, then
+// counts and logs its end once. When the proxy ends the session (revoked,
+// a limit, shutdown, or End), goodbye, if not nil, is called first with why
+// and the message, so the edge can tell its client in its protocol; then
+// both connections are closed. Run ends the session's registration.
+func (s *Session) Run(client net.Conn, goodbye func(why proxymetrics.EndReason, message string)) relay.Result {
+	defer s.core.table.Remove(s.entry)
+	cfg := s.core.cfg
+	setup := time.Since(s.start)
+	metrics := cfg.Metrics.Start(setup)
+	s.Log.Info("session started", "vnc", net.JoinHostPort(s.Info.GetHost(), strconv.Itoa(int(s.Info.GetPort()))),
+		"setup", setup.Round(time.Microsecond).String())
+
+	rl := relay.New(client, s.vnc, cfg.IdleTimeout > 0)
+	s.mu.Lock()
+	s.relay, s.goodbye = rl, goodbye
+	why, message := s.why, s.message
+	s.mu.Unlock()
+	if why != 0 { // ended between Admit and Run
+		if goodbye != nil {
+			goodbye(why, message)
+		}
+		go rl.Close()
+	}
+
+	// Limits run as timers, not goroutines: an idle session costs none.
+	var timers []*time.Timer
+	if d := cfg.MaxSessionLength; d > 0 {
+		timers = append(timers, time.AfterFunc(d, func() {
+			s.end(proxymetrics.EndMaxLength, "session longer than "+d.String())
+		}))
+	}
+	if cfg.EnforceSessionTimeout && s.Info.GetExpiresAt() != nil {
+		timers = append(timers, time.AfterFunc(max(time.Until(s.Info.GetExpiresAt().AsTime()), 0), func() {
+			s.end(proxymetrics.EndTokenExpired, "console token expired")
+		}))
+	}
+	stopIdle := func() {}
+	if d := cfg.IdleTimeout; d > 0 {
+		stopIdle = watchIdle(rl, d, func() { s.end(proxymetrics.EndIdleTimeout, "idle for "+d.String()) })
+	}
+
+	res := rl.Run()
+	stopIdle()
+	for _, t := range timers {
+		t.Stop()
+	}
+
+	s.mu.Lock()
+	why, message = s.why, s.message
+	s.mu.Unlock()
+	attrs := []any{"duration", time.Since(s.start).Round(time.Millisecond).String(),
+		"bytes_from_client", res.ClientToServer, "bytes_to_client", res.ServerToClient}
+	if why == 0 {
+		why = proxymetrics.EndServerClosed
+		if res.FirstDone == relay.Client {
+			why = proxymetrics.EndClientClosed
+		}
+		attrs = append(attrs, "ended_by", res.FirstDone.String())
+	} else {
+		attrs = append(attrs, "ended_by", "proxy", "message", message)
+	}
+	attrs = append(attrs, "reason", why.String())
+	if res.ClientErr != nil {
+		attrs = append(attrs, "client_error", res.ClientErr)
+	}
+	if res.ServerErr != nil {
+		attrs = append(attrs, "server_error", res.ServerErr)
+	}
+	metrics.End(why, res)
+	s.Log.Info("session ended", attrs...)
+	return res
+}
+
+// watchIdle calls onIdle once r has been idle for d, checking with one timer
+// re-armed for the time left, and returns a function that stops watching.
+func watchIdle(r *relay.Relay, d time.Duration, onIdle func()) (stop func()) {
+	var (
+		mu      sync.Mutex
+		t       *time.Timer
+		stopped bool
+	)
+	mu.Lock()
+	defer mu.Unlock()
+	t = time.AfterFunc(d, func() {
+		idle := r.IdleFor()
+		if idle >= d {
+			onIdle()
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			t.Reset(d - idle)
+		}
+	})
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		t.Stop()
+	}
+}
+
+// newID is a session's id in logs: 64 random bits.
+func newID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Error makes a Refusal an error, for logs and tests.
+func (r *Refusal) Error() string {
+	if r.Err != nil {
+		return fmt.Sprintf("%s: %s: %v", r.Why, r.Message, r.Err)
+	}
+	return r.Why.String() + ": " + r.Message
+}

@@ -1,0 +1,529 @@
+package sessions
+
+// Tests of the session core, run once for both proxies: each proxy's tests
+// only check how its edge answers the core's reasons.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/backend"
+	"github.com/vncgate/vncgate/pkg/failban"
+	"github.com/vncgate/vncgate/pkg/proxymetrics"
+	"github.com/vncgate/vncgate/pkg/registry"
+	"github.com/vncgate/vncgate/pkg/tokencheck"
+)
+
+// checker answers from a map; a token mapped to an error fails with it.
+// When gate is set, Check tells entered and waits for gate to close.
+type checker struct {
+	mu      sync.Mutex
+	tokens  map[string]any // *consoleauthv1.ConnectInfo or error
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (c *checker) Check(ctx context.Context, token, consoleType string) (*consoleauthv1.ConnectInfo, error) {
+	c.mu.Lock()
+	v, entered, gate := c.tokens[token], c.entered, c.gate
+	c.mu.Unlock()
+	if gate != nil {
+		entered <- struct{}{}
+		<-gate
+	}
+	switch v := v.(type) {
+	case *consoleauthv1.ConnectInfo:
+		return v, nil
+	case error:
+		return nil, v
+	}
+	return nil, fmt.Errorf("%w: unknown", tokencheck.ErrInvalid)
+}
+
+func (c *checker) set(token string, v any) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.tokens[token] = v
+}
+
+// coreWorld is a Core with an echo VNC server, its log and its metrics.
+type coreWorld struct {
+	core    *Core
+	auth    *checker
+	vnc     string // the echo server's host:port
+	logs    *syncBuffer
+	metrics *prometheus.Registry
+}
+
+func newCoreWorld(t *testing.T, adjust func(*Config)) *coreWorld {
+	t.Helper()
+	w := &coreWorld{auth: &checker{tokens: map[string]any{}}, logs: &syncBuffer{}, metrics: prometheus.NewRegistry()}
+	w.vnc = echoServer(t)
+	cfg := Config{
+		ConsoleType: "novnc",
+		Checker:     w.auth,
+		Dialer:      backend.Dialer{Timeout: 5 * time.Second},
+		Metrics:     proxymetrics.New(w.metrics),
+		Log:         slog.New(slog.NewTextHandler(w.logs, nil)),
+	}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	w.core = New(cfg)
+	t.Cleanup(func() {
+		w.core.EndAll()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := w.core.Wait(ctx); err != nil {
+			t.Errorf("%d sessions still live at the end", w.core.Len())
+		}
+	})
+	return w
+}
+
+// token registers a token for instance at the echo server.
+func (w *coreWorld) token(name, instance string) string {
+	host, port, _ := net.SplitHostPort(w.vnc)
+	var p int32
+	fmt.Sscan(port, &p)
+	w.auth.set(name, &consoleauthv1.ConnectInfo{InstanceUuid: instance, Host: host, Port: p})
+	return name
+}
+
+func (w *coreWorld) admit(token string) (*Session, *Refusal) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return w.core.Admit(ctx, Attempt{Start: time.Now(), ClientIP: "192.0.2.1", Token: token})
+}
+
+// counted is a sample of one of the proxies' metrics.
+func (w *coreWorld) counted(t *testing.T, name, label, value string) float64 {
+	t.Helper()
+	families, err := w.metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no sample %s{%s=%q}", name, label, value)
+	return 0
+}
+
+// running is a session being relayed: the user's end of the client
+// connection, and how the session ended once it did.
+type running struct {
+	user    net.Conn
+	goodbye chan proxymetrics.EndReason // the reason the core gave the edge
+	done    chan struct{}
+}
+
+// run starts s on a loopback TCP pair, as an edge does after its answer.
+func run(t *testing.T, s *Session) *running {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	user, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { user.Close() })
+	client, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &running{user: user, goodbye: make(chan proxymetrics.EndReason, 1), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		s.Run(client, func(why proxymetrics.EndReason, _ string) { r.goodbye <- why })
+	}()
+	return r
+}
+
+// ended waits for the session to end and returns the reason the edge was
+// given, 0 when the proxy did not end it.
+func (r *running) ended(t *testing.T) proxymetrics.EndReason {
+	t.Helper()
+	select {
+	case <-r.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("session did not end")
+	}
+	select {
+	case why := <-r.goodbye:
+		return why
+	default:
+		return 0
+	}
+}
+
+func (r *running) echo(t *testing.T, msg string) {
+	t.Helper()
+	r.user.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(r.user, msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(r.user, got); err != nil || string(got) != msg {
+		t.Fatalf("echo: got %q (%v), want %q", got, err, msg)
+	}
+}
+
+func TestAdmitRefusals(t *testing.T) {
+	unreachable := func() int32 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return int32(l.Addr().(*net.TCPAddr).Port)
+	}()
+	const tok = "s3cr3t-t0ken"
+	for _, tc := range []struct {
+		name   string
+		setup  func(t *testing.T, w *coreWorld) string // returns the token to admit
+		want   proxymetrics.Refusal
+		counts bool // as a failed token of the client's
+	}{
+		{"unknown token", func(*testing.T, *coreWorld) string { return "nope" }, proxymetrics.RefusedTokenInvalid, true},
+		{"no token", func(*testing.T, *coreWorld) string { return "" }, proxymetrics.RefusedTokenInvalid, true},
+		{"wrong console type", func(_ *testing.T, w *coreWorld) string {
+			w.auth.set(tok, fmt.Errorf("%w: minted for xvpvnc", tokencheck.ErrWrongType))
+			return tok
+		}, proxymetrics.RefusedWrongType, true},
+		{"console moved", func(_ *testing.T, w *coreWorld) string {
+			w.auth.set(tok, fmt.Errorf("%w: port changed", tokencheck.ErrMoved))
+			return tok
+		}, proxymetrics.RefusedConsoleMoved, false},
+		{"consoleauth unavailable", func(_ *testing.T, w *coreWorld) string {
+			w.auth.set(tok, fmt.Errorf("%w: etcd down at 10.0.0.1:2379", tokencheck.ErrUnavailable))
+			return tok
+		}, proxymetrics.RefusedUnavailable, false},
+		{"vnc server unreachable", func(_ *testing.T, w *coreWorld) string {
+			w.auth.set(tok, &consoleauthv1.ConnectInfo{InstanceUuid: "i", Host: "127.0.0.1", Port: unreachable})
+			return tok
+		}, proxymetrics.RefusedVNCUnreachable, false},
+		{"too many sessions of the instance", func(t *testing.T, w *coreWorld) string {
+			s, r := w.admit(w.token(tok, "i"))
+			if r != nil {
+				t.Fatal(r)
+			}
+			t.Cleanup(func() { s.Abort(proxymetrics.RefusedClientGone, nil) })
+			return tok
+		}, proxymetrics.RefusedTooManySessions, false},
+		{"draining", func(_ *testing.T, w *coreWorld) string { w.core.Drain(); return w.token(tok, "i") }, proxymetrics.RefusedShutdown, false},
+		{"throttled, even with a good token", func(_ *testing.T, w *coreWorld) string {
+			w.admit("guess")
+			return w.token(tok, "i")
+		}, proxymetrics.RefusedThrottled, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ban := failban.New(1, time.Minute) // one failed token throttles
+			w := newCoreWorld(t, func(c *Config) { c.FailBan, c.MaxPerInstance = ban, 1 })
+			token := tc.setup(t, w)
+			before := w.counted(t, "vncgate_proxy_sessions_total", "result", tc.want.String())
+			s, r := w.admit(token)
+			if s != nil || r == nil || r.Why != tc.want {
+				t.Fatalf("got session %v refusal %v, want refused %s", s, r, tc.want)
+			}
+			if r.Message == "" || strings.ContainsAny(r.Message, ":0123456789") && tc.want != proxymetrics.RefusedThrottled {
+				t.Errorf("message %q: want a sentence without internal details", r.Message)
+			}
+			if tc.want == proxymetrics.RefusedThrottled && r.RetryAfter <= 0 {
+				t.Errorf("throttled without a retry time")
+			}
+			if got := w.counted(t, "vncgate_proxy_sessions_total", "result", tc.want.String()); got != before+1 {
+				t.Errorf("sessions_total{result=%s}: got %v, want %v", tc.want, got, before+1)
+			}
+			if ok, _ := ban.Allowed("192.0.2.1"); ok == tc.counts {
+				t.Errorf("counted as a failed token: got %v, want %v", !ok, tc.counts)
+			}
+			if token != "" && strings.Contains(w.logs.String(), token) {
+				t.Errorf("the token reached the log:\n%s", w.logs)
+			}
+		})
+	}
+}
+
+// A revocation stamped after the token check but handled before the session
+// is registered still ends it: a slow consoleauth answers meanwhile.
+func TestRevocationDuringTheHandshake(t *testing.T) {
+	w := newCoreWorld(t, nil)
+	tok := w.token("t", "inst")
+	w.auth.entered, w.auth.gate = make(chan struct{}, 1), make(chan struct{})
+	type result struct {
+		s *Session
+		r *Refusal
+	}
+	admitted := make(chan result, 1)
+	go func() { s, r := w.admit(tok); admitted <- result{s, r} }()
+	<-w.auth.entered
+	w.core.Revoke("inst", registry.Revocation{Reason: "the instance was deleted", RevokedAt: time.Now()})
+	close(w.auth.gate)
+	got := <-admitted
+	if got.s != nil || got.r == nil || got.r.Why != proxymetrics.RefusedRevoked {
+		t.Fatalf("got %v %v, want refused as revoked", got.s, got.r)
+	}
+	if w.core.Len() != 0 {
+		t.Errorf("live sessions: got %d, want 0", w.core.Len())
+	}
+	// A check after the revocation is not touched by it.
+	w.auth.entered, w.auth.gate = nil, nil
+	s, r := w.admit(tok)
+	if r != nil {
+		t.Fatalf("admission after the revocation: %v", r)
+	}
+	run(t, s).echo(t, "later session unaffected")
+}
+
+func TestRevokeEndsOnlyOlderSessionsOfTheInstance(t *testing.T) {
+	w := newCoreWorld(t, nil)
+	start := func(token, instance string) *running {
+		s, r := w.admit(w.token(token, instance))
+		if r != nil {
+			t.Fatal(r)
+		}
+		rn := run(t, s)
+		rn.echo(t, "hello")
+		return rn
+	}
+	a, b := start("a", "A"), start("b", "B")
+	time.Sleep(2 * time.Millisecond) // RevokedAt after a's check, whatever the clock's grain
+	w.core.Revoke("A", registry.Revocation{Reason: "stopped", RevokedAt: time.Now()})
+	if why := a.ended(t); why != proxymetrics.EndRevoked {
+		t.Errorf("A's session: got end %v, want revoked", why)
+	}
+	b.echo(t, "B's session unaffected")
+	later := start("a", "A")
+	later.echo(t, "a newer session of A unaffected")
+	if got := w.counted(t, "vncgate_proxy_session_ended_total", "reason", "revoked"); got != 1 {
+		t.Errorf("session_ended_total{reason=revoked}: got %v, want 1", got)
+	}
+	if !strings.Contains(w.logs.String(), `message=stopped reason=revoked`) {
+		t.Errorf("no session-ended record with the revocation's reason:\n%s", w.logs)
+	}
+}
+
+// The limits end sessions with their reason, never before their time.
+func TestLimits(t *testing.T) {
+	const d = 300 * time.Millisecond
+	for _, tc := range []struct {
+		name   string
+		adjust func(*Config)
+		expiry time.Duration // of the token; 0: none
+		want   proxymetrics.EndReason
+	}{
+		{"idle timeout", func(c *Config) { c.IdleTimeout = d }, 0, proxymetrics.EndIdleTimeout},
+		{"maximum length", func(c *Config) { c.MaxSessionLength = d }, 0, proxymetrics.EndMaxLength},
+		{"token expiry when enforced", func(c *Config) { c.EnforceSessionTimeout = true }, d, proxymetrics.EndTokenExpired},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newCoreWorld(t, tc.adjust)
+			tok := w.token("t", "i")
+			if tc.expiry > 0 {
+				info := w.auth.tokens[tok].(*consoleauthv1.ConnectInfo)
+				info.ExpiresAt = timestamppb.New(time.Now().Add(tc.expiry))
+			}
+			begin := time.Now()
+			s, r := w.admit(tok)
+			if r != nil {
+				t.Fatal(r)
+			}
+			rn := run(t, s)
+			// Activity postpones only the idle timeout.
+			var last time.Time
+			for range 3 {
+				rn.echo(t, "tick")
+				last = time.Now()
+			}
+			if why := rn.ended(t); why != tc.want {
+				t.Fatalf("got end %v, want %v", why, tc.want)
+			}
+			from := begin
+			if tc.want == proxymetrics.EndIdleTimeout {
+				from = last
+			}
+			if took := time.Since(from); took < d-10*time.Millisecond {
+				t.Errorf("ended %v after it started (or its last byte), want at least %v", took, d)
+			}
+			if got := w.counted(t, "vncgate_proxy_session_ended_total", "reason", tc.want.String()); got != 1 {
+				t.Errorf("session_ended_total{reason=%s}: got %v, want 1", tc.want, got)
+			}
+		})
+	}
+}
+
+// A session ended between Admit and Run (revoked while the edge answered
+// its client) ends as soon as Run starts, with the edge's goodbye.
+func TestEndBeforeRun(t *testing.T) {
+	w := newCoreWorld(t, nil)
+	s, r := w.admit(w.token("t", "i"))
+	if r != nil {
+		t.Fatal(r)
+	}
+	time.Sleep(2 * time.Millisecond)
+	w.core.Revoke("i", registry.Revocation{Reason: "stopped", RevokedAt: time.Now()})
+	if why := run(t, s).ended(t); why != proxymetrics.EndRevoked {
+		t.Errorf("got end %v, want revoked", why)
+	}
+}
+
+func TestShutdownEndsSessionsAndRefusesNewOnes(t *testing.T) {
+	w := newCoreWorld(t, nil)
+	s, r := w.admit(w.token("t", "i"))
+	if r != nil {
+		t.Fatal(r)
+	}
+	rn := run(t, s)
+	rn.echo(t, "hello")
+	w.core.EndAll()
+	if why := rn.ended(t); why != proxymetrics.EndShutdown {
+		t.Errorf("got end %v, want shutdown", why)
+	}
+	if _, r := w.admit("t"); r == nil || r.Why != proxymetrics.RefusedShutdown {
+		t.Errorf("after EndAll: got %v, want refused for shutdown", r)
+	}
+}
+
+func TestSessionEndedByEitherSide(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		close func(rn *running, vncSide func())
+		want  string
+	}{
+		{"client", func(rn *running, _ func()) { rn.user.Close() }, "client_closed"},
+		{"server", func(rn *running, vnc func()) {
+			vnc()
+			io.Copy(io.Discard, rn.user) // the half-close reaches the client,
+			rn.user.Close()              // which closes in turn
+		}, "server_closed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newCoreWorld(t, nil)
+			vncClosed := make(chan struct{})
+			w.vnc = serve(t, func(c net.Conn) {
+				io.CopyN(c, c, 5)
+				clientGone := make(chan struct{})
+				go func() { io.Copy(io.Discard, c); close(clientGone) }()
+				select { // then it closes, as VNC servers do
+				case <-vncClosed:
+				case <-clientGone:
+				}
+			})
+			s, r := w.admit(w.token("t", "i"))
+			if r != nil {
+				t.Fatal(r)
+			}
+			rn := run(t, s)
+			rn.echo(t, "hello")
+			tc.close(rn, func() { close(vncClosed) })
+			if why := rn.ended(t); why != 0 {
+				t.Errorf("the proxy ended it (%v), want the %s", why, tc.name)
+			}
+			if got := w.counted(t, "vncgate_proxy_session_ended_total", "reason", tc.want); got != 1 {
+				t.Errorf("session_ended_total{reason=%s}: got %v, want 1", tc.want, got)
+			}
+			if n := strings.Count(w.logs.String(), `msg="session ended"`); n != 1 {
+				t.Errorf("%d session-ended records, want 1:\n%s", n, w.logs)
+			}
+		})
+	}
+}
+
+func TestAbortFreesTheSessionAndCountsIt(t *testing.T) {
+	w := newCoreWorld(t, func(c *Config) { c.MaxPerInstance = 1 })
+	s, r := w.admit(w.token("t", "i"))
+	if r != nil {
+		t.Fatal(r)
+	}
+	s.Abort(proxymetrics.RefusedClientGone, errors.New("client went away before the answer"))
+	if got := w.counted(t, "vncgate_proxy_sessions_total", "result", "client_gone"); got != 1 {
+		t.Errorf("sessions_total{result=client_gone}: got %v, want 1", got)
+	}
+	if s, r = w.admit("t"); r != nil {
+		t.Fatalf("the aborted session still holds the instance's place: %v", r)
+	}
+	run(t, s).echo(t, "hello")
+}
+
+// echoServer echoes every byte; its connections close with the test.
+func echoServer(t *testing.T) string {
+	return serve(t, func(c net.Conn) { io.Copy(c, c) })
+}
+
+// serve runs handle for each connection on a loopback listener.
+func serve(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() { defer c.Close(); handle(c) })
+		}
+	})
+	return l.Addr().String()
+}
+
+// syncBuffer collects log output across goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

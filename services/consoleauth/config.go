@@ -1,0 +1,72 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vncgate/vncgate/pkg/config"
+	"github.com/vncgate/vncgate/pkg/logging"
+	"github.com/vncgate/vncgate/pkg/tlsconfig"
+	"github.com/vncgate/vncgate/services/consoleauth/internal/server"
+)
+
+// Config is consoleauth's configuration.
+type Config struct {
+	server.Config
+	// VNCEnabled is [vnc] enabled. Without VNC every console type
+	// consoleauth knows is off: console requests get 501, as Nova's API
+	// answers for a console type that is not available.
+	VNCEnabled bool
+	Log        logging.Options
+}
+
+// loadConfig reads consoleauth's options from args, the environment and
+// the files they name (pkg/config), under Nova's sections and names.
+func loadConfig(args []string) (Config, config.Notes, error) {
+	var c Config
+	s := config.New("consoleauth")
+	s.String(&c.NoVNCBaseURL, config.SectionVNC, "novncproxy_base_url", "http://127.0.0.1:6080/vnc_lite.html", "public base URL of the noVNC console page")
+	s.String(&c.XVPBaseURL, config.SectionVNC, "xvpvncproxy_base_url", "http://127.0.0.1:6081/console", "public base URL of the XVP VNC proxy")
+	s.Bool(&c.VNCEnabled, config.SectionVNC, "enabled", true, "VNC consoles on; false answers 501 to every console request").Flag("vnc_enabled")
+	s.Seconds(&c.TokenTTL, config.SectionConsoleAuth, "token_ttl", 600*time.Second, "how long a console token is valid")
+	s.String(&c.GRPCListen, config.SectionVNCGate, "grpc_listen", "0.0.0.0:6090", "gRPC listen address")
+	s.String(&c.RESTListen, config.SectionVNCGate, "rest_listen", "0.0.0.0:6091", "REST (Nova compute API shape) listen address")
+	s.List(&c.EtcdEndpoints, config.SectionVNCGate, "etcd_endpoints", []string{"127.0.0.1:2379"}, "etcd endpoints")
+	s.TLS(&c.EtcdTLS, config.SectionVNCGate, "etcd", "the etcd client")
+	s.Seconds(&c.EtcdTimeout, config.SectionVNCGate, "etcd_timeout", 5*time.Second, "timeout of every etcd call")
+	s.TLS(&c.GRPCTLS, config.SectionVNCGate, "grpc", "the gRPC server and of calls to compute agents")
+	s.TLS(&c.RESTTLS, config.SectionVNCGate, "rest", "the REST listener (a CA requires callers' certificates)")
+	s.Seconds(&c.ComputeTimeout, config.SectionVNCGate, "compute_timeout", 5*time.Second, "timeout of every call to a compute agent")
+	s.List(&c.EnabledConsoleTypes, config.SectionVNCGate, "enabled_console_types", []string{"novnc", "xvpvnc"}, "console types served (novnc, xvpvnc)")
+	s.Bool(&c.SingleUseTokens, config.SectionVNCGate, "single_use_tokens", false, "a token connects once: CheckToken consumes it")
+	c.Log.Declare(s)
+	notes, err := s.Load(args)
+	if err != nil {
+		return Config{}, notes, err
+	}
+	if !c.VNCEnabled {
+		c.EnabledConsoleTypes = nil
+	}
+	return c, notes, c.check()
+}
+
+// check refuses settings consoleauth cannot start with; the base URLs are
+// checked by server.Start.
+func (c Config) check() error {
+	switch {
+	case c.TokenTTL < time.Second:
+		return fmt.Errorf("token_ttl %v: want at least 1 second", c.TokenTTL)
+	case len(c.EtcdEndpoints) == 0:
+		return errors.New("etcd_endpoints is empty")
+	}
+	for _, g := range []struct {
+		name  string
+		files tlsconfig.Files
+	}{{"etcd", c.EtcdTLS}, {"grpc", c.GRPCTLS}, {"rest", c.RESTTLS}} {
+		if err := g.files.Check(); err != nil {
+			return fmt.Errorf("%s_key: %w", g.name, err)
+		}
+	}
+	return nil
+}

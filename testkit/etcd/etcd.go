@@ -1,0 +1,210 @@
+// Package etcd gives a test a real etcd server (package etcdserver) running
+// in a child process, stopped in t.Cleanup. A child process keeps etcd's
+// server code and goroutines out of the test binary (and etcd's server
+// module out of the go.mod of every module whose tests use it), and lets a
+// test stop etcd and start it again on the same address and data, to see
+// how a service lives through an outage.
+//
+// The child is built from this module's source with the go command on first
+// use in each test process, into the user's cache directory; the go command
+// relinks it only when its source or dependencies changed. The child ends
+// when the test process does, even when the test process is killed.
+package etcd
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/vncgate/vncgate/testkit/internal/freeport"
+)
+
+// Server is an etcd in a child process. Its methods are safe for
+// concurrent use.
+type Server struct {
+	// Endpoint is the client address, host:port.
+	Endpoint string
+
+	dir, peer string
+
+	mu    sync.Mutex
+	stdin *os.File   // the child's stdin (write end); nil while stopped
+	done  chan error // receives the child's exit
+}
+
+// Start runs etcd on a free loopback port for t and returns it with a
+// client; both are stopped in t.Cleanup.
+func Start(t testing.TB) (*Server, *clientv3.Client) {
+	t.Helper()
+	srv := New(t, "127.0.0.1:0")
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{srv.Endpoint},
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		t.Fatalf("etcd client: %v", err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return srv, cli
+}
+
+// New runs etcd for t serving clients on addr (host:port; port 0 picks a
+// free one), with its data in a directory of t's. It is stopped in
+// t.Cleanup.
+func New(t testing.TB, addr string) *Server {
+	t.Helper()
+	s := &Server{dir: t.TempDir()}
+	var err error
+	if s.Endpoint, err = freeport.Resolve(addr); err != nil {
+		t.Fatal(err)
+	}
+	if s.peer, err = freeport.Resolve("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// Stop ends etcd and returns once its process has exited, so its port is
+// free. It does nothing on a stopped server.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stdin == nil {
+		return
+	}
+	s.stdin.Close() // the child stops etcd and exits when its stdin ends
+	<-s.done
+	s.stdin = nil
+}
+
+// Restart stops etcd if it runs and starts it again on the same addresses
+// and data.
+func (s *Server) Restart() error {
+	s.Stop()
+	return s.start()
+}
+
+func (s *Server) start() error {
+	bin, err := binary()
+	if err != nil {
+		return fmt.Errorf("build the etcd child process: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// The child reads r; this process keeps w, so the child's stdin ends
+	// when Stop closes w or when this process dies.
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	cmd := exec.Command(bin, "-dir", s.dir, "-client", s.Endpoint, "-peer", s.peer)
+	cmd.Stdin, cmd.Stderr = r, os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		w.Close()
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("start etcd: %w", err)
+	}
+	ready, done := make(chan bool, 1), make(chan error, 1)
+	go func() {
+		line, _ := bufio.NewReader(out).ReadString('\n')
+		ready <- line == "ready\n"
+		done <- cmd.Wait()
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			w.Close()
+			return fmt.Errorf("etcd on %s did not start: %v", s.Endpoint, <-done)
+		}
+	case <-time.After(time.Minute): // a safety net: etcd starts in well under a second
+		cmd.Process.Kill()
+		w.Close()
+		<-done
+		return fmt.Errorf("etcd on %s not ready after a minute", s.Endpoint)
+	}
+	s.stdin, s.done = w, done
+	return nil
+}
+
+var child struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// binary builds the child (package etcdproc) once per process and returns
+// its path.
+func binary() (string, error) {
+	child.once.Do(func() { child.path, child.err = build() })
+	return child.path, child.err
+}
+
+func build() (string, error) {
+	src, err := childSource()
+	if err != nil {
+		return "", err
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	// One binary per checkout, so that two checkouts never run each
+	// other's child.
+	sum := sha256.Sum256([]byte(src))
+	dir := filepath.Join(cache, "vncgate-testkit", hex.EncodeToString(sum[:8]))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "etcdproc")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Dir = src
+	// A work directory beside the binary makes the go command rename the
+	// new binary into place, so a concurrent test process never runs a
+	// half-written one.
+	cmd.Env = append(os.Environ(), "GOTMPDIR="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build in %s: %v\n%s", src, err, out)
+	}
+	return bin, nil
+}
+
+// childSource returns the directory of package etcdproc: beside this file,
+// or, when the test was built with -trimpath, where the go command finds
+// it.
+func childSource() (string, error) {
+	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
+		return filepath.Join(filepath.Dir(file), "internal", "etcdproc"), nil
+	}
+	out, err := exec.Command("go", "list", "-find", "-f", "{{.Dir}}", "github.com/vncgate/vncgate/testkit/etcd/internal/etcdproc").Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return "", fmt.Errorf("go list: %v\n%s", err, ee.Stderr)
+		}
+		return "", err
+	}
+	return strings.TrimSpace(string(out)), nil
+}

@@ -1,0 +1,30 @@
+// Command etcdproc is the child process package testkit/etcd starts: it runs
+// package etcdserver with the data directory and addresses given by its
+// flags, writes "ready" and a newline to stdout once etcd serves clients,
+// and stops etcd and exits when its stdin ends (the parent closed it, or
+// died). It exits with status 1 when etcd cannot start.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/vncgate/vncgate/testkit/etcdserver"
+)
+
+func main() {
+	dir := flag.String("dir", "", "data directory")
+	client := flag.String("client", "127.0.0.1:0", "client address, host:port")
+	peer := flag.String("peer", "127.0.0.1:0", "peer address, host:port")
+	flag.Parse()
+	srv, err := etcdserver.Start(*dir, *client, *peer)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "etcdproc:", err)
+		os.Exit(1)
+	}
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin)
+	srv.Stop()
+}
