@@ -41,8 +41,9 @@ type Server struct {
 	dir, peer string
 
 	mu    sync.Mutex
-	stdin *os.File   // the child's stdin (write end); nil while stopped
-	done  chan error // receives the child's exit
+	stdin *os.File    // the child's stdin (write end); nil while stopped
+	proc  *os.Process // the child
+	done  chan error  // receives the child's exit
 }
 
 // Start runs etcd on a free loopback port for t and returns it with a
@@ -91,8 +92,13 @@ func (s *Server) Stop() {
 		return
 	}
 	s.stdin.Close() // the child stops etcd and exits when its stdin ends
-	<-s.done
-	s.stdin = nil
+	select {
+	case <-s.done:
+	case <-time.After(time.Minute): // a safety net: etcd stops in well under a second
+		s.proc.Kill()
+		<-s.done
+	}
+	s.stdin, s.proc, s.done = nil, nil, nil
 }
 
 // Restart stops etcd if it runs and starts it again on the same addresses
@@ -145,7 +151,7 @@ func (s *Server) start() error {
 		<-done
 		return fmt.Errorf("etcd on %s not ready after a minute", s.Endpoint)
 	}
-	s.stdin, s.done = w, done
+	s.stdin, s.proc, s.done = w, cmd.Process, done
 	return nil
 }
 
