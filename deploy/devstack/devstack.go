@@ -28,6 +28,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/testkit/etcdserver"
@@ -190,7 +191,7 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 	if w.Etcd, err = etcdserver.Start(filepath.Join(opts.Dir, "etcd"), w.Addr(w.Ports.Etcd), "127.0.0.1:0"); err != nil {
 		return nil, err
 	}
-	w.Client, err = clientv3.New(clientv3.Config{Endpoints: []string{w.Etcd.Endpoint}, DialTimeout: 5 * time.Second})
+	w.Client, err = etcdclient.New([]string{w.Etcd.Endpoint}, tlsconfig.Files{})
 	if err != nil {
 		return nil, err
 	}

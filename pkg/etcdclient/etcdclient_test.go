@@ -1,4 +1,4 @@
-package etcdclient
+package etcdclient_test
 
 import (
 	"context"
@@ -7,15 +7,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/testkit/etcd"
 )
 
 func TestNewRefusesBadSettings(t *testing.T) {
-	if _, err := New(nil, tlsconfig.Files{}); err == nil || !strings.Contains(err.Error(), "no endpoints") {
+	if _, err := etcdclient.New(nil, tlsconfig.Files{}); err == nil || !strings.Contains(err.Error(), "no endpoints") {
 		t.Errorf("no endpoints: got %v", err)
 	}
-	if _, err := New([]string{"127.0.0.1:2379"}, tlsconfig.Files{Cert: "/nonexistent.pem"}); err == nil || !strings.Contains(err.Error(), "etcd tls") {
+	if _, err := etcdclient.New([]string{"127.0.0.1:2379"}, tlsconfig.Files{Cert: "/nonexistent.pem"}); err == nil || !strings.Contains(err.Error(), "etcd tls") {
 		t.Errorf("unreadable certificate: got %v", err)
 	}
 }
@@ -29,7 +30,7 @@ func TestNewDoesNotWaitForEtcd(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	cli, err := New([]string{addr}, tlsconfig.Files{})
+	cli, err := etcdclient.New([]string{addr}, tlsconfig.Files{})
 	if err != nil {
 		t.Fatalf("New with etcd down: %v", err)
 	}
@@ -44,7 +45,7 @@ func TestNewDoesNotWaitForEtcd(t *testing.T) {
 // TestReconnects: after etcd restarts, the same client works again.
 func TestReconnects(t *testing.T) {
 	srv := etcd.New(t, "127.0.0.1:0")
-	cli, err := New([]string{srv.Endpoint}, tlsconfig.Files{})
+	cli, err := etcdclient.New([]string{srv.Endpoint}, tlsconfig.Files{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,9 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
+
+	"github.com/vncgate/vncgate/pkg/etcdclient"
+	"github.com/vncgate/vncgate/pkg/tlsconfig"
 
 	"github.com/vncgate/vncgate/testkit/internal/freeport"
 )
@@ -51,11 +53,7 @@ type Server struct {
 func Start(t testing.TB) (*Server, *clientv3.Client) {
 	t.Helper()
 	srv := New(t, "127.0.0.1:0")
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{srv.Endpoint},
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-	})
+	cli, err := etcdclient.New([]string{srv.Endpoint}, tlsconfig.Files{})
 	if err != nil {
 		t.Fatalf("etcd client: %v", err)
 	}
