@@ -82,11 +82,10 @@ var catalog = map[key]entry{
 	{SectionVNC, "xvpvncproxy_host"}:           {kind: supported},
 	{SectionVNC, "xvpvncproxy_port"}:           {kind: supported},
 	{SectionVNC, "keymap"}:                     {kind: novaOnly},
-	{SectionVNC, "auth_schemes"}: {kind: unsupported, services: proxies, harmless: []string{"none"},
-		why: "VeNCrypt between proxy and VNC server is not implemented; vncgate speaks plain RFB (auth none) to the VNC server: keep that network private"},
-	{SectionVNC, "vencrypt_client_key"}:           {kind: unsupported, services: proxies, why: "VeNCrypt between proxy and VNC server is not implemented"},
-	{SectionVNC, "vencrypt_client_cert"}:          {kind: unsupported, services: proxies, why: "VeNCrypt between proxy and VNC server is not implemented"},
-	{SectionVNC, "vencrypt_ca_certs"}:             {kind: unsupported, services: proxies, why: "VeNCrypt between proxy and VNC server is not implemented"},
+	{SectionVNC, "auth_schemes"}:                  {kind: supported},
+	{SectionVNC, "vencrypt_client_key"}:           {kind: supported},
+	{SectionVNC, "vencrypt_client_cert"}:          {kind: supported},
+	{SectionVNC, "vencrypt_ca_certs"}:             {kind: supported},
 	{SectionVNC, "vncserver_listen"}:              {kind: deprecated, of: key{SectionVNC, "server_listen"}},
 	{SectionVNC, "vncserver_proxyclient_address"}: {kind: deprecated, of: key{SectionVNC, "server_proxyclient_address"}},
 
@@ -161,6 +160,7 @@ var catalog = map[key]entry{
 	{SectionVNCGate, "tcp_keepalive"}:             {kind: supported},
 	{SectionVNCGate, "log_level"}:                 {kind: supported},
 	{SectionVNCGate, "log_format"}:                {kind: supported},
+	{SectionVNCGate, "vencrypt_verify_hostname"}:  {kind: supported},
 }
 
 // aliases are the deprecated names of k, sorted.

@@ -385,8 +385,6 @@ whatever = 1
 	}
 	wantUnsupported := []string{
 		"[DEFAULT] record (" + f + ":4): session recording is not implemented",
-		"[vnc] auth_schemes (" + f + ":10): VeNCrypt between proxy and VNC server is not implemented; vncgate speaks plain RFB (auth none) to the VNC server: keep that network private",
-		"[vnc] vencrypt_ca_certs (" + f + ":11): VeNCrypt between proxy and VNC server is not implemented",
 	}
 	if !reflect.DeepEqual(n.Unsupported, wantUnsupported) {
 		t.Errorf("unsupported:\ngot  %q\nwant %q", n.Unsupported, wantUnsupported)
@@ -395,9 +393,10 @@ whatever = 1
 		t.Errorf("deprecated: got %q, want [DEFAULT] vnc_enabled", n.Deprecated)
 	}
 	// transport_url, misspelt…, daemon (harmless), server_listen, keymap,
-	// xvpvncproxy_port, registration_ttl, connection, whatever.
-	if n.Ignored != 9 || !reflect.DeepEqual(n.IgnoredSections, []string{"database", "scheduler"}) {
-		t.Errorf("ignored: got %d in %q, want 9 in [database scheduler]", n.Ignored, n.IgnoredSections)
+	// auth_schemes, vencrypt_ca_certs (the proxies'), xvpvncproxy_port,
+	// registration_ttl, connection, whatever.
+	if n.Ignored != 11 || !reflect.DeepEqual(n.IgnoredSections, []string{"database", "scheduler"}) {
+		t.Errorf("ignored: got %d in %q, want 11 in [database scheduler]", n.Ignored, n.IgnoredSections)
 	}
 
 	// Another service is not warned about the proxies' options, and a
@@ -477,7 +476,7 @@ func TestHelp(t *testing.T) {
 }
 
 func TestDeclaringUncataloguedOptionsPanics(t *testing.T) {
-	for _, tc := range []struct{ section, name string }{{"vnc", "novncproxy_prot"}, {"vnc", "auth_schemes"}, {"DEFAULT", "vnc_enabled"}} {
+	for _, tc := range []struct{ section, name string }{{"vnc", "novncproxy_prot"}, {"vnc", "vencrypt_client_kee"}, {"DEFAULT", "vnc_enabled"}} {
 		func() {
 			defer func() {
 				if recover() == nil {

@@ -65,6 +65,11 @@ const (
 	RefusedRevoked
 	// RefusedShutdown: the proxy is draining or shutting down.
 	RefusedShutdown
+	// RefusedVNCSecurity: no RFB security type both the proxy and the VNC
+	// server accept, or VeNCrypt with the server failed (auth_schemes).
+	RefusedVNCSecurity
+	// RefusedNotVNC: what the VNC server's address answered is not RFB.
+	RefusedNotVNC
 
 	numRefusals // one past the last; the refusal arrays' length
 )
@@ -83,6 +88,8 @@ var refusalNames = [numRefusals]string{
 	RefusedVNCUnreachable:   "vnc_unreachable",
 	RefusedRevoked:          "revoked",
 	RefusedShutdown:         "shutdown",
+	RefusedVNCSecurity:      "vnc_security",
+	RefusedNotVNC:           "not_vnc",
 }
 
 // String is the refusal's label value.

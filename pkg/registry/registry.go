@@ -76,6 +76,9 @@ type Token struct {
 	InternalAccessPath string    `json:"internal_access_path,omitempty"`
 	CreatedAt          time.Time `json:"created_at"`
 	ExpiresAt          time.Time `json:"expires_at"`
+	// ViewOnly: the proxies drop the client's input (absent in records
+	// written before view-only consoles existed: false).
+	ViewOnly bool `json:"view_only,omitempty"`
 }
 
 // Location says which compute host runs an instance (JSON). It carries no

@@ -20,6 +20,7 @@ import (
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/relay"
+	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
 )
 
@@ -52,6 +53,12 @@ type Config struct {
 	MaxSessionLength time.Duration
 	// EnforceSessionTimeout ends a session when its token expires.
 	EnforceSessionTimeout bool
+	// RFB, when set, makes every session RFB-aware: the proxy runs the RFB
+	// handshake with both sides as Nova's security proxy (auth_schemes,
+	// VeNCrypt to the server). Nil relays bytes untouched, except for
+	// view-only sessions, which always run the handshake (security none to
+	// the server unless RFB says otherwise) so their input can be dropped.
+	RFB *rfbproxy.Config
 }
 
 // Core is the part of a console proxy that both proxies share: admission
@@ -371,9 +378,20 @@ func (s *Session) endedEarly() *Refusal {
 // a limit, shutdown, or End), goodbye, if not nil, is called first with why
 // and the message, so the edge can tell its client in its protocol; then
 // both connections are closed. Run ends the session's registration.
-func (s *Session) Run(client net.Conn, goodbye func(why proxymetrics.EndReason, message string)) relay.Result {
+//
+// An RFB-aware session (Config.RFB, or a view-only token) first runs the RFB
+// handshake with both sides; when that fails, Run returns the refusal
+// (counted and logged) for the edge to answer, and relays nothing.
+func (s *Session) Run(client net.Conn, goodbye func(why proxymetrics.EndReason, message string)) *Refusal {
 	defer s.core.table.Remove(s.entry)
 	cfg := s.core.cfg
+	if cfg.RFB != nil || s.Info.GetViewOnly() {
+		var r *Refusal
+		if client, r = s.handshake(client); r != nil {
+			s.core.Refuse(s.Log, r)
+			return r
+		}
+	}
 	setup := time.Since(s.start)
 	metrics := cfg.Metrics.Start(setup)
 	s.Log.Info("session started", "vnc", net.JoinHostPort(s.Info.GetHost(), strconv.Itoa(int(s.Info.GetPort()))),
@@ -437,7 +455,42 @@ func (s *Session) Run(client net.Conn, goodbye func(why proxymetrics.EndReason, 
 	}
 	metrics.End(why, res)
 	s.Log.Info("session ended", attrs...)
-	return res
+	return nil
+}
+
+// handshake runs the RFB handshake with both sides (package rfbproxy) and
+// returns the client to relay from: for a view-only session, one that
+// drops input. The session's VNC connection becomes the one the handshake
+// returns (TLS after VeNCrypt).
+func (s *Session) handshake(client net.Conn) (net.Conn, *Refusal) {
+	cfg := s.core.cfg.RFB
+	if cfg == nil {
+		cfg = &rfbproxy.Config{AuthSchemes: []string{"none"}}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.core.cfg.HandshakeTimeout)
+	defer cancel()
+	vnc, res, err := rfbproxy.Handshake(ctx, client, s.Server(), s.Info.GetHost(), cfg)
+	if err != nil {
+		s.Server().Close()
+		if r := s.endedEarly(); r != nil { // revoked or shut down meanwhile
+			return nil, r
+		}
+		switch {
+		case errors.Is(err, rfbproxy.ErrSecurity):
+			return nil, &Refusal{Why: proxymetrics.RefusedVNCSecurity, Message: rfbproxy.ErrSecurity.Error(), Err: err}
+		case errors.Is(err, rfbproxy.ErrNotVNC):
+			return nil, &Refusal{Why: proxymetrics.RefusedNotVNC, Message: rfbproxy.ErrNotVNC.Error(), Err: err}
+		}
+		return nil, &Refusal{Why: proxymetrics.RefusedClientGone, Message: rfbproxy.ErrClient.Error(), Err: err}
+	}
+	s.mu.Lock()
+	s.vnc = vnc
+	s.mu.Unlock()
+	s.Log = s.Log.With("rfb_version", res.Version, "security_type", res.SecurityType, "view_only", s.Info.GetViewOnly())
+	if s.Info.GetViewOnly() {
+		client = rfbproxy.ViewOnly(client)
+	}
+	return client, nil
 }
 
 // watchIdle calls onIdle once r has been idle for d, checking with one timer

@@ -10,6 +10,7 @@ import (
 
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/logging"
+	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 )
 
@@ -50,6 +51,9 @@ type Config struct {
 	DrainTimeout           time.Duration
 	ShutdownDelay          time.Duration
 
+	// RFB is the RFB security proxy's settings ([vnc] auth_schemes, vencrypt_*).
+	RFB rfbproxy.Options
+
 	Log logging.Options
 }
 
@@ -88,6 +92,7 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Seconds(&c.FailedTokenWindow, config.SectionVNCGate, "failed_token_window", time.Minute, "window of failed_token_limit")
 	s.Seconds(&c.DrainTimeout, config.SectionVNCGate, "drain_timeout", 30*time.Second, "on shutdown, how long live sessions may go on before they are ended")
 	s.Seconds(&c.ShutdownDelay, config.SectionVNCGate, "shutdown_delay", 0, "on shutdown, how long /healthz answers 503 before the port closes")
+	c.RFB.Declare(s)
 	c.Log.Declare(s)
 	notes, err := s.Load(args)
 	if err != nil {
@@ -122,6 +127,9 @@ func (c Config) validate() error {
 	}
 	if err := c.Etcd.Check(); err != nil {
 		return fmt.Errorf("etcd_key: %w", err)
+	}
+	if _, err := c.RFB.Config(); err != nil {
+		return err
 	}
 	return nil
 }

@@ -69,6 +69,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 	if len(cfg.EtcdEndpoints) == 0 {
 		revocationGrace = 0 // no revocation can come
 	}
+	rfbCfg, err := cfg.RFB.Config()
+	if err != nil {
+		return err
+	}
 	core := sessions.New(sessions.Config{
 		ConsoleType:           proxy.ConsoleType,
 		Checker:               tokencheck.New(conn, cfg.HandshakeTimeout),
@@ -81,6 +85,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 		IdleTimeout:           cfg.IdleTimeout,
 		MaxSessionLength:      cfg.MaxSessionLength,
 		EnforceSessionTimeout: cfg.EnforceSessionTimeout,
+		RFB:                   rfbCfg,
 	})
 	px := proxy.New(proxy.Options{
 		Core:             core,

@@ -20,6 +20,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/vncgate/vncgate/pkg/logging"
+	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/closecode"
@@ -377,6 +378,7 @@ func defaults() Config {
 		SSLMinimumVersion: "default", ConsoleAuthAddress: "127.0.0.1:6090",
 		HandshakeTimeout: 10 * time.Second, DialTimeout: 5 * time.Second, PingInterval: 20 * time.Second,
 		RevocationGrace: 3 * time.Second, FailedTokenLimit: 10, FailedTokenWindow: time.Minute, DrainTimeout: 30 * time.Second,
+		RFB: rfbproxy.Options{VerifyHostname: true},
 		Log: logging.Options{Level: slog.LevelInfo, Format: "json"},
 	}
 }
@@ -397,6 +399,10 @@ func TestOptions(t *testing.T) {
 		{name: "[vnc] listener and base URL", file: "[vnc]\nnovncproxy_host = ::\nnovncproxy_port = 7080\nnovncproxy_base_url = https://c.example/vnc_lite.html\n",
 			want: func(c *Config) { c.Host, c.Port, c.BaseURL = "::", 7080, "https://c.example/vnc_lite.html" }},
 		{name: "[vnc] enabled = false refuses to start", file: "[vnc]\nenabled = false\n", err: "[vnc] enabled is false"},
+		{name: "[vnc] auth_schemes, [vncgate] vencrypt_verify_hostname", file: "[vnc]\nauth_schemes = none\n[vncgate]\nvencrypt_verify_hostname = false\n",
+			want: func(c *Config) { c.RFB = rfbproxy.Options{AuthSchemes: []string{"none"}} }},
+		{name: "[vnc] auth_schemes = vencrypt needs vencrypt_ca_certs", file: "[vnc]\nauth_schemes = vencrypt\n", err: "vencrypt_ca_certs is required"},
+		{name: "[vnc] auth_schemes of a scheme vncgate does not speak", file: "[vnc]\nauth_schemes = vnc\n", err: `"vnc" is not a scheme`},
 		{name: "[console] allowed_origins, ssl_minimum_version, ssl_ciphers", file: "[console]\nallowed_origins = a.example,\n  b.example\nssl_minimum_version = tlsv1_3\nssl_ciphers = ECDHE-RSA-AES128-GCM-SHA256\n",
 			want: func(c *Config) {
 				c.AllowedOrigins, c.SSLMinimumVersion, c.SSLCiphers = []string{"a.example", "b.example"}, "tlsv1_3", "ECDHE-RSA-AES128-GCM-SHA256"

@@ -8,6 +8,7 @@ import (
 
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/logging"
+	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 )
 
@@ -46,6 +47,9 @@ type Config struct {
 	FailedTokenWindow      time.Duration
 	MaxSessionsPerInstance int
 
+	// RFB is the RFB security proxy's settings ([vnc] auth_schemes, vencrypt_*).
+	RFB rfbproxy.Options
+
 	Log logging.Options
 }
 
@@ -76,6 +80,7 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Int(&c.FailedTokenLimit, config.SectionVNCGate, "failed_token_limit", 10, "failed tokens allowed per client IP within failed_token_window before 429 (0: no limit)")
 	s.Seconds(&c.FailedTokenWindow, config.SectionVNCGate, "failed_token_window", time.Minute, "window of failed_token_limit")
 	s.Int(&c.MaxSessionsPerInstance, config.SectionVNCGate, "max_sessions_per_instance", 0, "live sessions allowed per instance (0: no limit)")
+	c.RFB.Declare(s)
 	c.Log.Declare(s)
 	notes, err := s.Load(args)
 	if err != nil {
@@ -120,6 +125,9 @@ func (c Config) validate() error {
 	}
 	if err := c.Etcd.Check(); err != nil {
 		return fmt.Errorf("etcd_key: %w", err)
+	}
+	if _, err := c.RFB.Config(); err != nil {
+		return err
 	}
 	_, err := c.public().Check()
 	return err

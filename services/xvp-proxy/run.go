@@ -42,6 +42,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 	defer caConn.Close()
 
 	metrics := proxymetrics.NewRegistry()
+	rfbCfg, err := cfg.RFB.Config()
+	if err != nil {
+		return err
+	}
 	core := sessions.New(sessions.Config{
 		ConsoleType:      proxy.ConsoleType,
 		Checker:          tokencheck.New(caConn, 0),
@@ -53,6 +57,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 		HandshakeTimeout: cfg.HandshakeTimeout,
 		IdleTimeout:      cfg.IdleTimeout,
 		MaxSessionLength: cfg.MaxSessionLength,
+		RFB:              rfbCfg,
 	})
 	srv := proxy.New(proxy.Config{
 		Core:             core,

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/vncgate/vncgate/pkg/logging"
+	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/testkit/certs"
@@ -254,6 +255,7 @@ func defaults() Config {
 		Host: "0.0.0.0", Port: 6081, VNCEnabled: true, SSLMinimumVersion: "default", ConsoleAuthAddress: "127.0.0.1:6090",
 		HandshakeTimeout: 10 * time.Second, TCPKeepAlive: 30 * time.Second, DrainTimeout: 30 * time.Second,
 		FailedTokenLimit: 10, FailedTokenWindow: time.Minute,
+		RFB: rfbproxy.Options{VerifyHostname: true},
 		Log: logging.Options{Level: slog.LevelInfo, Format: "json"},
 	}
 }
@@ -274,6 +276,10 @@ func TestOptions(t *testing.T) {
 		{name: "[vnc] listener", file: "[vnc]\nxvpvncproxy_host = 10.0.0.1\nxvpvncproxy_port = 7081\n",
 			want: func(c *Config) { c.Host, c.Port = "10.0.0.1", 7081 }},
 		{name: "[vnc] enabled = false refuses to start", file: "[vnc]\nenabled = false\n", err: "[vnc] enabled is false"},
+		{name: "[vnc] auth_schemes, [vncgate] vencrypt_verify_hostname", file: "[vnc]\nauth_schemes = none\n[vncgate]\nvencrypt_verify_hostname = false\n",
+			want: func(c *Config) { c.RFB = rfbproxy.Options{AuthSchemes: []string{"none"}} }},
+		{name: "[vnc] auth_schemes = vencrypt needs vencrypt_ca_certs", file: "[vnc]\nauth_schemes = vencrypt\n", err: "vencrypt_ca_certs is required"},
+		{name: "[vnc] auth_schemes of a scheme vncgate does not speak", file: "[vnc]\nauth_schemes = vnc\n", err: `"vnc" is not a scheme`},
 		{name: "[DEFAULT] cert holding its key, source_is_ipv6", file: "[DEFAULT]\ncert = /etc/nova/self.pem\nsource_is_ipv6 = true\n",
 			want: func(c *Config) { c.Cert, c.SourceIsIPv6 = "/etc/nova/self.pem", true }},
 		{name: "[DEFAULT] cert and key, [console] TLS version and ciphers", file: "[DEFAULT]\ncert = c.pem\nkey = k.pem\n[console]\nssl_minimum_version = tlsv1_1\nssl_ciphers = kEECDH+AES\n",

@@ -5,9 +5,10 @@
 // Nothing here is fit for production: keys are never protected and the CA's
 // key is never written out.
 //
-// Tests use the helpers that take a testing.TB (TestFiles, TestCert): they make a
+// Tests use the helpers that take a testing.TB (TestCA, TestFiles, TestCert): they make a
 // fresh CA valid for an hour and fail the test on error. The dev stack uses
-// NewCA and CA.WriteFiles.
+// NewCA and CA.WriteFiles; CA.WriteQEMUDir writes the directory QEMU's
+// VeNCrypt (tls-creds-x509) reads.
 package certs
 
 import (
@@ -148,6 +149,46 @@ func (ca *CA) WriteFiles(dir string, hosts ...string) (Files, error) {
 		}
 	}
 	return f, nil
+}
+
+// WriteQEMUDir issues a server certificate for hosts and writes what QEMU's
+// `-object tls-creds-x509,dir=DIR,endpoint=server` reads, and nothing else
+// (QEMU refuses a directory missing one): ca-cert.pem (the CA's
+// certificate), server-cert.pem and server-key.pem (PKCS #8) into dir,
+// made if missing. The CA's key is never written.
+func (ca *CA) WriteQEMUDir(dir string, hosts ...string) error {
+	leaf, err := ca.Issue(hosts...)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(leaf.PrivateKey)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, file := range []struct {
+		name  string
+		block *pem.Block
+	}{
+		{"ca-cert.pem", &pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw}},
+		{"server-cert.pem", &pem.Block{Type: "CERTIFICATE", Bytes: leaf.Certificate[0]}},
+		{"server-key.pem", &pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}},
+	} {
+		if err := os.WriteFile(filepath.Join(dir, file.name), pem.EncodeToMemory(file.block), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestCA makes a CA for one test, valid for an hour, for tests that need
+// several certificates from one CA (a server's and a client's) or several
+// CAs.
+func TestCA(t testing.TB) *CA {
+	t.Helper()
+	return testCA(t)
 }
 
 // testCA makes a CA for one test, valid for an hour.

@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"io"
 	"os"
+	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -97,5 +99,42 @@ func TestFilesLoad(t *testing.T) {
 	server := &tls.Config{Certificates: []tls.Certificate{cert}}
 	if _, err := handshake(t, server, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}); err != nil {
 		t.Fatalf("handshake with the written files: %v", err)
+	}
+}
+
+func TestWriteQEMUDir(t *testing.T) {
+	ca := TestCA(t)
+	dir := filepath.Join(t.TempDir(), "pki")
+	if err := ca.WriteQEMUDir(dir, "127.0.0.1", "localhost"); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if want := []string{"ca-cert.pem", "server-cert.pem", "server-key.pem"}; !slices.Equal(names, want) {
+		t.Fatalf("got files %v, want exactly %v", names, want)
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "server-cert.pem"), filepath.Join(dir, "server-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, "ca-cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) || !pool.Equal(ca.Pool()) {
+		t.Fatal("ca-cert.pem is not the CA's certificate")
+	}
+	server := &tls.Config{Certificates: []tls.Certificate{cert}}
+	for _, host := range []string{"127.0.0.1", "localhost"} {
+		if _, err := handshake(t, server, &tls.Config{RootCAs: pool, ServerName: host}); err != nil {
+			t.Errorf("handshake checking %s: %v", host, err)
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -106,10 +107,22 @@ func FreeVNCPort(t testing.TB) int {
 // tried, up to 5 in all. Without QEMU it fails or skips t as Require does.
 func StartVNC(t testing.TB, extraArgs ...string) (port int) {
 	t.Helper()
+	return StartVNCWith(t, "", extraArgs...)
+}
+
+// StartVNCWith is StartVNC with vncOptions appended to the -vnc argument
+// after a comma: "password=on", "tls-creds=tls0" (the object itself goes in
+// extraArgs), or "" for none.
+func StartVNCWith(t testing.TB, vncOptions string, extraArgs ...string) (port int) {
+	t.Helper()
 	qemu := Require(t)
 	for range attempts {
 		port := FreeVNCPort(t)
-		args := append(BaseArgs(), "-vnc", fmt.Sprintf("127.0.0.1:%d", port-BasePort))
+		display := fmt.Sprintf("127.0.0.1:%d", port-BasePort)
+		if vncOptions != "" {
+			display += "," + vncOptions
+		}
+		args := append(BaseArgs(), "-vnc", display)
 		args = append(args, extraArgs...)
 		cmd := exec.Command(qemu, args...)
 		var out bytes.Buffer // read only once QEMU has exited
@@ -136,6 +149,25 @@ func StartVNC(t testing.TB, extraArgs ...string) (port int) {
 	}
 	t.Fatalf("could not start qemu with a VNC server on a free display after %d attempts", attempts)
 	return 0
+}
+
+// StartVeNCrypt runs QEMU serving VNC with VeNCrypt x509, as libvirt's
+// vnc_tls=1 does: `-object tls-creds-x509,id=tls0,dir=DIR,endpoint=server,
+// verify-peer=…` and `-vnc 127.0.0.1:N,tls-creds=tls0`. dir must hold
+// exactly ca-cert.pem, server-cert.pem and server-key.pem (see
+// certs.CA.WriteQEMUDir); with verifyPeer (libvirt's vnc_tls_x509_verify=1)
+// QEMU requires a client certificate signed by that CA, and closes the
+// connection right after the TLS handshake when there is none. It returns
+// the VNC port; QEMU is stopped in t.Cleanup.
+func StartVeNCrypt(t testing.TB, dir string, verifyPeer bool, extraArgs ...string) (port int) {
+	t.Helper()
+	verify := "no"
+	if verifyPeer {
+		verify = "yes"
+	}
+	// QEMU's option syntax escapes a comma in a value by doubling it.
+	object := "tls-creds-x509,id=tls0,dir=" + strings.ReplaceAll(dir, ",", ",,") + ",endpoint=server,verify-peer=" + verify
+	return StartVNCWith(t, "tls-creds=tls0", append([]string{"-object", object}, extraArgs...)...)
 }
 
 var errExited = errors.New("qemu exited")

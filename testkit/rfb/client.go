@@ -65,6 +65,16 @@ const (
 // None, a shared ClientInit, the ServerInit; it then asks for Raw encoding
 // only. It sets no deadline: set one on conn first.
 func Handshake(conn io.ReadWriter) (ServerInit, error) {
+	return HandshakeAs(conn, "3.8")
+}
+
+// HandshakeAs is Handshake by a client that speaks RFB up to version
+// ("3.3", "3.7" or "3.8"): it answers the lower of that and the server's.
+func HandshakeAs(conn io.ReadWriter, version string) (ServerInit, error) {
+	most := map[string]int{"3.3": 3, "3.7": 7, "3.8": 8}[version]
+	if most == 0 {
+		return ServerInit{}, fmt.Errorf("rfb: client version %q not supported, want 3.3, 3.7 or 3.8", version)
+	}
 	var b [24]byte
 	if _, err := io.ReadFull(conn, b[:12]); err != nil {
 		return ServerInit{}, fmt.Errorf("rfb: read server version: %w", err)
@@ -83,6 +93,7 @@ func Handshake(conn io.ReadWriter) (ServerInit, error) {
 	default:
 		minor = 3
 	}
+	minor = min(minor, most)
 	if _, err := fmt.Fprintf(conn, "RFB 003.%03d\n", minor); err != nil {
 		return ServerInit{}, fmt.Errorf("rfb: write version: %w", err)
 	}

@@ -33,6 +33,9 @@ type Options struct {
 	MaxCutText int
 	// Logger receives connection logs; nil discards them.
 	Logger *slog.Logger
+	// VeNCrypt, when set, makes the server offer VeNCrypt with X509None
+	// only, as QEMU with tls-creds does, instead of None.
+	VeNCrypt *VeNCrypt
 }
 
 // KeyEvent is a KeyEvent message the server received.
@@ -296,7 +299,7 @@ func (s *Server) track(c net.Conn) (*session, bool) {
 		return nil, false
 	}
 	s.accepted++
-	ss := &session{srv: s, id: s.accepted, conn: c, pf: PixelFormat32, lastFrame: -1}
+	ss := &session{srv: s, id: s.accepted, raw: c, conn: c, pf: PixelFormat32, lastFrame: -1}
 	s.sessions[ss] = struct{}{}
 	s.wg.Add(1)
 	return ss, true
@@ -322,17 +325,19 @@ func (s *Server) untilNextFrame(t time.Time) time.Duration {
 
 func (s *Server) serveConn(ss *session) {
 	defer s.untrack(ss)
-	log := s.log.With("conn", ss.id, "remote", ss.conn.RemoteAddr().String())
-	br := bufio.NewReaderSize(ss.conn, 256)
-	_ = ss.conn.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
-	version, err := s.handshake(ss.conn, br)
+	log := s.log.With("conn", ss.id, "remote", ss.raw.RemoteAddr().String())
+	_ = ss.raw.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
+	conn, version, err := s.handshake(ss.raw)
 	if err != nil {
 		log.Info("rfb handshake failed", "err", err)
 		return
 	}
-	_ = ss.conn.SetDeadline(time.Time{})
+	_ = ss.raw.SetDeadline(time.Time{})
+	ss.mu.Lock()
+	ss.conn = conn
+	ss.mu.Unlock()
 	log.Debug("rfb session started", "version", version)
-	err = ss.readLoop(br)
+	err = ss.readLoop(bufio.NewReaderSize(conn, 256))
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 		log.Debug("rfb session ended")
@@ -341,74 +346,37 @@ func (s *Server) serveConn(ss *session) {
 	}
 }
 
-// handshake runs the version, security and init phases and returns the
-// version agreed ("3.8", "3.7" or "3.3").
-func (s *Server) handshake(c net.Conn, br *bufio.Reader) (string, error) {
-	if _, err := io.WriteString(c, "RFB 003.008\n"); err != nil {
-		return "", err
+// handshake runs the version, security and init phases on c and returns
+// the conn the session goes on with (TLS after VeNCrypt) and the version
+// agreed ("3.8", "3.7" or "3.3"). It reads c unbuffered: after VeNCrypt,
+// TLS must read what follows from c itself.
+func (s *Server) handshake(c net.Conn) (net.Conn, string, error) {
+	conn, version, err := AcceptSecurity(c, s.opts.VeNCrypt)
+	if err != nil {
+		return nil, "", err
 	}
 	var b [24]byte
-	if _, err := io.ReadFull(br, b[:12]); err != nil {
-		return "", fmt.Errorf("read client version: %w", err)
-	}
-	major, minor, err := parseVersion(b[:12])
-	if err != nil {
-		return "", err
-	}
-	if major != 3 {
-		return "", fmt.Errorf("client protocol version %d.%d not supported", major, minor)
-	}
-	switch {
-	case minor >= 8:
-		minor = 8
-	case minor == 7:
-	default:
-		minor = 3 // RFC 6143 7.1.1: other 3.x versions are 3.3
-	}
-	if minor == 3 {
-		binary.BigEndian.PutUint32(b[:4], securityNone)
-		if _, err := c.Write(b[:4]); err != nil {
-			return "", err
-		}
-	} else {
-		if _, err := c.Write([]byte{1, securityNone}); err != nil {
-			return "", err
-		}
-		t, err := br.ReadByte()
-		if err != nil {
-			return "", fmt.Errorf("read security type: %w", err)
-		}
-		if t != securityNone {
-			if minor == 8 {
-				const reason = "only security type none is offered"
-				msg := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, 1), uint32(len(reason)))
-				_, _ = c.Write(append(msg, reason...))
-			}
-			return "", fmt.Errorf("client chose security type %d, offered only none", t)
-		}
-		if minor == 8 {
-			if _, err := c.Write([]byte{0, 0, 0, 0}); err != nil {
-				return "", err
-			}
-		}
-	}
-	if _, err := br.ReadByte(); err != nil { // ClientInit: shared flag, always shared
-		return "", fmt.Errorf("read client init: %w", err)
+	if _, err := io.ReadFull(conn, b[:1]); err != nil { // ClientInit: shared flag, always shared
+		return nil, "", fmt.Errorf("read client init: %w", err)
 	}
 	binary.BigEndian.PutUint16(b[0:], uint16(s.opts.Width))
 	binary.BigEndian.PutUint16(b[2:], uint16(s.opts.Height))
 	PixelFormat32.marshal(b[4:20])
 	binary.BigEndian.PutUint32(b[20:], uint32(len(s.opts.Name)))
-	if _, err := c.Write(append(b[:], s.opts.Name...)); err != nil {
-		return "", err
+	if _, err := conn.Write(append(b[:], s.opts.Name...)); err != nil {
+		return nil, "", err
 	}
-	return fmt.Sprintf("3.%d", minor), nil
+	return conn, version, nil
 }
 
 // session is one client connection.
 type session struct {
-	srv  *Server
-	id   uint64
+	srv *Server
+	id  uint64
+	raw net.Conn // as accepted; closing it ends the session
+
+	// conn is what the session speaks on: raw, or TLS over it after
+	// VeNCrypt. Set before the read loop starts, under mu.
 	conn net.Conn
 
 	mu        sync.Mutex // serialises writes to conn and guards the fields below
@@ -423,7 +391,7 @@ type session struct {
 // close ends the session; closing the conn first unblocks a write in
 // progress, which holds ss.mu.
 func (ss *session) close() {
-	ss.conn.Close()
+	ss.raw.Close()
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	ss.closed = true
@@ -550,7 +518,7 @@ func (ss *session) flush() {
 	ss.pending = false
 	if err := ss.sendLocked(ss.want, f); err != nil {
 		s.log.Info("rfb update failed", "conn", ss.id, "err", err)
-		ss.conn.Close() // the reader sees the error and ends the session
+		ss.raw.Close() // the reader sees the error and ends the session
 	}
 }
 

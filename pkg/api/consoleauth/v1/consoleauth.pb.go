@@ -30,7 +30,12 @@ type RemoteConsole struct {
 	// "novnc" or "xvpvnc".
 	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
 	// Set in responses only.
-	Url           string `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	Url string `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	// Asks for a view-only console: the proxy drops the client's keys, pointer
+	// and clipboard, and the console page says so. Not Nova's: Nova clients
+	// never send it, and absent means a normal console. A response carries it
+	// only when the console is view-only, so Nova's answer is unchanged.
+	ViewOnly      *bool `protobuf:"varint,4,opt,name=view_only,json=viewOnly,proto3,oneof" json:"view_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -84,6 +89,13 @@ func (x *RemoteConsole) GetUrl() string {
 		return x.Url
 	}
 	return ""
+}
+
+func (x *RemoteConsole) GetViewOnly() bool {
+	if x != nil && x.ViewOnly != nil {
+		return *x.ViewOnly
+	}
+	return false
 }
 
 type GetConsoleURLRequest struct {
@@ -184,8 +196,10 @@ func (x *GetConsoleURLResponse) GetRemoteConsole() *RemoteConsole {
 
 // GetVNCConsoleAction is the body of the legacy action: {"os-getVNCConsole": {"type": "novnc"}}.
 type GetVNCConsoleAction struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Type          string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	// Asks for a view-only console, as RemoteConsole.view_only (not Nova's).
+	ViewOnly      bool `protobuf:"varint,2,opt,name=view_only,json=viewOnly,proto3" json:"view_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -225,6 +239,13 @@ func (x *GetVNCConsoleAction) GetType() string {
 		return x.Type
 	}
 	return ""
+}
+
+func (x *GetVNCConsoleAction) GetViewOnly() bool {
+	if x != nil {
+		return x.ViewOnly
+	}
+	return false
 }
 
 type GetVNCConsoleRequest struct {
@@ -445,7 +466,10 @@ type ConnectInfo struct {
 	// The first hex characters of the token's SHA-256, safe to log.
 	TokenHashPrefix string `protobuf:"bytes,8,opt,name=token_hash_prefix,json=tokenHashPrefix,proto3" json:"token_hash_prefix,omitempty"`
 	// The compute host that runs the instance.
-	ComputeHost   string `protobuf:"bytes,9,opt,name=compute_host,json=computeHost,proto3" json:"compute_host,omitempty"`
+	ComputeHost string `protobuf:"bytes,9,opt,name=compute_host,json=computeHost,proto3" json:"compute_host,omitempty"`
+	// The console is view-only: the proxy must drop the client's input (keys,
+	// pointer, clipboard and messages that change the VM).
+	ViewOnly      bool `protobuf:"varint,10,opt,name=view_only,json=viewOnly,proto3" json:"view_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -543,6 +567,13 @@ func (x *ConnectInfo) GetComputeHost() string {
 	return ""
 }
 
+func (x *ConnectInfo) GetViewOnly() bool {
+	if x != nil {
+		return x.ViewOnly
+	}
+	return false
+}
+
 type CheckTokenResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ConnectInfo   *ConnectInfo           `protobuf:"bytes,1,opt,name=connect_info,json=connectInfo,proto3" json:"connect_info,omitempty"`
@@ -638,8 +669,11 @@ type ConsoleAuthToken struct {
 	Host               string                 `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
 	Port               int32                  `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
 	InternalAccessPath string                 `protobuf:"bytes,4,opt,name=internal_access_path,json=internalAccessPath,proto3" json:"internal_access_path,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Set, to true, only for a view-only console's token (not Nova's), so the
+	// answer for other tokens is Nova's.
+	ViewOnly      *bool `protobuf:"varint,5,opt,name=view_only,json=viewOnly,proto3,oneof" json:"view_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConsoleAuthToken) Reset() {
@@ -698,6 +732,13 @@ func (x *ConsoleAuthToken) GetInternalAccessPath() string {
 		return x.InternalAccessPath
 	}
 	return ""
+}
+
+func (x *ConsoleAuthToken) GetViewOnly() bool {
+	if x != nil && x.ViewOnly != nil {
+		return *x.ViewOnly
+	}
+	return false
 }
 
 type GetConsoleAuthTokenResponse struct {
@@ -845,18 +886,22 @@ var File_vncgate_consoleauth_v1_consoleauth_proto protoreflect.FileDescriptor
 
 const file_vncgate_consoleauth_v1_consoleauth_proto_rawDesc = "" +
 	"\n" +
-	"(vncgate/consoleauth/v1/consoleauth.proto\x12\x16vncgate.consoleauth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Q\n" +
+	"(vncgate/consoleauth/v1/consoleauth.proto\x12\x16vncgate.consoleauth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x01\n" +
 	"\rRemoteConsole\x12\x1a\n" +
 	"\bprotocol\x18\x01 \x01(\tR\bprotocol\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x10\n" +
-	"\x03url\x18\x03 \x01(\tR\x03url\"\x81\x01\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\x12 \n" +
+	"\tview_only\x18\x04 \x01(\bH\x00R\bviewOnly\x88\x01\x01B\f\n" +
+	"\n" +
+	"_view_only\"\x81\x01\n" +
 	"\x14GetConsoleURLRequest\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12L\n" +
 	"\x0eremote_console\x18\x02 \x01(\v2%.vncgate.consoleauth.v1.RemoteConsoleR\rremoteConsole\"e\n" +
 	"\x15GetConsoleURLResponse\x12L\n" +
-	"\x0eremote_console\x18\x01 \x01(\v2%.vncgate.consoleauth.v1.RemoteConsoleR\rremoteConsole\")\n" +
+	"\x0eremote_console\x18\x01 \x01(\v2%.vncgate.consoleauth.v1.RemoteConsoleR\rremoteConsole\"F\n" +
 	"\x13GetVNCConsoleAction\x12\x12\n" +
-	"\x04type\x18\x01 \x01(\tR\x04type\"\x8e\x01\n" +
+	"\x04type\x18\x01 \x01(\tR\x04type\x12\x1b\n" +
+	"\tview_only\x18\x02 \x01(\bR\bviewOnly\"\x8e\x01\n" +
 	"\x14GetVNCConsoleRequest\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12Y\n" +
 	"\x12os_get_vnc_console\x18\x02 \x01(\v2+.vncgate.consoleauth.v1.GetVNCConsoleActionR\x10os-getVNCConsole\"/\n" +
@@ -867,7 +912,7 @@ const file_vncgate_consoleauth_v1_consoleauth_proto_rawDesc = "" +
 	"\aconsole\x18\x01 \x01(\v2\x1f.vncgate.consoleauth.v1.ConsoleR\aconsole\"L\n" +
 	"\x11CheckTokenRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +
-	"\fconsole_type\x18\x02 \x01(\tR\vconsoleType\"\xf4\x02\n" +
+	"\fconsole_type\x18\x02 \x01(\tR\vconsoleType\"\x91\x03\n" +
 	"\vConnectInfo\x12#\n" +
 	"\rinstance_uuid\x18\x01 \x01(\tR\finstanceUuid\x12!\n" +
 	"\fconsole_type\x18\x02 \x01(\tR\vconsoleType\x12\x12\n" +
@@ -879,16 +924,21 @@ const file_vncgate_consoleauth_v1_consoleauth_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12*\n" +
 	"\x11token_hash_prefix\x18\b \x01(\tR\x0ftokenHashPrefix\x12!\n" +
-	"\fcompute_host\x18\t \x01(\tR\vcomputeHost\"\\\n" +
+	"\fcompute_host\x18\t \x01(\tR\vcomputeHost\x12\x1b\n" +
+	"\tview_only\x18\n" +
+	" \x01(\bR\bviewOnly\"\\\n" +
 	"\x12CheckTokenResponse\x12F\n" +
 	"\fconnect_info\x18\x01 \x01(\v2#.vncgate.consoleauth.v1.ConnectInfoR\vconnectInfo\"A\n" +
 	"\x1aGetConsoleAuthTokenRequest\x12#\n" +
-	"\rconsole_token\x18\x01 \x01(\tR\fconsoleToken\"\x91\x01\n" +
+	"\rconsole_token\x18\x01 \x01(\tR\fconsoleToken\"\xc1\x01\n" +
 	"\x10ConsoleAuthToken\x12#\n" +
 	"\rinstance_uuid\x18\x01 \x01(\tR\finstanceUuid\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x12\n" +
 	"\x04port\x18\x03 \x01(\x05R\x04port\x120\n" +
-	"\x14internal_access_path\x18\x04 \x01(\tR\x12internalAccessPath\"a\n" +
+	"\x14internal_access_path\x18\x04 \x01(\tR\x12internalAccessPath\x12 \n" +
+	"\tview_only\x18\x05 \x01(\bH\x00R\bviewOnly\x88\x01\x01B\f\n" +
+	"\n" +
+	"_view_only\"a\n" +
 	"\x1bGetConsoleAuthTokenResponse\x12B\n" +
 	"\aconsole\x18\x01 \x01(\v2(.vncgate.consoleauth.v1.ConsoleAuthTokenR\aconsole\"Z\n" +
 	"\x1bRevokeInstanceTokensRequest\x12#\n" +
@@ -966,6 +1016,8 @@ func file_vncgate_consoleauth_v1_consoleauth_proto_init() {
 	if File_vncgate_consoleauth_v1_consoleauth_proto != nil {
 		return
 	}
+	file_vncgate_consoleauth_v1_consoleauth_proto_msgTypes[0].OneofWrappers = []any{}
+	file_vncgate_consoleauth_v1_consoleauth_proto_msgTypes[11].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

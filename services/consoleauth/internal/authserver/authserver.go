@@ -76,13 +76,16 @@ func (s *Server) GetConsoleURL(ctx context.Context, req *consoleauthv1.GetConsol
 	if err := checkProtocol(rc.GetProtocol()); err != nil {
 		return nil, toStatus(err)
 	}
-	consoleURL, err := s.consoleURL(ctx, req.GetServerId(), rc.GetType())
+	viewOnly := rc.GetViewOnly()
+	consoleURL, err := s.consoleURL(ctx, req.GetServerId(), rc.GetType(), viewOnly)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &consoleauthv1.GetConsoleURLResponse{RemoteConsole: &consoleauthv1.RemoteConsole{
-		Protocol: rc.GetProtocol(), Type: rc.GetType(), Url: consoleURL,
-	}}, nil
+	answer := &consoleauthv1.RemoteConsole{Protocol: rc.GetProtocol(), Type: rc.GetType(), Url: consoleURL}
+	if viewOnly {
+		answer.ViewOnly = &viewOnly // absent otherwise: Nova's answer
+	}
+	return &consoleauthv1.GetConsoleURLResponse{RemoteConsole: answer}, nil
 }
 
 // GetVNCConsole is Nova's legacy os-getVNCConsole action.
@@ -91,7 +94,7 @@ func (s *Server) GetVNCConsole(ctx context.Context, req *consoleauthv1.GetVNCCon
 	if action == nil {
 		return nil, toStatus(detail(ErrInvalidArgument, `missing "os-getVNCConsole" in request body: it is the only action served`))
 	}
-	consoleURL, err := s.consoleURL(ctx, req.GetServerId(), action.GetType())
+	consoleURL, err := s.consoleURL(ctx, req.GetServerId(), action.GetType(), action.GetViewOnly())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -99,8 +102,8 @@ func (s *Server) GetVNCConsole(ctx context.Context, req *consoleauthv1.GetVNCCon
 }
 
 // consoleURL validates the request, asks the instance's agent for its VNC
-// server, mints a token and builds the URL.
-func (s *Server) consoleURL(ctx context.Context, uuid, consoleType string) (string, error) {
+// server, mints a token (view-only if asked) and builds the URL.
+func (s *Server) consoleURL(ctx context.Context, uuid, consoleType string, viewOnly bool) (string, error) {
 	if uuid == "" {
 		return "", detail(ErrInvalidArgument, "missing server_id")
 	}
@@ -127,17 +130,18 @@ func (s *Server) consoleURL(ctx context.Context, uuid, consoleType string) (stri
 		Host:               console.Host,
 		Port:               console.Port,
 		InternalAccessPath: console.InternalAccessPath,
+		ViewOnly:           viewOnly,
 	})
 	if err != nil {
 		return "", err
 	}
 	s.metrics.minted.WithLabelValues(consoleType).Inc()
 	s.log.InfoContext(ctx, "console token minted", "instance", uuid, "console_type", consoleType,
-		"compute_host", agent.ComputeHost, "token_hash", registry.HashPrefix(minted.Hash))
+		"compute_host", agent.ComputeHost, "token_hash", registry.HashPrefix(minted.Hash), "view_only", viewOnly)
 	if consoleType == TypeXVPVNC {
 		return xvpURL(s.cfg.XVPBaseURL, minted.Token), nil
 	}
-	return noVNCURL(s.cfg.NoVNCBaseURL, minted.Token), nil
+	return noVNCURL(s.cfg.NoVNCBaseURL, minted.Token, viewOnly), nil
 }
 
 // CheckToken returns where a valid token connects to, after the instance's
@@ -182,6 +186,7 @@ func (s *Server) checkToken(ctx context.Context, req *consoleauthv1.CheckTokenRe
 		ExpiresAt:          timestamppb.New(rec.ExpiresAt),
 		TokenHashPrefix:    registry.HashPrefix(entry.Hash),
 		ComputeHost:        rec.ComputeHost,
+		ViewOnly:           rec.ViewOnly,
 	}}, nil
 }
 
@@ -227,12 +232,16 @@ func (s *Server) GetConsoleAuthToken(ctx context.Context, req *consoleauthv1.Get
 		return nil, toStatus(err)
 	}
 	rec := entry.Record
-	return &consoleauthv1.GetConsoleAuthTokenResponse{Console: &consoleauthv1.ConsoleAuthToken{
+	answer := &consoleauthv1.ConsoleAuthToken{
 		InstanceUuid:       rec.InstanceUUID,
 		Host:               rec.Host,
 		Port:               rec.Port,
 		InternalAccessPath: rec.InternalAccessPath,
-	}}, nil
+	}
+	if rec.ViewOnly {
+		answer.ViewOnly = &rec.ViewOnly // absent otherwise: Nova's answer
+	}
+	return &consoleauthv1.GetConsoleAuthTokenResponse{Console: answer}, nil
 }
 
 // RevokeInstanceTokens deletes an instance's tokens and announces it.

@@ -15,10 +15,11 @@ import (
 func TestConsoleURLs(t *testing.T) {
 	const token = "AbC-_9"
 	tests := []struct {
-		name string
-		base string
-		xvp  bool
-		want string
+		name     string
+		base     string
+		xvp      bool
+		viewOnly bool
+		want     string
 	}{
 		{name: "novnc", base: "http://127.0.0.1:6080/vnc_lite.html",
 			want: "http://127.0.0.1:6080/vnc_lite.html?path=%3Ftoken%3DAbC-_9"},
@@ -26,6 +27,10 @@ func TestConsoleURLs(t *testing.T) {
 			want: "https://console.example/vnc.html?lang=fr&path=%3Ftoken%3DAbC-_9&scale=true"},
 		{name: "novnc appends to an existing path", base: "https://console.example/vnc.html?path=websockify",
 			want: "https://console.example/vnc.html?path=websockify%3Ftoken%3DAbC-_9"},
+		{name: "novnc view-only: the hint outside path", base: "http://127.0.0.1:6080/vnc_lite.html", viewOnly: true,
+			want: "http://127.0.0.1:6080/vnc_lite.html?path=%3Ftoken%3DAbC-_9&view_only=1"},
+		{name: "novnc normal: a base URL cannot say view-only", base: "http://127.0.0.1:6080/vnc.html?view_only=1&lang=fr",
+			want: "http://127.0.0.1:6080/vnc.html?lang=fr&path=%3Ftoken%3DAbC-_9"},
 		{name: "xvp", base: "http://127.0.0.1:6081/console", xvp: true,
 			want: "http://127.0.0.1:6081/console?token=AbC-_9"},
 		{name: "xvp keeps query", base: "http://public:6081/console?a=1", xvp: true,
@@ -37,7 +42,7 @@ func TestConsoleURLs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := noVNCURL(base, token)
+			got := noVNCURL(base, token, tt.viewOnly)
 			if tt.xvp {
 				got = xvpURL(base, token)
 			}

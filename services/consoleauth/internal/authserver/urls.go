@@ -29,10 +29,20 @@ func ParseBaseURL(name, raw string) (*url.URL, error) {
 // path=%3Ftoken%3D{token}. Other query parameters of the base URL are kept;
 // a `path` the base URL already has (e.g. "websockify") gets the token
 // appended, so operators can still choose the WebSocket path.
-func noVNCURL(base *url.URL, token string) string {
+//
+// A view-only console's URL also carries view_only=1, outside `path`, which
+// tells the console page to show "view only" and offer no input (noVNC's own
+// pages ignore it). It is a hint for the page only: the proxy enforces
+// view-only from the token, whatever the URL says.
+func noVNCURL(base *url.URL, token string, viewOnly bool) string {
 	u := *base
 	q := u.Query()
 	q.Set("path", q.Get("path")+"?token="+token)
+	if viewOnly {
+		q.Set("view_only", "1")
+	} else {
+		q.Del("view_only") // a base URL cannot make a normal console look view-only
+	}
 	u.RawQuery = q.Encode()
 	return u.String()
 }

@@ -8,7 +8,9 @@
 // tokens minted in the same time bucket reuse one lease, whose TTL is the
 // token TTL plus the bucket width so it always outlives its tokens. Expiry is
 // also checked on every read (Token.ExpiresAt), so a token is refused as soon
-// as it expires, whatever its lease.
+// as it expires, whatever its lease. A view-only token's record says so
+// (Token.ViewOnly); a normal token's record omits the field, so records and
+// readers from before view-only consoles agree.
 //
 // Every etcd call runs under a timeout. When etcd cannot be reached the
 // methods return an error wrapping ErrStoreUnavailable; nothing is cached, so

@@ -384,3 +384,36 @@ func TestNewRefusesShortTTL(t *testing.T) {
 		t.Fatal("ttl 500ms: got nil error, want one")
 	}
 }
+
+func TestViewOnlyIsStoredInTheRecord(t *testing.T) {
+	t.Parallel()
+	_, cli := etcd.Start(t)
+	ctx := testworld.Ctx(t)
+	s := newStore(t, cli, tokenstore.Options{TTL: time.Minute})
+	for _, viewOnly := range []bool{false, true} {
+		rec := record("i-1")
+		rec.ViewOnly = viewOnly
+		m, err := s.Mint(ctx, rec)
+		if err != nil {
+			t.Fatalf("mint: %v", err)
+		}
+		e, err := s.Lookup(ctx, m.Token)
+		if err != nil {
+			t.Fatalf("lookup: %v", err)
+		}
+		if e.Record.ViewOnly != viewOnly {
+			t.Errorf("view-only %v: got %v after lookup", viewOnly, e.Record.ViewOnly)
+		}
+		raw, err := cli.Get(ctx, registry.TokenKey(m.Hash))
+		if err != nil || len(raw.Kvs) != 1 {
+			t.Fatalf("get record: %v", err)
+		}
+		// A normal token's record is what it was before view-only existed.
+		if got, want := strings.Contains(string(raw.Kvs[0].Value), `"view_only":true`), viewOnly; got != want {
+			t.Errorf("view-only %v: record %s has \"view_only\":true %v, want %v", viewOnly, raw.Kvs[0].Value, got, want)
+		}
+		if !viewOnly && strings.Contains(string(raw.Kvs[0].Value), "view_only") {
+			t.Errorf("normal token: record %s mentions view_only", raw.Kvs[0].Value)
+		}
+	}
+}

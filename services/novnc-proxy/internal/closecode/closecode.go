@@ -5,8 +5,10 @@
 //
 // Codes 4000-4999 are private-use close codes (RFC 6455 §7.4.2); each is 4000
 // plus the HTTP status it resembles, so "4401" reads as "401 after the
-// upgrade" (4406, wrong console type, because 4403 is the origin's). 1001 and 1003 are the standard codes for "going away" and
-// "unsupported data".
+// upgrade" (4406, wrong console type, because 4403 is the origin's; 4520 and
+// 4525 borrow the 5xx codes proxies use for an origin that answers nonsense
+// and for a failed TLS handshake with it). 1001 and 1003 are the standard
+// codes for "going away" and "unsupported data".
 package closecode
 
 import (
@@ -53,6 +55,11 @@ const (
 	Unreachable Code = 4502
 	// Unavailable: consoleauth (or what it needs) could not answer.
 	Unavailable Code = 4503
+	// NotVNC: what listens at the VM's console address does not speak RFB.
+	NotVNC Code = 4520
+	// SecurityFailed: the proxy and the VM's VNC server agree on no
+	// security type, or VeNCrypt (TLS) to the server failed (auth_schemes).
+	SecurityFailed Code = 4525
 )
 
 // Entry describes one code.
@@ -80,6 +87,8 @@ var table = []Entry{
 	{Throttled, "throttled", "Too many console attempts. Wait a little and try again."},
 	{Unreachable, "vm_unreachable", "The server's console could not be reached. The server may be shutting down or its host may be unreachable."},
 	{Unavailable, "console_service_unavailable", "The console service is unavailable right now. Try again in a moment."},
+	{NotVNC, "not_vnc", "The server's console is not answering as a VNC server. Ask your cloud operator."},
+	{SecurityFailed, "vnc_security_failed", "The console proxy could not open a secure connection to the server's console. Ask your cloud operator."},
 }
 
 // All returns every entry, sorted by code.

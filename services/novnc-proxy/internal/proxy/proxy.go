@@ -229,7 +229,8 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	client := newWSConn(ws, r.RemoteAddr, s.opts.RevocationGrace)
 	client.onText = func() { sess.End(proxymetrics.EndProtocolError, "binary frames only") }
 	stopPings := s.startPings(ws, sess)
-	sess.Run(client, func(why proxymetrics.EndReason, message string) {
+	defer stopPings()
+	ref = sess.Run(client, func(why proxymetrics.EndReason, message string) {
 		if why == proxymetrics.EndPingTimeout { // nobody left to tell
 			client.setClose(closecode.Normal, "")
 			ws.CloseNow()
@@ -237,7 +238,9 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		}
 		client.setClose(endCode(why), closeReason(message))
 	})
-	stopPings()
+	if ref != nil { // the RFB handshake failed; the client was told in RFB too
+		ws.Close(websocket.StatusCode(refusalCode(ref.Why)), closeReason(ref.Message))
+	}
 }
 
 // accept completes the upgrade, answering "binary" only when offered.
@@ -296,6 +299,12 @@ func refusalCode(why proxymetrics.Refusal) closecode.Code {
 		return closecode.Revoked
 	case proxymetrics.RefusedShutdown:
 		return closecode.ShuttingDown
+	case proxymetrics.RefusedVNCSecurity:
+		return closecode.SecurityFailed
+	case proxymetrics.RefusedNotVNC:
+		return closecode.NotVNC
+	case proxymetrics.RefusedClientGone:
+		return closecode.Normal
 	}
 	return closecode.Unavailable
 }

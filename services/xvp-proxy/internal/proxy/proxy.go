@@ -188,7 +188,9 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	conn.SetDeadline(time.Time{})
 	server.SetDeadline(time.Time{})
 	sess.Log = sess.Log.With("method", head.Method)
-	sess.Run(conn, nil)
+	if sess.Run(conn, nil) != nil { // the RFB handshake failed; the client was told in RFB
+		conn.Close()
+	}
 }
 
 // replyTo is the status line of a refusal after the head was read.
