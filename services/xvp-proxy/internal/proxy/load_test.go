@@ -123,7 +123,9 @@ func TestConcurrentSessionsRelayEveryByte(t *testing.T) {
 		idle time.Duration
 	}{{"splice", 0}, {"idle tracked", time.Minute}} {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newWorld(t, func(c *worldConfig) { c.proxy.HandshakeTimeout = 20 * time.Second; c.core.IdleTimeout = tc.idle })
+			// A burst under the race detector on a loaded machine takes
+			// long: the limit only bounds a hang.
+			w := newWorld(t, func(c *worldConfig) { c.proxy.HandshakeTimeout = 2 * time.Minute; c.core.IdleTimeout = tc.idle })
 			backendAddr := checksumServer(t)
 			for i := range loadSessions {
 				w.auth.add(fmt.Sprintf("tok-%d", i), fmt.Sprintf("inst-%d", i), backendAddr)

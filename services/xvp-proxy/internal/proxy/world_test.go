@@ -71,8 +71,6 @@ func newWorld(t *testing.T, opts ...worldOption) *world {
 	cfg := worldConfig{
 		core: sessions.Config{
 			ConsoleType:      ConsoleType,
-			Checker:          tokencheck.New(conn, 2*time.Second),
-			Dialer:           backend.Dialer{Timeout: 2 * time.Second},
 			Metrics:          proxymetrics.New(reg),
 			Log:              log,
 			HandshakeTimeout: 3 * time.Second,
@@ -82,6 +80,10 @@ func newWorld(t *testing.T, opts ...worldOption) *world {
 	for _, o := range opts {
 		o(&cfg)
 	}
+	// The handshake's limit bounds its steps too.
+	cfg.core.Checker = tokencheck.New(conn, cfg.proxy.HandshakeTimeout)
+	cfg.core.Dialer = backend.Dialer{Timeout: cfg.proxy.HandshakeTimeout}
+	cfg.core.HandshakeTimeout = cfg.proxy.HandshakeTimeout
 	cfg.proxy.Core = sessions.New(cfg.core)
 	w := &world{auth: auth, srv: New(cfg.proxy), core: cfg.proxy.Core, metrics: reg, logs: logs}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
