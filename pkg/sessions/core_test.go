@@ -24,7 +24,9 @@ import (
 	"github.com/vncgate/vncgate/pkg/failban"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/registry"
+	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
+	"github.com/vncgate/vncgate/testkit/rfb"
 )
 
 // checker answers from a map; a token mapped to an error fails with it.
@@ -526,4 +528,88 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// An RFB-aware session runs the handshake with both sides before the relay;
+// what it cannot settle is a refusal for the edge to answer, counted once.
+func TestRFBAwareSessions(t *testing.T) {
+	demo := func(t *testing.T) (*rfb.Server, string) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := rfb.NewServer(rfb.Options{Width: 32, Height: 24})
+		go srv.Serve(l)
+		t.Cleanup(func() { srv.Close() })
+		return srv, l.Addr().String()
+	}
+	t.Run("a view-only session drops input and relays the rest", func(t *testing.T) {
+		w := newCoreWorld(t, nil)
+		srv, addr := demo(t)
+		w.vnc = addr
+		viewOnly := w.token("view", "i")
+		w.auth.tokens[viewOnly].(*consoleauthv1.ConnectInfo).ViewOnly = true
+		normal := w.token("normal", "i")
+		for _, tok := range []string{viewOnly, normal} {
+			s, r := w.admit(tok)
+			if r != nil {
+				t.Fatal(r)
+			}
+			rn := run(t, s)
+			rn.user.SetDeadline(time.Now().Add(30 * time.Second))
+			si, err := rfb.Handshake(rn.user)
+			if err != nil {
+				t.Fatalf("%s: RFB handshake through the proxy: %v", tok, err)
+			}
+			key := uint32('v')
+			if tok == normal {
+				key = 'n'
+			}
+			if err := rfb.SendKey(rn.user, key, true); err != nil {
+				t.Fatal(err)
+			}
+			if err := rfb.RequestUpdate(rn.user, si, false); err != nil { // relayed: the screen still updates
+				t.Fatal(err)
+			}
+			if _, err := rfb.ReadUpdate(rn.user, si); err != nil {
+				t.Fatalf("%s: no screen update: %v", tok, err)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := srv.WaitKey(ctx, 'n'); err != nil {
+			t.Fatalf("the normal session's key did not arrive: %v", err)
+		}
+		for _, k := range srv.Keys() { // the view-only key was sent first
+			if k.Keysym == 'v' {
+				t.Errorf("a view-only session's key reached the VM: %+v", k)
+			}
+		}
+		if !strings.Contains(w.logs.String(), "view_only=true") || !strings.Contains(w.logs.String(), "rfb_version=3.8") {
+			t.Errorf("the session's log does not say view_only and the RFB version:\n%s", w.logs)
+		}
+	})
+	t.Run("a server that is not VNC", func(t *testing.T) {
+		w := newCoreWorld(t, func(c *Config) { c.RFB = &rfbproxy.Config{AuthSchemes: []string{"none"}} })
+		w.vnc = serve(t, func(c net.Conn) { io.WriteString(c, "SSH-2.0-OpenSSH_9.2\r\n") })
+		s, r := w.admit(w.token("t", "i"))
+		if r != nil {
+			t.Fatal(r)
+		}
+		rn := run(t, s)
+		rn.user.SetDeadline(time.Now().Add(30 * time.Second))
+		_, err := rfb.Handshake(rn.user) // the client is told in RFB
+		if err == nil || !strings.Contains(err.Error(), "Unable to negotiate security with server") {
+			t.Errorf("client's handshake: got %v, want RFB's failure reason", err)
+		}
+		if why := rn.ended(t); why != 0 {
+			t.Errorf("the relay ran and ended with %v", why)
+		}
+		if got := w.counted(t, "vncgate_proxy_sessions_total", "result", "not_vnc"); got != 1 {
+			t.Errorf("sessions_total{result=not_vnc}: got %v, want 1", got)
+		}
+		if got := w.counted(t, "vncgate_proxy_sessions_total", "result", "relayed"); got != 0 {
+			t.Errorf("sessions_total{result=relayed}: got %v, want 0", got)
+		}
+	})
 }
