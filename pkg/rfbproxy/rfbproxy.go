@@ -76,9 +76,11 @@ type Result struct {
 // the connection to relay with on the server side (TLS over server after
 // VeNCrypt). It reads exactly what the protocol says, never more, so no
 // byte is lost to the relay. On failure it has told the client why where
-// RFB allows (the failure reason of RFB 3.8, as Nova) and returns an error
-// wrapping ErrClient, ErrSecurity or ErrNotVNC. ctx bounds it. host is the
-// VNC server's host as the token names it.
+// RFB allows (a failure reason, whatever the client's version, when the
+// fault is on the server's side; Nova's reason to a 3.8 client choosing a
+// type other than None) and returns an error wrapping ErrClient,
+// ErrSecurity or ErrNotVNC, whose text gives the real cause. ctx bounds it.
+// host is the VNC server's host as the token names it.
 //
 // A nil cfg, or one without AuthSchemes, allows None only. Should ctx end
 // first, both conns are closed. On failure the Result holds what was
@@ -101,13 +103,4 @@ func Handshake(ctx context.Context, client, server net.Conn, host string, cfg *C
 		return nil, res, err
 	}
 	return vnc, res, nil
-}
-
-// ViewOnly wraps the client side of a session past the handshake: reads
-// return its ClientInit and then only the messages a view-only session may
-// send; KeyEvent, PointerEvent and ClientCutText are dropped whole, never
-// in part; a message type it cannot size ends the stream with an error
-// wrapping ErrUnknownMessage. Writes pass through.
-func ViewOnly(client net.Conn) net.Conn {
-	return client
 }

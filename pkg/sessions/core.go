@@ -385,7 +385,7 @@ func (s *Session) endedEarly() *Refusal {
 func (s *Session) Run(client net.Conn, goodbye func(why proxymetrics.EndReason, message string)) *Refusal {
 	defer s.core.table.Remove(s.entry)
 	cfg := s.core.cfg
-	if cfg.RFB != nil || s.Info.GetViewOnly() {
+	if s.RFBAware() {
 		var r *Refusal
 		if client, r = s.handshake(client); r != nil {
 			s.core.Refuse(s.Log, r)
@@ -457,6 +457,11 @@ func (s *Session) Run(client net.Conn, goodbye func(why proxymetrics.EndReason, 
 	s.Log.Info("session ended", attrs...)
 	return nil
 }
+
+// RFBAware reports whether Run speaks RFB with both sides before relaying:
+// the proxy has auth_schemes, or the token is view-only. Bytes the client
+// sent ahead then belong to that handshake, never straight to the server.
+func (s *Session) RFBAware() bool { return s.core.cfg.RFB != nil || s.Info.GetViewOnly() }
 
 // handshake runs the RFB handshake with both sides (package rfbproxy) and
 // returns the client to relay from: for a view-only session, one that

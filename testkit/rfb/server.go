@@ -217,6 +217,13 @@ func (s *Server) Pointers() []PointerEvent {
 	return append([]PointerEvent(nil), s.pointers...)
 }
 
+// CutTexts returns the cut texts received, oldest first.
+func (s *Server) CutTexts() []CutText {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]CutText(nil), s.cutTexts...)
+}
+
 // WaitKey returns the first recorded key event (press or release) for
 // keysym, waiting for one until ctx ends.
 func (s *Server) WaitKey(ctx context.Context, keysym uint32) (KeyEvent, error) {

@@ -3,11 +3,18 @@
 // jobs from stdin and answers each on stdout, one JSON object per line.
 //
 // Job:    {"url": "...", "page": "vncgate" | "novnc-lite", "expect": "connected" | "disconnected",
-//          "typeKey": "a", "ctrlAltDel": true, "paste": "text", "reconnect": true,
-//          "screenshot": "/tmp/x.png", "timeoutMs": 20000,
+//          "typeKey": "a", "pointer": true, "ctrlAltDel": true, "paste": "text", "reconnect": true,
+//          "framesAfter": 3, "screenshot": "/tmp/x.png", "timeoutMs": 20000,
 //          "pictureTimeoutMs": 10000}
 // Result: {"state", "status", "message", "closeCode", "canvas": {x, y, width, height},
-//          "colours", "painted", "reconnected", "logs": [...], "error"}
+//          "colours", "painted", "reconnected", "framesSeen", "viewOnly", "logs": [...], "error"}
+//
+// pointer moves the mouse over the canvas and clicks its right and middle
+// buttons. framesAfter waits, after the actions, until the canvas has
+// changed that many times: with noVNC asking for the next update only once
+// one arrived, two changes mean the VNC server answered a request sent
+// after the actions, so it has read whatever input the actions sent.
+// viewOnly reports the page's view-only state: {flag, badge, disabled: {id: bool}}.
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -50,6 +57,25 @@ function canvasStats(want) {
     return stats.colours > want.colours && stats.painted > want.painted && stats;
 }
 
+// countCanvasChanges starts counting, in the page, how often the console
+// canvas changes (window.vncgateChanges). It runs in the page.
+function countCanvasChanges() {
+    const hash = () => {
+        const canvas = document.querySelector("canvas");
+        if (!canvas || !canvas.width || !canvas.height) return 0;
+        const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+        let h = 0;
+        for (let i = 0; i < data.length; i += 4 * 3) h = (Math.imul(h, 31) + (data[i] << 16 | data[i + 1] << 8 | data[i + 2])) | 0;
+        return h;
+    };
+    window.vncgateChanges = 0;
+    let last = hash();
+    setInterval(() => {
+        const h = hash();
+        if (h !== last) { window.vncgateChanges++; last = h; }
+    }, 30);
+}
+
 async function runJob(job) {
     const timeout = job.timeoutMs || 20000;
     const page = await context.newPage();
@@ -79,9 +105,20 @@ async function runJob(job) {
                 await page.screenshot({ path: job.screenshot }); // the picture, before the actions
                 shot = true;
             }
+            if (job.framesAfter) await page.evaluate(countCanvasChanges);
             if (job.typeKey) {
                 await canvas.click();
                 await page.keyboard.press(job.typeKey);
+            }
+            if (job.pointer) {
+                const box = result.canvas;
+                for (const [fx, fy] of [[0.2, 0.2], [0.5, 0.5], [0.8, 0.7]]) {
+                    await page.mouse.move(box.x + fx * box.width, box.y + fy * box.height, { steps: 4 });
+                }
+                await page.mouse.down({ button: "right" });
+                await page.mouse.up({ button: "right" });
+                await page.mouse.down({ button: "middle" });
+                await page.mouse.up({ button: "middle" });
             }
             if (job.ctrlAltDel) {
                 await page.click("#ctrlaltdel");
@@ -90,6 +127,10 @@ async function runJob(job) {
                 await page.click("#paste-toggle");
                 await page.fill("#clipboard", job.paste);
                 await page.click("#paste-send");
+            }
+            if (job.framesAfter) {
+                await page.waitForFunction((n) => window.vncgateChanges >= n, job.framesAfter, { timeout, polling: 50 });
+                result.framesSeen = await page.evaluate(() => window.vncgateChanges);
             }
             if (job.reconnect) {
                 const before = Number(await page.evaluate(() => document.body.dataset.connects));
@@ -105,6 +146,14 @@ async function runJob(job) {
         result.status = ((await page.textContent("#status")) || "").trim();
         result.message = ((await page.locator("#message").count()) ? (await page.textContent("#message")) || "" : "").trim();
         result.closeCode = await page.evaluate(() => document.body.dataset.closeCode || "");
+        if (job.page !== "novnc-lite") {
+            result.viewOnly = await page.evaluate(() => {
+                const badge = document.getElementById("viewonly");
+                const disabled = {};
+                for (const id of ["ctrlaltdel", "paste-toggle", "paste-send"]) disabled[id] = document.getElementById(id).disabled;
+                return { flag: document.body.dataset.viewOnly || "", badge: badge && !badge.hidden ? badge.textContent : "", disabled };
+            });
+        }
         if (job.screenshot && !shot) {
             await page.screenshot({ path: job.screenshot });
         }

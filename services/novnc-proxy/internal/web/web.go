@@ -6,6 +6,10 @@
 // committed nor embedded). Alternatively, like Nova's `web` option, it serves
 // a whole other noVNC build from a directory instead of our page.
 //
+// A view-only console's URL carries view_only=1 beside `path`: the page then
+// shows "View only" and offers and sends no input. That is a courtesy to the
+// user; the proxy drops a view-only session's input whatever the page does.
+//
 // Directory listings are never served. Pages carry no-referrer (the token is
 // in the URL) and a same-origin Content-Security-Policy; no frame-ancestors
 // restriction, since dashboards embed consoles in iframes.

@@ -1,13 +1,17 @@
 package web
 
 import (
+	"encoding/json"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -228,5 +232,160 @@ func TestMissingLibraryIsAClearError(t *testing.T) {
 	}
 	if _, err := FindNoVNC([]string{t.TempDir()}); err == nil || !strings.Contains(err.Error(), "npm ci") {
 		t.Errorf("FindNoVNC: got %v, want an error saying npm ci", err)
+	}
+}
+
+// pageElements lists the elements of the console page with an id, and
+// whether each starts hidden or disabled, for testdata/pagetest.mjs.
+func pageElements(t *testing.T) []map[string]any {
+	t.Helper()
+	html, err := fs.ReadFile(static, "static/vnc.html")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var els []map[string]any
+	for _, m := range regexp.MustCompile(`<\w+([^>]*)>`).FindAllStringSubmatch(string(html), -1) {
+		id := regexp.MustCompile(`\bid="([^"]+)"`).FindStringSubmatch(m[1])
+		if id == nil {
+			continue
+		}
+		bare := regexp.MustCompile(`"[^"]*"`).ReplaceAllString(m[1], `""`) // attribute names only
+		els = append(els, map[string]any{
+			"id":       id[1],
+			"hidden":   regexp.MustCompile(`\bhidden\b`).MatchString(bare),
+			"disabled": regexp.MustCompile(`\bdisabled\b`).MatchString(bare),
+		})
+	}
+	return els
+}
+
+// pageResult is what testdata/pagetest.mjs reports.
+type pageResult struct {
+	WebSocket         string                    `json:"websocket"`
+	ViewOnly          bool                      `json:"viewOnly"`
+	Body              map[string]string         `json:"body"`
+	Elements          map[string]map[string]any `json:"elements"`
+	PastePanelOpened  bool                      `json:"pastePanelOpened"`
+	SentByClicks      []string                  `json:"sentByClicks"`
+	SentByForce       []string                  `json:"sentByForce"`
+	ViewOnlyAtConnect bool                      `json:"viewOnlyAtConnect"`
+}
+
+// runPage runs the page's script in node (testdata/pagetest.mjs) with the
+// query string query, against a stand-in noVNC.
+func runPage(t *testing.T, query string) pageResult {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("node missing (make deps installs it)")
+		}
+		t.Skip("node missing (make deps installs it)")
+	}
+	dir := t.TempDir()
+	app, err := fs.ReadFile(static, "static/app.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake, err := os.ReadFile(filepath.Join("testdata", "fake_rfb.js"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string][]byte{
+		"package.json":          []byte(`{"type": "module"}`),
+		"vncgate/app.js":        app,
+		"vncgate/closecodes.js": closecode.Script(),
+		"novnc/core/rfb.js":     fake,
+	} {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	els, _ := json.Marshal(pageElements(t))
+	script, _ := filepath.Abs(filepath.Join("testdata", "pagetest.mjs"))
+	cmd := exec.Command(node, script, dir, query)
+	cmd.Env = append(os.Environ(), "PAGE_ELEMENTS="+string(els))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node %s: %v\n%s", script, err, stderr.String())
+	}
+	var r pageResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("pagetest.mjs answered %q: %v", out, err)
+	}
+	return r
+}
+
+// TestViewOnlyPage runs the page's script with and without view_only=1 in
+// its URL (consoleauth's hint for a view-only token): with it the page says
+// "View only", sets noVNC's viewOnly and offers no input, not even when its
+// controls are clicked by force; without it everything works as before.
+func TestViewOnlyPage(t *testing.T) {
+	const token = "?path=%3Ftoken%3Dabc"
+	for _, tc := range []struct {
+		name     string
+		query    string
+		viewOnly bool
+	}{
+		{"normal console", token, false},
+		{"view-only console", token + "&view_only=1", true},
+		{"view_only=true", token + "&view_only=true", true},
+		{"view_only=0", token + "&view_only=0", false},
+		{"inside path is not the hint", "?path=" + url.QueryEscape("?token=abc&view_only=1"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := runPage(t, tc.query)
+			if r.WebSocket != "ws://proxy.example/websockify?token=abc" {
+				t.Errorf("WebSocket URL: got %q, want the token's", r.WebSocket)
+			}
+			if r.ViewOnly != tc.viewOnly || r.ViewOnlyAtConnect != tc.viewOnly {
+				t.Errorf("noVNC viewOnly: got %v (at connect %v), want %v", r.ViewOnly, r.ViewOnlyAtConnect, tc.viewOnly)
+			}
+			badge := r.Elements["viewonly"]
+			if badge == nil || badge["hidden"] != !tc.viewOnly {
+				t.Errorf("#viewonly: got %v, want hidden=%v", badge, !tc.viewOnly)
+			}
+			if got := r.Body["viewOnly"] == "true"; got != tc.viewOnly {
+				t.Errorf("body data-view-only: got %v, want %v", r.Body, tc.viewOnly)
+			}
+			for _, id := range []string{"ctrlaltdel", "paste-send"} {
+				if got := r.Elements[id]["disabled"]; got != tc.viewOnly {
+					t.Errorf("#%s once connected: disabled %v, want %v", id, got, tc.viewOnly)
+				}
+			}
+			if got := r.Elements["paste-toggle"]["disabled"]; got != tc.viewOnly {
+				t.Errorf("#paste-toggle: disabled %v, want %v", got, tc.viewOnly)
+			}
+			if tc.viewOnly {
+				if r.PastePanelOpened || len(r.SentByClicks) != 0 || len(r.SentByForce) != 0 {
+					t.Errorf("view-only page: paste panel opened %v, sent %v by clicks and %v by force, want nothing",
+						r.PastePanelOpened, r.SentByClicks, r.SentByForce)
+				}
+				return
+			}
+			want := []string{"paste: typed into the page", "ctrl-alt-del"}
+			if !r.PastePanelOpened || !slices.Equal(r.SentByClicks, want) {
+				t.Errorf("normal page: paste panel opened %v, sent %v, want opened and %v", r.PastePanelOpened, r.SentByClicks, want)
+			}
+		})
+	}
+}
+
+// TestPageHasAViewOnlyBadge: the badge is in the page, hidden until the
+// script shows it, and says what it means.
+func TestPageHasAViewOnlyBadge(t *testing.T) {
+	h, err := New(Options{NoVNCDir: fakeNoVNC(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(get(t, h, "/vnc_lite.html?path=%3Ftoken%3Dabc&view_only=1").Body)
+	if !regexp.MustCompile(`<span id="viewonly" hidden[^>]*>View only</span>`).Match(body) {
+		t.Errorf("page lacks the hidden View only badge:\n%s", body)
 	}
 }

@@ -173,7 +173,14 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	}
 	server := sess.Server()
 	server.SetDeadline(deadline)
-	if len(rest) > 0 {
+	client := conn
+	switch {
+	case len(rest) > 0 && sess.RFBAware():
+		// The proxy speaks RFB with the client first: what it sent ahead
+		// is its side of that handshake (never the VM's, or a view-only
+		// client could type).
+		client = &prefixedConn{Conn: conn, prefix: rest}
+	case len(rest) > 0:
 		if _, err := server.Write(rest); err != nil {
 			sess.Abort(proxymetrics.RefusedVNCUnreachable, fmt.Errorf("writing pipelined bytes to the vnc server: %w", err))
 			refuse(conn, replyBadGateway)
@@ -188,9 +195,40 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	conn.SetDeadline(time.Time{})
 	server.SetDeadline(time.Time{})
 	sess.Log = sess.Log.With("method", head.Method)
-	if sess.Run(conn, nil) != nil { // the RFB handshake failed; the client was told in RFB
+	if sess.Run(client, nil) != nil { // the RFB handshake failed; the client was told in RFB
 		conn.Close()
 	}
+}
+
+// prefixedConn reads prefix before the connection's own bytes.
+type prefixedConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixedConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite and CloseRead keep the relay's half-close where the
+// connection has it (TCP; TLS has no CloseRead: the relay then closes).
+func (c *prefixedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
+func (c *prefixedConn) CloseRead() error {
+	if cr, ok := c.Conn.(interface{ CloseRead() error }); ok {
+		return cr.CloseRead()
+	}
+	return errors.ErrUnsupported
 }
 
 // replyTo is the status line of a refusal after the head was read.

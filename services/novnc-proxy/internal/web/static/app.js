@@ -2,6 +2,11 @@
 // never did: saying why a console failed. The proxy closes the WebSocket
 // with a code from its table (closecodes.js is generated from it); this page
 // turns the code into a sentence.
+//
+// A view-only console's URL carries view_only=1: the page then says "View
+// only", sends no input (noVNC's viewOnly) and offers no keyboard, clipboard
+// or Ctrl-Alt-Del. That is for the user's sake only: the proxy drops a
+// view-only session's input whatever this page sends.
 import RFB from "../novnc/core/rfb.js";
 import { closeMessages } from "./closecodes.js";
 
@@ -31,12 +36,32 @@ function webSocketURL(token) {
     return u.href;
 }
 
+// viewOnlyFromURL reads view_only=1 (or true, yes, on), which consoleauth
+// puts beside `path` in a view-only console's URL.
+function viewOnlyFromURL() {
+    const v = (new URLSearchParams(location.search).get("view_only") || "").toLowerCase();
+    return ["1", "true", "yes", "on"].includes(v);
+}
+
+const viewOnly = viewOnlyFromURL();
+
 function setState(state, text) {
     document.body.dataset.state = state;
     statusEl.textContent = text;
-    $("ctrlaltdel").disabled = state !== "connected";
-    $("paste-send").disabled = state !== "connected";
+    $("ctrlaltdel").disabled = viewOnly || state !== "connected";
+    $("paste-send").disabled = viewOnly || state !== "connected";
     $("reconnect").disabled = state === "connecting";
+}
+
+if (viewOnly) {
+    document.body.dataset.viewOnly = "true";
+    $("viewonly").hidden = false;
+    $("paste").hidden = true;
+    $("paste-toggle").disabled = true;
+    $("clipboard").readOnly = true;
+    for (const id of ["ctrlaltdel", "paste-toggle", "paste-send"]) {
+        $(id).title = "Not available: this console is view only";
+    }
 }
 
 function showMessage(text) {
@@ -90,6 +115,7 @@ function connect() {
     });
 
     rfb = new RFB($("screen"), ws, { shared: true });
+    rfb.viewOnly = viewOnly;
     rfb.scaleViewport = $("scale").checked;
     rfb.addEventListener("connect", () => {
         // Counts connections (tests wait on it after Reconnect).
@@ -120,19 +146,20 @@ function connect() {
     rfb.addEventListener("clipboard", (e) => { $("clipboard").value = e.detail.text; });
 }
 
-$("ctrlaltdel").addEventListener("click", () => { if (rfb) { rfb.sendCtrlAltDel(); rfb.focus(); } });
+$("ctrlaltdel").addEventListener("click", () => { if (rfb && !viewOnly) { rfb.sendCtrlAltDel(); rfb.focus(); } });
 $("scale").addEventListener("change", (e) => { if (rfb) rfb.scaleViewport = e.target.checked; });
 $("fullscreen").addEventListener("click", () => {
     if (document.fullscreenElement) document.exitFullscreen();
     else document.documentElement.requestFullscreen().catch(() => showMessage("This browser refused full screen."));
 });
 $("paste-toggle").addEventListener("click", (e) => {
+    if (viewOnly) return;
     const panel = $("paste");
     panel.hidden = !panel.hidden;
     e.target.setAttribute("aria-expanded", String(!panel.hidden));
 });
 $("paste-send").addEventListener("click", () => {
-    if (rfb) { rfb.clipboardPasteFrom($("clipboard").value); rfb.focus(); }
+    if (rfb && !viewOnly) { rfb.clipboardPasteFrom($("clipboard").value); rfb.focus(); }
 });
 $("reconnect").addEventListener("click", () => {
     if (rfb) {
