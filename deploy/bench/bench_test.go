@@ -31,6 +31,7 @@ func BenchmarkConsoleStack(b *testing.B) {
 	rep := &report{started: time.Now(), fileLimit: limit, loadBefore: loadAverage()}
 	b.Run("relay", func(b *testing.B) { rep.relay = benchRelay(b) })
 	b.Run("setup", func(b *testing.B) { rep.setup = benchSetup(b) })
+	b.Run("setup-vencrypt", func(b *testing.B) { rep.vencryptSetup = benchVeNCryptSetup(b) })
 	b.Run("mint", func(b *testing.B) { rep.mint = benchMint(b) })
 	b.Run("idle-memory", func(b *testing.B) { rep.memory = benchIdleMemory(b, limit) })
 	rep.elapsed = time.Since(rep.started)
@@ -49,6 +50,7 @@ type report struct {
 	loadBefore, loadAfter string
 	relay                 *relayResult
 	setup                 *setupResult
+	vencryptSetup         *setupResult // vencrypt_test.go
 	mint                  *mintResult
 	memory                *memoryResult
 }
@@ -146,6 +148,7 @@ func (r *report) print(out io.Writer) {
 		p("   CheckToken is what both proxies ask consoleauth (etcd reads of the token and the instance's location, then the\n")
 		p("   compute agent's ValidateConsolePort over gRPC); the etcd Get is one linearizable read of the token record.\n")
 	}
+	r.printVeNCryptSetup(p, table) // vencrypt_test.go
 
 	p("\n3. GetConsoleURL rate against the single embedded etcd: %d concurrent clients, median of %d rounds of %v.\n",
 		mintClients, mintRounds, mintRound)
@@ -210,6 +213,7 @@ func (r *report) printRelay(p func(string, ...any), table func(func(*tabwriter.W
 		p("   novnc-proxy / websockify: %.2fx server->client, %.2fx client->server; target ahead both ways: %s\n",
 			d, u, verdict(d > 1 && u > 1))
 	}
+	r.relay.printVeNCrypt(p) // vencrypt_test.go
 	if n, w := r.relay.find(pathNoVNCLean), r.relay.find(pathWebsockifyLean); n != nil && w != nil {
 		p("   With the lean client: novnc-proxy / websockify %.2fx server->client, %.2fx client->server.\n",
 			pairedRatio(n.rounds[down], w.rounds[down]), pairedRatio(n.rounds[up], w.rounds[up]))

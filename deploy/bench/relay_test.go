@@ -53,44 +53,53 @@ func (d direction) String() string {
 // client to hang up.
 func streamServer(b *testing.B) net.Listener {
 	b.Helper()
-	data := make([]byte, 1<<20)
-	rand.NewChaCha8([32]byte{1}).Read(data) // never compressible
+	data := streamData()
 	l := listen(b)
-	serve(b, l, func(c net.Conn) {
-		c.SetDeadline(time.Now().Add(2 * roundTimeout))
-		var cmd [9]byte
-		if _, err := io.ReadFull(c, cmd[:]); err != nil {
-			return
-		}
-		n := int64(binary.BigEndian.Uint64(cmd[1:]))
-		switch cmd[0] {
-		case 'D':
-			for n > 0 {
-				k := min(n, int64(len(data)))
-				if _, err := c.Write(data[:k]); err != nil {
-					return
-				}
-				n -= k
-			}
-		case 'U':
-			buf := make([]byte, 256<<10)
-			for n > 0 {
-				k, err := c.Read(buf[:min(n, int64(len(buf)))])
-				n -= int64(k)
-				if err != nil {
-					return
-				}
-			}
-			if _, err := c.Write([]byte{'K'}); err != nil {
+	serve(b, l, func(c net.Conn) { streamConn(c, data) })
+	return l
+}
+
+// streamData is what the stream server sends: 1 MiB, never compressible.
+func streamData() []byte {
+	data := make([]byte, 1<<20)
+	rand.NewChaCha8([32]byte{1}).Read(data)
+	return data
+}
+
+// streamConn serves one stream server connection, sending from data.
+func streamConn(c net.Conn, data []byte) {
+	c.SetDeadline(time.Now().Add(2 * roundTimeout))
+	var cmd [9]byte
+	if _, err := io.ReadFull(c, cmd[:]); err != nil {
+		return
+	}
+	n := int64(binary.BigEndian.Uint64(cmd[1:]))
+	switch cmd[0] {
+	case 'D':
+		for n > 0 {
+			k := min(n, int64(len(data)))
+			if _, err := c.Write(data[:k]); err != nil {
 				return
 			}
-		default:
+			n -= k
+		}
+	case 'U':
+		buf := make([]byte, 256<<10)
+		for n > 0 {
+			k, err := c.Read(buf[:min(n, int64(len(buf)))])
+			n -= int64(k)
+			if err != nil {
+				return
+			}
+		}
+		if _, err := c.Write([]byte{'K'}); err != nil {
 			return
 		}
-		var one [1]byte
-		c.Read(one[:])
-	})
-	return l
+	default:
+		return
+	}
+	var one [1]byte
+	c.Read(one[:])
 }
 
 // relayPath is one way to reach the stream server.
@@ -341,6 +350,7 @@ func benchRelay(b *testing.B) *relayResult {
 	xvp := xvpPath(pathXVP, w.Addr(w.Ports.XVP), xvpToken)
 	xvp.cpu = cpuOf(w.Proc(devstack.XVPProxy).Pid, false)
 	add(xvp, "")
+	addVeNCryptRelayPaths(b, add) // vencrypt_test.go
 
 	buf := make([]byte, chunkBytes)
 	rand.NewChaCha8([32]byte{2}).Read(buf)
@@ -394,6 +404,7 @@ func benchRelay(b *testing.B) *relayResult {
 	for _, m := range []struct{ name, unit string }{
 		{pathBaseline, "base"}, {pathNoVNC, "novnc"}, {pathNoVNCLean, "novnc-lean"},
 		{pathWebsockify, "websockify"}, {pathWebsockifyLean, "websockify-lean"}, {pathXVP, "xvp"},
+		{pathNoVNCVeNCrypt, "novnc-vencrypt"}, {pathXVPVeNCrypt, "xvp-vencrypt"},
 	} {
 		f := res.find(m.name)
 		if f == nil {

@@ -32,6 +32,12 @@ const loopback = "127.0.0.1"
 // far too long for the benchmark's output.
 func startStack(b *testing.B, instances ...devstack.Instance) *devstack.World {
 	b.Helper()
+	return startStackArgs(b, nil, instances...)
+}
+
+// startStackArgs is startStack with proxyArgs added to both proxies' flags.
+func startStackArgs(b *testing.B, proxyArgs []string, instances ...devstack.Instance) *devstack.World {
+	b.Helper()
 	logPath := filepath.Join(b.TempDir(), "services.log")
 	logs, err := os.Create(logPath)
 	if err != nil {
@@ -52,8 +58,8 @@ func startStack(b *testing.B, instances ...devstack.Instance) *devstack.World {
 		Args: map[string][]string{
 			// Sessions are closed by the benchmarks before the stack stops;
 			// a short drain keeps a failed run from waiting 30 s on each.
-			devstack.NoVNCProxy: {"--drain_timeout=5s"},
-			devstack.XVPProxy:   {"--drain_timeout=5s"},
+			devstack.NoVNCProxy: append([]string{"--drain_timeout=5s"}, proxyArgs...),
+			devstack.XVPProxy:   append([]string{"--drain_timeout=5s"}, proxyArgs...),
 		},
 	})
 	// A service that died after its readiness check (or whose check was

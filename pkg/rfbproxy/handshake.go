@@ -211,11 +211,14 @@ func (h *handshake) vencrypt() (net.Conn, error) {
 	if _, err := h.server.Write([]byte{0, 2}); err != nil {
 		return nil, securityFailure(h.ioCause("write the VeNCrypt version to the VNC server", err))
 	}
-	if _, err := io.ReadFull(h.server, b[:2]); err != nil {
-		return nil, securityFailure(h.ioCause("read the VNC server's VeNCrypt subtypes", err))
+	if _, err := io.ReadFull(h.server, b[:1]); err != nil {
+		return nil, securityFailure(h.ioCause("read the VNC server's VeNCrypt version answer", err))
 	}
-	if b[0] != 0 {
+	if b[0] != 0 { // and nothing follows
 		return nil, securityFailure(errors.New("the VNC server refused VeNCrypt version 0.2"))
+	}
+	if _, err := io.ReadFull(h.server, b[1:2]); err != nil {
+		return nil, securityFailure(h.ioCause("read the VNC server's VeNCrypt subtypes", err))
 	}
 	if b[1] == 0 {
 		return nil, securityFailure(errors.New("the VNC server offers no VeNCrypt subtype"))

@@ -20,8 +20,8 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/vncgate/vncgate/pkg/logging"
-	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/registry"
+	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/closecode"
 	"github.com/vncgate/vncgate/testkit/certs"

@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/vncgate/vncgate/pkg/logging"
-	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/registry"
+	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/testkit/certs"
 	"github.com/vncgate/vncgate/testkit/etcd"

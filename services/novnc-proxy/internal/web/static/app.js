@@ -129,11 +129,18 @@ function connect() {
         if (document.body.dataset.state === "connected") statusEl.textContent = "Connected to " + desktopName;
     });
     rfb.addEventListener("disconnect", () => {
-        const c = lastClose;
-        if (c) document.body.dataset.closeCode = String(c.code);
-        setState("disconnected", "Disconnected");
-        showMessage(explain(c));
         rfb = null;
+        const explainClose = () => {
+            const c = lastClose;
+            if (c) document.body.dataset.closeCode = String(c.code);
+            setState("disconnected", "Disconnected");
+            showMessage(explain(c));
+        };
+        // noVNC reports a failure it read in RFB (the proxy's "Unable to
+        // negotiate security with server") at once, before the close frame
+        // that says why arrives: wait for it.
+        if (ws.readyState === WebSocket.CLOSED) explainClose();
+        else ws.addEventListener("close", explainClose, { once: true });
     });
     rfb.addEventListener("securityfailure", (e) => {
         showMessage("The server refused the console: " + (e.detail.reason || "security negotiation failed") + ".");
