@@ -155,6 +155,18 @@ func benchSetup(b *testing.B) *setupResult {
 		}},
 	}
 
+	res := measureSetup(b, paths)
+	for _, f := range res.paths {
+		unit := map[string]string{pathBaseline: "base", pathNoVNC: "novnc", pathXVP: "xvp", partCheckToken: "checktoken", partEtcdGet: "etcdget"}[f.name]
+		b.ReportMetric(float64(f.p50)/1e6, unit+"-p50-ms")
+		b.ReportMetric(float64(f.p99)/1e6, unit+"-p99-ms")
+	}
+	return res
+}
+
+// measureSetup times setupSessions sessions of every path (after
+// setupWarmup), interleaved so that noise falls on every path alike.
+func measureSetup(b *testing.B, paths []setupPath) *setupResult {
 	times := make([][]time.Duration, len(paths))
 	run := func(i int) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -171,13 +183,11 @@ func benchSetup(b *testing.B) *setupResult {
 		}
 	}
 	clear(times)
-	// Interleaved, so that noise falls on every path alike.
 	for range setupSessions {
 		for i := range paths {
 			run(i)
 		}
 	}
-
 	res := &setupResult{sessions: setupSessions}
 	for i, p := range paths {
 		ds := times[i]
@@ -186,12 +196,8 @@ func benchSetup(b *testing.B) *setupResult {
 		for _, d := range ds {
 			sum += d
 		}
-		f := setupFigures{name: p.name, part: p.part, p50: percentile(ds, 50), p99: percentile(ds, 99), max: ds[len(ds)-1],
-			mean: sum / time.Duration(len(ds))}
-		res.paths = append(res.paths, f)
-		unit := map[string]string{pathBaseline: "base", pathNoVNC: "novnc", pathXVP: "xvp", partCheckToken: "checktoken", partEtcdGet: "etcdget"}[p.name]
-		b.ReportMetric(float64(f.p50)/1e6, unit+"-p50-ms")
-		b.ReportMetric(float64(f.p99)/1e6, unit+"-p99-ms")
+		res.paths = append(res.paths, setupFigures{name: p.name, part: p.part, p50: percentile(ds, 50), p99: percentile(ds, 99),
+			max: ds[len(ds)-1], mean: sum / time.Duration(len(ds))})
 	}
 	return res
 }

@@ -14,7 +14,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"slices"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -251,38 +250,7 @@ func benchVeNCryptSetup(b *testing.B) *setupResult {
 		{name: pathXVPVeNCrypt, session: tcpSession(secure.Addr(secure.Ports.XVP), xvpToken(secure, vencryptDemoUUID))},
 	}
 
-	times := make([][]time.Duration, len(paths))
-	run := func(i int) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		d, err := paths[i].session(ctx)
-		if err != nil {
-			b.Fatalf("%s: session: %v", paths[i].name, err)
-		}
-		times[i] = append(times[i], d)
-	}
-	for range setupWarmup {
-		for i := range paths {
-			run(i)
-		}
-	}
-	clear(times)
-	for range setupSessions {
-		for i := range paths {
-			run(i)
-		}
-	}
-	res := &setupResult{sessions: setupSessions}
-	for i, p := range paths {
-		ds := times[i]
-		slices.Sort(ds)
-		var sum time.Duration
-		for _, d := range ds {
-			sum += d
-		}
-		res.paths = append(res.paths, setupFigures{name: p.name, p50: percentile(ds, 50), p99: percentile(ds, 99),
-			max: ds[len(ds)-1], mean: sum / time.Duration(len(ds))})
-	}
+	res := measureSetup(b, paths)
 	for _, f := range res.paths {
 		unit := map[string]string{pathBaseline: "rfb-base", pathNoVNCRFB: "rfb-novnc", pathNoVNCVeNCrypt: "rfb-novnc-vencrypt",
 			pathXVPRFB: "rfb-xvp", pathXVPVeNCrypt: "rfb-xvp-vencrypt"}[f.name]

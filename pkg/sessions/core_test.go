@@ -4,7 +4,6 @@ package sessions
 // only check how its edge answers the core's reasons.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,7 +25,9 @@ import (
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
+	"github.com/vncgate/vncgate/testkit/loopback"
 	"github.com/vncgate/vncgate/testkit/rfb"
+	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
 // checker answers from a map; a token mapped to an error fails with it.
@@ -66,14 +67,14 @@ type coreWorld struct {
 	core    *Core
 	auth    *checker
 	vnc     string // the echo server's host:port
-	logs    *syncBuffer
+	logs    *testlog.Buffer
 	metrics *prometheus.Registry
 }
 
 func newCoreWorld(t *testing.T, adjust func(*Config)) *coreWorld {
 	t.Helper()
-	w := &coreWorld{auth: &checker{tokens: map[string]any{}}, logs: &syncBuffer{}, metrics: prometheus.NewRegistry()}
-	w.vnc = echoServer(t)
+	w := &coreWorld{auth: &checker{tokens: map[string]any{}}, logs: &testlog.Buffer{}, metrics: prometheus.NewRegistry()}
+	w.vnc = loopback.Echo(t)
 	cfg := Config{
 		ConsoleType: "novnc",
 		Checker:     w.auth,
@@ -428,7 +429,7 @@ func TestSessionEndedByEitherSide(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newCoreWorld(t, nil)
 			vncClosed := make(chan struct{})
-			w.vnc = serve(t, func(c net.Conn) {
+			w.vnc = loopback.Serve(t, func(c net.Conn) {
 				io.CopyN(c, c, 5)
 				clientGone := make(chan struct{})
 				go func() { io.Copy(io.Discard, c); close(clientGone) }()
@@ -471,63 +472,6 @@ func TestAbortFreesTheSessionAndCountsIt(t *testing.T) {
 		t.Fatalf("the aborted session still holds the instance's place: %v", r)
 	}
 	run(t, s).echo(t, "hello")
-}
-
-// echoServer echoes every byte; its connections close with the test.
-func echoServer(t *testing.T) string {
-	return serve(t, func(c net.Conn) { io.Copy(c, c) })
-}
-
-// serve runs handle for each connection on a loopback listener.
-func serve(t *testing.T, handle func(net.Conn)) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() { defer c.Close(); handle(c) })
-		}
-	})
-	return l.Addr().String()
-}
-
-// syncBuffer collects log output across goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // An RFB-aware session runs the handshake with both sides before the relay;
@@ -591,7 +535,7 @@ func TestRFBAwareSessions(t *testing.T) {
 	})
 	t.Run("a server that is not VNC", func(t *testing.T) {
 		w := newCoreWorld(t, func(c *Config) { c.RFB = &rfbproxy.Config{AuthSchemes: []string{"none"}} })
-		w.vnc = serve(t, func(c net.Conn) { io.WriteString(c, "SSH-2.0-OpenSSH_9.2\r\n") })
+		w.vnc = loopback.Serve(t, func(c net.Conn) { io.WriteString(c, "SSH-2.0-OpenSSH_9.2\r\n") })
 		s, r := w.admit(w.token("t", "i"))
 		if r != nil {
 			t.Fatal(r)

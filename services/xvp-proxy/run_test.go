@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,7 +24,9 @@ import (
 	"github.com/vncgate/vncgate/testkit/certs"
 	"github.com/vncgate/vncgate/testkit/etcd"
 	"github.com/vncgate/vncgate/testkit/fakeconsoleauth"
+	"github.com/vncgate/vncgate/testkit/loopback"
 	"github.com/vncgate/vncgate/testkit/novaconf"
+	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
 // testConfig is the default configuration on loopback, port 0.
@@ -78,40 +79,6 @@ func startRunAddrs(t *testing.T, cfg Config, log *slog.Logger) (clients, metrics
 	return "", ""
 }
 
-// echoServer echoes on loopback until t's cleanup.
-func echoServer(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() { io.Copy(c, c); c.Close() })
-		}
-	})
-	return l.Addr().String()
-}
-
 // openSession sends the XVP head over c and requires the 200.
 func openSession(t *testing.T, c net.Conn, token string) *bufio.Reader {
 	t.Helper()
@@ -134,36 +101,19 @@ func echoOver(t *testing.T, c net.Conn, r io.Reader, msg string) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestRevocationInEtcdEndsSessions wires the real pieces: run with
 // etcd_endpoints on an embedded etcd; a revocation record written the way
 // consoleauth writes it ends the instance's live sessions within 2 s.
 func TestRevocationInEtcdEndsSessions(t *testing.T) {
 	etcdSrv, cli := etcd.Start(t)
 	auth := fakeconsoleauth.Start(t)
-	echoAddr := echoServer(t)
+	echoAddr := loopback.Echo(t)
 	auth.Add("tok-a", "xvpvnc", "inst-a", echoAddr, "")
 	auth.Add("tok-b", "xvpvnc", "inst-b", echoAddr, "")
 
 	cfg := testConfig(t, auth.Addr)
 	cfg.EtcdEndpoints = []string{etcdSrv.Endpoint}
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	addr := startRun(t, cfg, slog.New(slog.NewTextHandler(logs, nil)))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -212,7 +162,7 @@ func TestRevocationInEtcdEndsSessions(t *testing.T) {
 
 func TestTLSListener(t *testing.T) {
 	auth := fakeconsoleauth.Start(t)
-	auth.Add("tok", "xvpvnc", "inst-a", echoServer(t), "")
+	auth.Add("tok", "xvpvnc", "inst-a", loopback.Echo(t), "")
 	files, pool := certs.TestFiles(t, "127.0.0.1")
 	cfg := testConfig(t, auth.Addr)
 	cfg.Cert, cfg.Key, cfg.SSLMinimumVersion = files.Cert, files.Key, "tlsv1_3"
@@ -375,7 +325,7 @@ func TestNovaConf(t *testing.T) {
 		t.Fatal(err)
 	}
 	auth := fakeconsoleauth.Start(t)
-	auth.Add("tok", "xvpvnc", "inst-a", echoServer(t), "")
+	auth.Add("tok", "xvpvnc", "inst-a", loopback.Echo(t), "")
 	site := filepath.Join(t.TempDir(), "site.conf")
 	if err := os.WriteFile(site, []byte(fmt.Sprintf(siteConf, combined, auth.Addr)), 0o600); err != nil {
 		t.Fatal(err)
@@ -411,7 +361,7 @@ func TestNovaConf(t *testing.T) {
 // and the listener closes when run returns.
 func TestMetricsListener(t *testing.T) {
 	auth := fakeconsoleauth.Start(t)
-	auth.Add("tok", "xvpvnc", "inst-a", echoServer(t), "")
+	auth.Add("tok", "xvpvnc", "inst-a", loopback.Echo(t), "")
 	cfg := testConfig(t, auth.Addr)
 	cfg.MetricsListen = "127.0.0.1:0"
 	cfg.DrainTimeout = 10 * time.Second

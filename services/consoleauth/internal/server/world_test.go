@@ -1,14 +1,12 @@
 package server_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 	"github.com/vncgate/vncgate/services/consoleauth/internal/server"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/testworld"
 	"github.com/vncgate/vncgate/testkit/etcd"
+	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
 // world is a running consoleauth on loopback with its own embedded etcd and
@@ -31,7 +30,7 @@ type world struct {
 	srv   *server.Server
 	rest  string // http://host:port
 	grpc  consoleauthv1.ConsoleAuthServiceClient
-	logs  *syncBuffer
+	logs  *testlog.Buffer
 	http  *http.Client
 }
 
@@ -39,7 +38,7 @@ type world struct {
 func newWorld(t testing.TB, edit func(*server.Config)) *world {
 	t.Helper()
 	etcdSrv, cli := etcd.Start(t)
-	w := &world{etcd: etcdSrv, cli: cli, logs: &syncBuffer{}, http: &http.Client{Timeout: 20 * time.Second}}
+	w := &world{etcd: etcdSrv, cli: cli, logs: &testlog.Buffer{}, http: &http.Client{Timeout: 20 * time.Second}}
 	w.agent = testworld.StartAgent(t, cli, "compute-1")
 	cfg := server.Config{
 		GRPCListen:          "127.0.0.1:0",
@@ -171,22 +170,4 @@ func walk(t testing.TB, m map[string]any, keys ...string) any {
 		}
 	}
 	return v
-}
-
-// syncBuffer collects logs written from many goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vncgate/vncgate/testkit/loopback"
 )
 
 const (
@@ -34,7 +36,7 @@ func seedBytes(seed uint64) (s [32]byte) {
 // sends the SHA-256 of what it received and closes.
 func checksumServer(t *testing.T) string {
 	t.Helper()
-	return serveConns(t, func(c net.Conn) {
+	return loopback.Serve(t, func(c net.Conn) {
 		c.SetDeadline(time.Now().Add(60 * time.Second))
 		var seed [8]byte
 		if _, err := io.ReadFull(c, seed[:]); err != nil {

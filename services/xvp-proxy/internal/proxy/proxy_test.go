@@ -18,6 +18,7 @@ import (
 
 	"github.com/vncgate/vncgate/pkg/failban"
 	"github.com/vncgate/vncgate/pkg/registry"
+	"github.com/vncgate/vncgate/testkit/loopback"
 	"github.com/vncgate/vncgate/testkit/scrape"
 )
 
@@ -216,7 +217,7 @@ func TestBadInputWhileOthersAreServed(t *testing.T) {
 func TestInternalAccessPath(t *testing.T) {
 	// backendWith answers the CONNECT from the proxy with reply, then echoes.
 	backendWith := func(t *testing.T, reply string, heads chan<- string) string {
-		return serveConns(t, func(c net.Conn) {
+		return loopback.Serve(t, func(c net.Conn) {
 			c.SetDeadline(time.Now().Add(10 * time.Second))
 			br := bufio.NewReader(c)
 			var head strings.Builder

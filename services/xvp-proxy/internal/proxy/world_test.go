@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -20,6 +19,8 @@ import (
 	"github.com/vncgate/vncgate/pkg/sessions"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
 	"github.com/vncgate/vncgate/testkit/fakeconsoleauth"
+	"github.com/vncgate/vncgate/testkit/loopback"
+	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
 // fakeAuth adapts fakeconsoleauth.Server to the proxy's console type.
@@ -42,7 +43,7 @@ type world struct {
 	core    *sessions.Core
 	addr    string // the proxy's listening address
 	metrics *prometheus.Registry
-	logs    *logBuffer
+	logs    *testlog.Buffer
 	stop    func() // ends Serve and waits for it
 }
 
@@ -65,7 +66,7 @@ func newWorld(t *testing.T, opts ...worldOption) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	logs := &logBuffer{}
+	logs := &testlog.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
 	cfg := worldConfig{
@@ -176,55 +177,10 @@ func listen(t *testing.T) net.Listener {
 	return l
 }
 
-// serveConns runs handle for every connection on a new loopback listener;
-// t.Cleanup closes the listener and the connections and waits for handle.
-func serveConns(t *testing.T, handle func(net.Conn)) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns = map[net.Conn]struct{}{}
-	)
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = struct{}{}
-			mu.Unlock()
-			wg.Go(func() {
-				defer func() {
-					mu.Lock()
-					delete(conns, c)
-					mu.Unlock()
-					c.Close()
-				}()
-				handle(c)
-			})
-		}
-	})
-	return l.Addr().String()
-}
-
 // echoServer echoes every byte and half-closes after EOF.
 func echoServer(t *testing.T) string {
 	t.Helper()
-	return serveConns(t, func(c net.Conn) {
+	return loopback.Serve(t, func(c net.Conn) {
 		c.SetDeadline(time.Now().Add(60 * time.Second))
 		io.Copy(c, c)
 		c.(*net.TCPConn).CloseWrite()
@@ -255,22 +211,4 @@ func readAnswer(t *testing.T, r io.Reader) string {
 
 func isReset(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "connection reset")
-}
-
-// logBuffer collects log output safely across goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
