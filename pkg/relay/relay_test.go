@@ -7,37 +7,14 @@ import (
 	"net"
 	"testing"
 	"time"
-)
 
-// pair returns the two ends of a loopback TCP connection.
-func pair(t *testing.T) (a, b net.Conn) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := l.Accept()
-		accepted <- c
-	}()
-	a, err = net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = <-accepted
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
+	"github.com/vncgate/vncgate/testkit/loopback"
+)
 
 func TestRelayBothWaysWithHalfClose(t *testing.T) {
 	for _, trackIdle := range []bool{false, true} {
-		user, clientSide := pair(t)
-		serverSide, vnc := pair(t)
+		user, clientSide := loopback.Pair(t)
+		serverSide, vnc := loopback.Pair(t)
 		r := New(clientSide, serverSide, trackIdle)
 		done := make(chan Result, 1)
 		go func() { done <- r.Run() }()
@@ -89,8 +66,8 @@ func TestRelayBothWaysWithHalfClose(t *testing.T) {
 }
 
 func TestCloseEndsRelay(t *testing.T) {
-	_, clientSide := pair(t)
-	serverSide, _ := pair(t)
+	_, clientSide := loopback.Pair(t)
+	serverSide, _ := loopback.Pair(t)
 	r := New(clientSide, serverSide, true)
 	done := make(chan Result, 1)
 	go func() { done <- r.Run() }()

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vncgate/vncgate/testkit/certs"
+	"github.com/vncgate/vncgate/testkit/loopback"
 	"github.com/vncgate/vncgate/testkit/rfb"
 )
 
@@ -26,33 +27,6 @@ var (
 	clientNext = []byte{1, 'c', 'i'}
 	serverNext = []byte("SI")
 )
-
-// pair returns the two ends of a loopback TCP connection, closed when the
-// test ends. (TCP rather than net.Pipe: a best-effort write to a peer that
-// does not read must not block.)
-func pair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := l.Accept()
-		accepted <- c
-	}()
-	a, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := <-accepted
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
 
 // script runs f on c in its own goroutine; its error arrives on the
 // channel. A failing script closes c, as a real peer hangs up.
@@ -204,8 +178,8 @@ func handshakeWith(t *testing.T, ctx context.Context, cfg *Config, host string, 
 	t.Helper()
 	o := &outcome{}
 	var proxyServer net.Conn
-	o.clientEnd, o.proxyClient = pair(t)
-	proxyServer, o.serverEnd = pair(t)
+	o.clientEnd, o.proxyClient = loopback.Pair(t)
+	proxyServer, o.serverEnd = loopback.Pair(t)
 	o.serverDone = script(o.serverEnd, server)
 	o.clientDone = script(o.clientEnd, client)
 	o.vnc, o.res, o.err = Handshake(ctx, o.proxyClient, proxyServer, host, cfg)
@@ -447,8 +421,8 @@ func TestContextEndsHandshake(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancelCause(context.Background())
-			clientEnd, proxyClient := pair(t)
-			proxyServer, serverEnd := pair(t)
+			clientEnd, proxyClient := loopback.Pair(t)
+			proxyServer, serverEnd := loopback.Pair(t)
 			serverDone := make(<-chan error)
 			if tc.server != nil {
 				serverDone = script(serverEnd, tc.server)
@@ -728,7 +702,7 @@ func session(t *testing.T, addr, host string, cfg *Config, version string, check
 	if err != nil {
 		t.Fatal(err)
 	}
-	clientEnd, proxyClient := pair(t)
+	clientEnd, proxyClient := loopback.Pair(t)
 	t.Cleanup(func() { server.Close() })
 	result := make(chan error, 1)
 	go func() {

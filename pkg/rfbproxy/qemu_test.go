@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vncgate/vncgate/testkit/certs"
+	"github.com/vncgate/vncgate/testkit/loopback"
 	"github.com/vncgate/vncgate/testkit/qemu"
 	"github.com/vncgate/vncgate/testkit/rfb"
 )
@@ -27,7 +28,7 @@ func refusal(t *testing.T, addr, host string, cfg *Config) (clientSaw, error) {
 		t.Fatal(err)
 	}
 	defer server.Close()
-	clientEnd, proxyClient := pair(t)
+	clientEnd, proxyClient := loopback.Pair(t)
 	var saw clientSaw
 	done := script(clientEnd, rfbClient(version38, typeNone, &saw))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

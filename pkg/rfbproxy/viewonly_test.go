@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vncgate/vncgate/testkit/loopback"
 )
 
 // Client messages as RFB and its extensions lay them out (and as noVNC's
@@ -480,26 +482,7 @@ func TestViewOnlySteadyStateAllocatesNothing(t *testing.T) {
 // TestViewOnlyHalfClose: CloseRead and CloseWrite reach a TCP client, so
 // the relay can half-close a view-only session as any other.
 func TestViewOnlyHalfClose(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := l.Accept()
-		accepted <- c
-	}()
-	client, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server := <-accepted
-	if server == nil {
-		t.Fatal("accept failed")
-	}
-	defer server.Close()
+	client, server := loopback.Pair(t)
 	v := ViewOnly(server)
 	if err := v.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
 		t.Fatalf("CloseWrite: %v", err)

@@ -146,20 +146,7 @@ type running struct {
 // run starts s on a loopback TCP pair, as an edge does after its answer.
 func run(t *testing.T, s *Session) *running {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	user, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { user.Close() })
-	client, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	user, client := loopback.Pair(t)
 	r := &running{user: user, goodbye: make(chan proxymetrics.EndReason, 1), done: make(chan struct{})}
 	go func() {
 		defer close(r.done)

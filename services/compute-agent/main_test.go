@@ -46,77 +46,43 @@ func defaults() Config {
 // TestOptions: every option, read from the section Nova (or vncgate) puts
 // it in, with its meaning.
 func TestOptions(t *testing.T) {
-	dir := t.TempDir()
-	for _, tc := range []struct {
-		name string
-		file string // a site file
-		args []string
-		env  map[string]string
-		want func(*Config)
-		err  string
-	}{
-		{name: "defaults", want: func(*Config) {}},
-		{name: "[DEFAULT] host and my_ip", file: "[DEFAULT]\nhost = compute-7\nmy_ip = 10.0.0.7\n",
-			want: func(c *Config) { c.Host, c.MyIP = "compute-7", "10.0.0.7" }},
-		{name: "[vnc] server_proxyclient_address = $my_ip, as Nova's docs write it", file: "[DEFAULT]\nmy_ip = 10.0.0.7\n[vnc]\nserver_proxyclient_address = $my_ip\nserver_listen = 0.0.0.0\n",
-			want: func(c *Config) { c.MyIP, c.ProxyClientAddress, c.ServerListen = "10.0.0.7", "10.0.0.7", "0.0.0.0" }},
-		{name: "[libvirt] connection_uri", file: "[libvirt]\nconnection_uri = qemu+tcp://h/system\n",
-			want: func(c *Config) { c.LibvirtURI = "qemu+tcp://h/system" }},
-		{name: "[vncgate] options", file: "[vncgate]\ngrpc_listen = 10.0.0.1:7\nadvertise_address = agent.example:7\netcd_endpoints = a:1,b:2\n" +
+	novaconf.RunCases(t, []novaconf.Case[Config]{
+		{Name: "defaults", Want: func(*Config) {}},
+		{Name: "[DEFAULT] host and my_ip", File: "[DEFAULT]\nhost = compute-7\nmy_ip = 10.0.0.7\n",
+			Want: func(c *Config) { c.Host, c.MyIP = "compute-7", "10.0.0.7" }},
+		{Name: "[vnc] server_proxyclient_address = $my_ip, as Nova's docs write it", File: "[DEFAULT]\nmy_ip = 10.0.0.7\n[vnc]\nserver_proxyclient_address = $my_ip\nserver_listen = 0.0.0.0\n",
+			Want: func(c *Config) { c.MyIP, c.ProxyClientAddress, c.ServerListen = "10.0.0.7", "10.0.0.7", "0.0.0.0" }},
+		{Name: "[libvirt] connection_uri", File: "[libvirt]\nconnection_uri = qemu+tcp://h/system\n",
+			Want: func(c *Config) { c.LibvirtURI = "qemu+tcp://h/system" }},
+		{Name: "[vncgate] options", File: "[vncgate]\ngrpc_listen = 10.0.0.1:7\nadvertise_address = agent.example:7\netcd_endpoints = a:1,b:2\n" +
 			"etcd_cert = e.pem\ngrpc_cert = g.pem\ngrpc_ca = ca.pem\ndriver = qmp\nqmp_sockets = u=/s\ninventory_file = i.json\nregistration_ttl = 3\nconsoleauth_address = ca:6090\n",
-			want: func(c *Config) {
+			Want: func(c *Config) {
 				c.GRPCListen, c.AdvertiseAddress, c.EtcdEndpoints = "10.0.0.1:7", "agent.example:7", []string{"a:1", "b:2"}
 				c.EtcdTLS, c.GRPCTLS = tlsconfig.Files{Cert: "e.pem"}, tlsconfig.Files{Cert: "g.pem", CA: "ca.pem"}
 				c.Driver, c.QMPSockets, c.InventoryFile = "qmp", "u=/s", "i.json"
 				c.RegistrationTTL, c.ConsoleAuthAddress = 3*time.Second, "ca:6090"
 			}},
-		{name: "flags and environment over files", file: "[DEFAULT]\nhost = from-file\n[vncgate]\nregistration_ttl = 30\n",
-			args: []string{"--host", "compute-7", "--etcd_endpoints", "10.0.0.1:2379, 10.0.0.2:2379", "--libvirt_uri=qemu:///session"},
-			env:  map[string]string{"VNCGATE_REGISTRATION_TTL": "3", "VNCGATE_HOST": "ignored", "VNCGATE_SERVER_PROXYCLIENT_ADDRESS": "192.0.2.1"},
-			want: func(c *Config) {
+		{Name: "flags and environment over files", File: "[DEFAULT]\nhost = from-file\n[vncgate]\nregistration_ttl = 30\n",
+			Args: []string{"--host", "compute-7", "--etcd_endpoints", "10.0.0.1:2379, 10.0.0.2:2379", "--libvirt_uri=qemu:///session"},
+			Env:  map[string]string{"VNCGATE_REGISTRATION_TTL": "3", "VNCGATE_HOST": "ignored", "VNCGATE_SERVER_PROXYCLIENT_ADDRESS": "192.0.2.1"},
+			Want: func(c *Config) {
 				c.Host, c.RegistrationTTL, c.ProxyClientAddress = "compute-7", 3*time.Second, "192.0.2.1"
 				c.EtcdEndpoints, c.LibvirtURI = []string{"10.0.0.1:2379", "10.0.0.2:2379"}, "qemu:///session"
 			}},
-		{name: "[vnc] enabled = false", file: "[vnc]\nenabled = false\n", err: "[vnc] enabled is false"},
-		{name: "misspelt option", file: "[vnc]\nserver_proxyclient_adress = 1.2.3.4\n",
-			err: "site.conf:2: unknown option [vnc] server_proxyclient_adress (neither Nova's nor vncgate's); did you mean server_proxyclient_address?"},
-		{name: "bad driver", file: "[vncgate]\ndriver = hyperv\n", err: `site.conf:2: [vncgate] driver = "hyperv": want static, libvirt or qmp`},
-		{name: "host with slash", args: []string{"--host", "a/b"}, err: "contain no '/'"},
-		{name: "ttl zero", args: []string{"--registration_ttl", "0"}, err: "registration_ttl"},
-		{name: "bad log level", args: []string{"--log_level", "loud"}, err: "log_level"},
-		{name: "bad listen", args: []string{"--grpc_listen", "6092"}, err: "grpc_listen"},
-		{name: "no etcd", args: []string{"--etcd_endpoints", " , "}, err: "etcd_endpoints is empty"},
-		{name: "unknown flag", args: []string{"--novncproxy_port", "1"}, err: "flag provided but not defined"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			for k, v := range tc.env {
-				t.Setenv(k, v)
-			}
-			args := tc.args
-			if tc.file != "" {
-				site := filepath.Join(dir, "site.conf")
-				if err := os.WriteFile(site, []byte(tc.file), 0o600); err != nil {
-					t.Fatal(err)
-				}
-				args = append([]string{"--config-file", site}, args...)
-			}
-			got, _, err := loadConfig(args)
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("got error %v, want one containing %q", err, tc.err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := defaults()
-			tc.want(&want)
-			if !reflect.DeepEqual(got, want) {
-				t.Errorf("config:\ngot  %+v\nwant %+v", got, want)
-			}
-		})
-	}
+		{Name: "[vnc] enabled = false", File: "[vnc]\nenabled = false\n", Err: "[vnc] enabled is false"},
+		{Name: "misspelt option", File: "[vnc]\nserver_proxyclient_adress = 1.2.3.4\n",
+			Err: "site.conf:2: unknown option [vnc] server_proxyclient_adress (neither Nova's nor vncgate's); did you mean server_proxyclient_address?"},
+		{Name: "bad driver", File: "[vncgate]\ndriver = hyperv\n", Err: `site.conf:2: [vncgate] driver = "hyperv": want static, libvirt or qmp`},
+		{Name: "host with slash", Args: []string{"--host", "a/b"}, Err: "contain no '/'"},
+		{Name: "ttl zero", Args: []string{"--registration_ttl", "0"}, Err: "registration_ttl"},
+		{Name: "bad log level", Args: []string{"--log_level", "loud"}, Err: "log_level"},
+		{Name: "bad listen", Args: []string{"--grpc_listen", "6092"}, Err: "grpc_listen"},
+		{Name: "no etcd", Args: []string{"--etcd_endpoints", " , "}, Err: "etcd_endpoints is empty"},
+		{Name: "unknown flag", Args: []string{"--novncproxy_port", "1"}, Err: "flag provided but not defined"},
+	}, defaults, func(args []string) (Config, error) {
+		c, _, err := loadConfig(args)
+		return c, err
+	})
 }
 
 func TestAdvertiseFrom(t *testing.T) {

@@ -45,87 +45,53 @@ func defaults() Config {
 // TestOptions: every option, read from the section Nova (or vncgate) puts
 // it in, with its meaning.
 func TestOptions(t *testing.T) {
-	dir := t.TempDir()
-	for _, tc := range []struct {
-		name string
-		file string // a site file
-		args []string
-		env  map[string]string
-		want func(*Config)
-		err  string
-	}{
-		{name: "defaults", want: func(*Config) {}},
-		{name: "[vnc] novncproxy_base_url", file: "[vnc]\nnovncproxy_base_url = https://c.example/vnc_lite.html\n",
-			want: func(c *Config) { c.NoVNCBaseURL = "https://c.example/vnc_lite.html" }},
-		{name: "[vnc] xvpvncproxy_base_url", file: "[vnc]\nxvpvncproxy_base_url = https://c.example:6081/console\n",
-			want: func(c *Config) { c.XVPBaseURL = "https://c.example:6081/console" }},
-		{name: "[vnc] enabled = false turns every console type off", file: "[vnc]\nenabled = false\n",
-			want: func(c *Config) { c.VNCEnabled, c.EnabledConsoleTypes = false, nil }},
-		{name: "[consoleauth] token_ttl in whole seconds", file: "[consoleauth]\ntoken_ttl = 300\n",
-			want: func(c *Config) { c.TokenTTL = 300 * time.Second }},
-		{name: "[DEFAULT] console_token_ttl, Nova's old name", file: "[DEFAULT]\nconsole_token_ttl = 120\n",
-			want: func(c *Config) { c.TokenTTL = 120 * time.Second }},
-		{name: "[vncgate] listeners", file: "[vncgate]\ngrpc_listen = 10.0.0.1:1\nrest_listen = 10.0.0.1:2\n",
-			want: func(c *Config) { c.GRPCListen, c.RESTListen = "10.0.0.1:1", "10.0.0.1:2" }},
-		{name: "[vncgate] etcd", file: "[vncgate]\netcd_endpoints = a:2379, b:2379\netcd_cert = c.pem\netcd_key = k.pem\netcd_ca = ca.pem\netcd_timeout = 2\n",
-			want: func(c *Config) {
+	novaconf.RunCases(t, []novaconf.Case[Config]{
+		{Name: "defaults", Want: func(*Config) {}},
+		{Name: "[vnc] novncproxy_base_url", File: "[vnc]\nnovncproxy_base_url = https://c.example/vnc_lite.html\n",
+			Want: func(c *Config) { c.NoVNCBaseURL = "https://c.example/vnc_lite.html" }},
+		{Name: "[vnc] xvpvncproxy_base_url", File: "[vnc]\nxvpvncproxy_base_url = https://c.example:6081/console\n",
+			Want: func(c *Config) { c.XVPBaseURL = "https://c.example:6081/console" }},
+		{Name: "[vnc] enabled = false turns every console type off", File: "[vnc]\nenabled = false\n",
+			Want: func(c *Config) { c.VNCEnabled, c.EnabledConsoleTypes = false, nil }},
+		{Name: "[consoleauth] token_ttl in whole seconds", File: "[consoleauth]\ntoken_ttl = 300\n",
+			Want: func(c *Config) { c.TokenTTL = 300 * time.Second }},
+		{Name: "[DEFAULT] console_token_ttl, Nova's old name", File: "[DEFAULT]\nconsole_token_ttl = 120\n",
+			Want: func(c *Config) { c.TokenTTL = 120 * time.Second }},
+		{Name: "[vncgate] listeners", File: "[vncgate]\ngrpc_listen = 10.0.0.1:1\nrest_listen = 10.0.0.1:2\n",
+			Want: func(c *Config) { c.GRPCListen, c.RESTListen = "10.0.0.1:1", "10.0.0.1:2" }},
+		{Name: "[vncgate] etcd", File: "[vncgate]\netcd_endpoints = a:2379, b:2379\netcd_cert = c.pem\netcd_key = k.pem\netcd_ca = ca.pem\netcd_timeout = 2\n",
+			Want: func(c *Config) {
 				c.EtcdEndpoints, c.EtcdTimeout = []string{"a:2379", "b:2379"}, 2*time.Second
 				c.EtcdTLS = tlsconfig.Files{Cert: "c.pem", Key: "k.pem", CA: "ca.pem"}
 			}},
-		{name: "[vncgate] gRPC and REST TLS, key in the certificate", file: "[vncgate]\ngrpc_cert = g.pem\ngrpc_ca = ca.pem\nrest_cert = r.pem\nrest_key = rk.pem\nrest_ca = rca.pem\n",
-			want: func(c *Config) {
+		{Name: "[vncgate] gRPC and REST TLS, key in the certificate", File: "[vncgate]\ngrpc_cert = g.pem\ngrpc_ca = ca.pem\nrest_cert = r.pem\nrest_key = rk.pem\nrest_ca = rca.pem\n",
+			Want: func(c *Config) {
 				c.GRPCTLS = tlsconfig.Files{Cert: "g.pem", CA: "ca.pem"}
 				c.RESTTLS = tlsconfig.Files{Cert: "r.pem", Key: "rk.pem", CA: "rca.pem"}
 			}},
-		{name: "[vncgate] compute_timeout as a Go duration", file: "[vncgate]\ncompute_timeout = 1500ms\n",
-			want: func(c *Config) { c.ComputeTimeout = 1500 * time.Millisecond }},
-		{name: "[vncgate] console types and single use", file: "[vncgate]\nenabled_console_types = novnc\nsingle_use_tokens = yes\n",
-			want: func(c *Config) { c.EnabledConsoleTypes, c.SingleUseTokens = []string{"novnc"}, true }},
-		{name: "[vncgate] logging", file: "[vncgate]\nlog_level = warn\nlog_format = text\n[DEFAULT]\ndebug = true\n",
-			want: func(c *Config) { c.Log = logging.Options{Level: slog.LevelWarn, Format: "text", Debug: true} }},
-		{name: "environment and flags over files", file: "[consoleauth]\ntoken_ttl = 300\n[vncgate]\ngrpc_listen = file:1\n",
-			env: map[string]string{"VNCGATE_TOKEN_TTL": "30", "VNCGATE_GRPC_LISTEN": "env:1"}, args: []string{"--grpc_listen=flag:1", "--vnc_enabled=false"},
-			want: func(c *Config) {
+		{Name: "[vncgate] compute_timeout as a Go duration", File: "[vncgate]\ncompute_timeout = 1500ms\n",
+			Want: func(c *Config) { c.ComputeTimeout = 1500 * time.Millisecond }},
+		{Name: "[vncgate] console types and single use", File: "[vncgate]\nenabled_console_types = novnc\nsingle_use_tokens = yes\n",
+			Want: func(c *Config) { c.EnabledConsoleTypes, c.SingleUseTokens = []string{"novnc"}, true }},
+		{Name: "[vncgate] logging", File: "[vncgate]\nlog_level = warn\nlog_format = text\n[DEFAULT]\ndebug = true\n",
+			Want: func(c *Config) { c.Log = logging.Options{Level: slog.LevelWarn, Format: "text", Debug: true} }},
+		{Name: "environment and flags over files", File: "[consoleauth]\ntoken_ttl = 300\n[vncgate]\ngrpc_listen = file:1\n",
+			Env: map[string]string{"VNCGATE_TOKEN_TTL": "30", "VNCGATE_GRPC_LISTEN": "env:1"}, Args: []string{"--grpc_listen=flag:1", "--vnc_enabled=false"},
+			Want: func(c *Config) {
 				c.TokenTTL, c.GRPCListen = 30*time.Second, "flag:1"
 				c.VNCEnabled, c.EnabledConsoleTypes = false, nil
 			}},
-		{name: "token_ttl in the wrong section", file: "[vnc]\ntoken_ttl = 300\n", err: "site.conf:2: [vnc] token_ttl: token_ttl is an option of [consoleauth], not [vnc]"},
-		{name: "misspelt option", file: "[vncgate]\ngrpc_lsten = :1\n", err: "site.conf:2: unknown option [vncgate] grpc_lsten (neither Nova's nor vncgate's); did you mean grpc_listen?"},
-		{name: "zero ttl", args: []string{"--token_ttl=0"}, err: "token_ttl 0s: want at least 1 second"},
-		{name: "no etcd", args: []string{"--etcd_endpoints= , "}, err: "etcd_endpoints is empty"},
-		{name: "key without certificate", args: []string{"--rest_key=k.pem"}, err: "rest_key: a key without a certificate"},
-		{name: "bad log level", args: []string{"--log_level=loud"}, err: "log_level"},
-		{name: "stray argument", args: []string{"extra"}, err: `unexpected argument "extra"`},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			for k, v := range tc.env {
-				t.Setenv(k, v)
-			}
-			args := tc.args
-			if tc.file != "" {
-				site := filepath.Join(dir, "site.conf")
-				if err := os.WriteFile(site, []byte(tc.file), 0o600); err != nil {
-					t.Fatal(err)
-				}
-				args = append([]string{"--config-file", site}, args...)
-			}
-			got, _, err := loadConfig(args)
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("got %v, want an error containing %q", err, tc.err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := defaults()
-			tc.want(&want)
-			if !reflect.DeepEqual(got, want) {
-				t.Errorf("config:\ngot  %+v\nwant %+v", got, want)
-			}
-		})
-	}
+		{Name: "token_ttl in the wrong section", File: "[vnc]\ntoken_ttl = 300\n", Err: "site.conf:2: [vnc] token_ttl: token_ttl is an option of [consoleauth], not [vnc]"},
+		{Name: "misspelt option", File: "[vncgate]\ngrpc_lsten = :1\n", Err: "site.conf:2: unknown option [vncgate] grpc_lsten (neither Nova's nor vncgate's); did you mean grpc_listen?"},
+		{Name: "zero ttl", Args: []string{"--token_ttl=0"}, Err: "token_ttl 0s: want at least 1 second"},
+		{Name: "no etcd", Args: []string{"--etcd_endpoints= , "}, Err: "etcd_endpoints is empty"},
+		{Name: "key without certificate", Args: []string{"--rest_key=k.pem"}, Err: "rest_key: a key without a certificate"},
+		{Name: "bad log level", Args: []string{"--log_level=loud"}, Err: "log_level"},
+		{Name: "stray argument", Args: []string{"extra"}, Err: `unexpected argument "extra"`},
+	}, defaults, func(args []string) (Config, error) {
+		c, _, err := loadConfig(args)
+		return c, err
+	})
 }
 
 // siteConf is a site file on top of Nova's sample nova.conf: what an

@@ -386,90 +386,56 @@ func defaults() Config {
 // TestOptions: every option, read from the section Nova (or vncgate) puts
 // it in, with its meaning.
 func TestOptions(t *testing.T) {
-	dir := t.TempDir()
-	for _, tc := range []struct {
-		name string
-		file string // a site file
-		args []string
-		env  map[string]string
-		want func(*Config)
-		err  string
-	}{
-		{name: "defaults", want: func(*Config) {}},
-		{name: "[vnc] listener and base URL", file: "[vnc]\nnovncproxy_host = ::\nnovncproxy_port = 7080\nnovncproxy_base_url = https://c.example/vnc_lite.html\n",
-			want: func(c *Config) { c.Host, c.Port, c.BaseURL = "::", 7080, "https://c.example/vnc_lite.html" }},
-		{name: "[vnc] enabled = false refuses to start", file: "[vnc]\nenabled = false\n", err: "[vnc] enabled is false"},
-		{name: "[vnc] auth_schemes, [vncgate] vencrypt_verify_hostname", file: "[vnc]\nauth_schemes = none\n[vncgate]\nvencrypt_verify_hostname = false\n",
-			want: func(c *Config) { c.RFB = rfbproxy.Options{AuthSchemes: []string{"none"}} }},
-		{name: "[vnc] auth_schemes = vencrypt needs vencrypt_ca_certs", file: "[vnc]\nauth_schemes = vencrypt\n", err: "vencrypt_ca_certs is required"},
-		{name: "[vnc] auth_schemes of a scheme vncgate does not speak", file: "[vnc]\nauth_schemes = vnc\n", err: `"vnc" is not a scheme`},
-		{name: "[console] allowed_origins, ssl_minimum_version, ssl_ciphers", file: "[console]\nallowed_origins = a.example,\n  b.example\nssl_minimum_version = tlsv1_3\nssl_ciphers = ECDHE-RSA-AES128-GCM-SHA256\n",
-			want: func(c *Config) {
+	novaconf.RunCases(t, []novaconf.Case[Config]{
+		{Name: "defaults", Want: func(*Config) {}},
+		{Name: "[vnc] listener and base URL", File: "[vnc]\nnovncproxy_host = ::\nnovncproxy_port = 7080\nnovncproxy_base_url = https://c.example/vnc_lite.html\n",
+			Want: func(c *Config) { c.Host, c.Port, c.BaseURL = "::", 7080, "https://c.example/vnc_lite.html" }},
+		{Name: "[vnc] enabled = false refuses to start", File: "[vnc]\nenabled = false\n", Err: "[vnc] enabled is false"},
+		{Name: "[vnc] auth_schemes, [vncgate] vencrypt_verify_hostname", File: "[vnc]\nauth_schemes = none\n[vncgate]\nvencrypt_verify_hostname = false\n",
+			Want: func(c *Config) { c.RFB = rfbproxy.Options{AuthSchemes: []string{"none"}} }},
+		{Name: "[vnc] auth_schemes = vencrypt needs vencrypt_ca_certs", File: "[vnc]\nauth_schemes = vencrypt\n", Err: "vencrypt_ca_certs is required"},
+		{Name: "[vnc] auth_schemes of a scheme vncgate does not speak", File: "[vnc]\nauth_schemes = vnc\n", Err: `"vnc" is not a scheme`},
+		{Name: "[console] allowed_origins, ssl_minimum_version, ssl_ciphers", File: "[console]\nallowed_origins = a.example,\n  b.example\nssl_minimum_version = tlsv1_3\nssl_ciphers = ECDHE-RSA-AES128-GCM-SHA256\n",
+			Want: func(c *Config) {
 				c.AllowedOrigins, c.SSLMinimumVersion, c.SSLCiphers = []string{"a.example", "b.example"}, "tlsv1_3", "ECDHE-RSA-AES128-GCM-SHA256"
 			}},
-		{name: "[DEFAULT] TLS, a cert holding its key", file: "[DEFAULT]\ncert = /etc/nova/self.pem\nssl_only = true\n",
-			want: func(c *Config) { c.Cert, c.SSLOnly = "/etc/nova/self.pem", true }},
-		{name: "[DEFAULT] cert and key, source_is_ipv6, web", file: "[DEFAULT]\ncert = c.pem\nkey = k.pem\nsource_is_ipv6 = yes\nweb = /usr/share/novnc\n",
-			want: func(c *Config) { c.Cert, c.Key, c.SourceIsIPv6, c.Web = "c.pem", "k.pem", true, "/usr/share/novnc" }},
-		{name: "[consoleauth] enforce_session_timeout", file: "[consoleauth]\nenforce_session_timeout = on\n",
-			want: func(c *Config) { c.EnforceSessionTimeout = true }},
-		{name: "[vncgate] durations in whole seconds (idle_timeout = 300)", file: "[vncgate]\nidle_timeout = 300\nmax_session_length = 1h\nping_interval = 500ms\n" +
+		{Name: "[DEFAULT] TLS, a cert holding its key", File: "[DEFAULT]\ncert = /etc/nova/self.pem\nssl_only = true\n",
+			Want: func(c *Config) { c.Cert, c.SSLOnly = "/etc/nova/self.pem", true }},
+		{Name: "[DEFAULT] cert and key, source_is_ipv6, web", File: "[DEFAULT]\ncert = c.pem\nkey = k.pem\nsource_is_ipv6 = yes\nweb = /usr/share/novnc\n",
+			Want: func(c *Config) { c.Cert, c.Key, c.SourceIsIPv6, c.Web = "c.pem", "k.pem", true, "/usr/share/novnc" }},
+		{Name: "[consoleauth] enforce_session_timeout", File: "[consoleauth]\nenforce_session_timeout = on\n",
+			Want: func(c *Config) { c.EnforceSessionTimeout = true }},
+		{Name: "[vncgate] durations in whole seconds (idle_timeout = 300)", File: "[vncgate]\nidle_timeout = 300\nmax_session_length = 1h\nping_interval = 500ms\n" +
 			"handshake_timeout = 7\ndial_timeout = 3\nrevocation_grace = 0\nfailed_token_window = 120\ndrain_timeout = 5\nshutdown_delay = 2\n",
-			want: func(c *Config) {
+			Want: func(c *Config) {
 				c.IdleTimeout, c.MaxSessionLength, c.PingInterval = 300*time.Second, time.Hour, 500*time.Millisecond
 				c.HandshakeTimeout, c.DialTimeout, c.RevocationGrace = 7*time.Second, 3*time.Second, 0
 				c.FailedTokenWindow, c.DrainTimeout, c.ShutdownDelay = 2*time.Minute, 5*time.Second, 2*time.Second
 			}},
-		{name: "[vncgate] the rest", file: "[vncgate]\ntrusted_proxies = 10.0.0.0/8, 192.0.2.1\nnovnc_core_dir = /opt/novnc\nconsoleauth_address = ca:6090\n" +
+		{Name: "[vncgate] the rest", File: "[vncgate]\ntrusted_proxies = 10.0.0.0/8, 192.0.2.1\nnovnc_core_dir = /opt/novnc\nconsoleauth_address = ca:6090\n" +
 			"grpc_cert = g.pem\ngrpc_ca = ca.pem\netcd_endpoints = e:2379\netcd_ca = eca.pem\nmax_sessions_per_instance = 2\nfailed_token_limit = 0\nlog_format = text\n",
-			want: func(c *Config) {
+			Want: func(c *Config) {
 				c.TrustedProxies, c.NoVNCDir, c.ConsoleAuthAddress = []string{"10.0.0.0/8", "192.0.2.1"}, "/opt/novnc", "ca:6090"
 				c.GRPC, c.EtcdEndpoints, c.Etcd = tlsconfig.Files{Cert: "g.pem", CA: "ca.pem"}, []string{"e:2379"}, tlsconfig.Files{CA: "eca.pem"}
 				c.MaxSessionsPerInstance, c.FailedTokenLimit, c.Log.Format = 2, 0, "text"
 			}},
-		{name: "environment and flags over files", file: "[vnc]\nnovncproxy_port = 7000\n[vncgate]\nidle_timeout = 60\n",
-			env: map[string]string{"VNCGATE_NOVNCPROXY_PORT": "7080", "VNCGATE_LOG_LEVEL": "debug"}, args: []string{"--idle_timeout=1m30s"},
-			want: func(c *Config) { c.Port, c.Log.Level, c.IdleTimeout = 7080, slog.LevelDebug, 90*time.Second }},
-		{name: "misspelt option", file: "[vnc]\n\nnovncproxy_prot = 6080\n",
-			err: "site.conf:3: unknown option [vnc] novncproxy_prot (neither Nova's nor vncgate's); did you mean novncproxy_port?"},
-		{name: "idle_timeout in [vnc]", file: "[vnc]\nidle_timeout = 300\n", err: "site.conf:2: [vnc] idle_timeout: idle_timeout is an option of [vncgate], not [vnc]"},
-		{name: "ssl_only without cert", args: []string{"--ssl_only"}, err: "ssl_only needs cert"},
-		{name: "key without cert", args: []string{"--key=k.pem"}, err: "key is set but cert is not"},
-		{name: "bad TLS version", args: []string{"--ssl_minimum_version=sslv3"}, err: "ssl_minimum_version"},
-		{name: "ciphers Go lacks", args: []string{"--ssl_ciphers=DHE-RSA-AES128-SHA"}, err: "selects no cipher suite"},
-		{name: "negative timeout", args: []string{"--idle_timeout=-1"}, err: "idle_timeout"},
-		{name: "fractional seconds", file: "[vncgate]\nping_interval = 0.5\n", err: `site.conf:2: [vncgate] ping_interval = "0.5": want whole seconds`},
-		{name: "bad log level", args: []string{"--log_level=loud"}, err: "log_level"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			for k, v := range tc.env {
-				t.Setenv(k, v)
-			}
-			args := tc.args
-			if tc.file != "" {
-				site := filepath.Join(dir, "site.conf")
-				if err := os.WriteFile(site, []byte(tc.file), 0o600); err != nil {
-					t.Fatal(err)
-				}
-				args = append([]string{"--config-file", site}, args...)
-			}
-			got, _, err := loadConfig(args)
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("got %v, want an error containing %q", err, tc.err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := defaults()
-			tc.want(&want)
-			if !reflect.DeepEqual(got, want) {
-				t.Errorf("config:\ngot  %+v\nwant %+v", got, want)
-			}
-		})
-	}
+		{Name: "environment and flags over files", File: "[vnc]\nnovncproxy_port = 7000\n[vncgate]\nidle_timeout = 60\n",
+			Env: map[string]string{"VNCGATE_NOVNCPROXY_PORT": "7080", "VNCGATE_LOG_LEVEL": "debug"}, Args: []string{"--idle_timeout=1m30s"},
+			Want: func(c *Config) { c.Port, c.Log.Level, c.IdleTimeout = 7080, slog.LevelDebug, 90*time.Second }},
+		{Name: "misspelt option", File: "[vnc]\n\nnovncproxy_prot = 6080\n",
+			Err: "site.conf:3: unknown option [vnc] novncproxy_prot (neither Nova's nor vncgate's); did you mean novncproxy_port?"},
+		{Name: "idle_timeout in [vnc]", File: "[vnc]\nidle_timeout = 300\n", Err: "site.conf:2: [vnc] idle_timeout: idle_timeout is an option of [vncgate], not [vnc]"},
+		{Name: "ssl_only without cert", Args: []string{"--ssl_only"}, Err: "ssl_only needs cert"},
+		{Name: "key without cert", Args: []string{"--key=k.pem"}, Err: "key is set but cert is not"},
+		{Name: "bad TLS version", Args: []string{"--ssl_minimum_version=sslv3"}, Err: "ssl_minimum_version"},
+		{Name: "ciphers Go lacks", Args: []string{"--ssl_ciphers=DHE-RSA-AES128-SHA"}, Err: "selects no cipher suite"},
+		{Name: "negative timeout", Args: []string{"--idle_timeout=-1"}, Err: "idle_timeout"},
+		{Name: "fractional seconds", File: "[vncgate]\nping_interval = 0.5\n", Err: `site.conf:2: [vncgate] ping_interval = "0.5": want whole seconds`},
+		{Name: "bad log level", Args: []string{"--log_level=loud"}, Err: "log_level"},
+	}, defaults, func(args []string) (Config, error) {
+		c, _, err := loadConfig(args)
+		return c, err
+	})
 }
 
 // siteConf is what an operator adds to Nova's sample nova.conf for
@@ -499,13 +465,7 @@ drain_timeout = 2
 // from the combined PEM, Origins from the base URL and allowed_origins.
 func TestNovaConf(t *testing.T) {
 	sample := novaconf.Sample(t)
-	files, pool := certs.TestFiles(t, "127.0.0.1")
-	combined := filepath.Join(t.TempDir(), "self.pem")
-	certPEM, _ := os.ReadFile(files.Cert)
-	keyPEM, _ := os.ReadFile(files.Key)
-	if err := os.WriteFile(combined, append(certPEM, keyPEM...), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	combined, pool := certs.TestCombined(t, "127.0.0.1")
 	auth := fakeconsoleauth.Start(t)
 	core := fakeNoVNC(t)
 	site := filepath.Join(t.TempDir(), "site.conf")

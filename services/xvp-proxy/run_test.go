@@ -213,86 +213,52 @@ func defaults() Config {
 // TestOptions: every option, read from the section Nova (or vncgate) puts
 // it in, with its meaning.
 func TestOptions(t *testing.T) {
-	dir := t.TempDir()
-	for _, tc := range []struct {
-		name string
-		file string // a site file
-		args []string
-		env  map[string]string
-		want func(*Config)
-		err  string
-	}{
-		{name: "defaults are Nova's", want: func(*Config) {}},
-		{name: "[vnc] listener", file: "[vnc]\nxvpvncproxy_host = 10.0.0.1\nxvpvncproxy_port = 7081\n",
-			want: func(c *Config) { c.Host, c.Port = "10.0.0.1", 7081 }},
-		{name: "[vnc] enabled = false refuses to start", file: "[vnc]\nenabled = false\n", err: "[vnc] enabled is false"},
-		{name: "[vnc] auth_schemes, [vncgate] vencrypt_verify_hostname", file: "[vnc]\nauth_schemes = none\n[vncgate]\nvencrypt_verify_hostname = false\n",
-			want: func(c *Config) { c.RFB = rfbproxy.Options{AuthSchemes: []string{"none"}} }},
-		{name: "[vnc] auth_schemes = vencrypt needs vencrypt_ca_certs", file: "[vnc]\nauth_schemes = vencrypt\n", err: "vencrypt_ca_certs is required"},
-		{name: "[vnc] auth_schemes of a scheme vncgate does not speak", file: "[vnc]\nauth_schemes = vnc\n", err: `"vnc" is not a scheme`},
-		{name: "[DEFAULT] cert holding its key, source_is_ipv6", file: "[DEFAULT]\ncert = /etc/nova/self.pem\nsource_is_ipv6 = true\n",
-			want: func(c *Config) { c.Cert, c.SourceIsIPv6 = "/etc/nova/self.pem", true }},
-		{name: "[DEFAULT] cert and key, [console] TLS version and ciphers", file: "[DEFAULT]\ncert = c.pem\nkey = k.pem\n[console]\nssl_minimum_version = tlsv1_1\nssl_ciphers = kEECDH+AES\n",
-			want: func(c *Config) {
+	novaconf.RunCases(t, []novaconf.Case[Config]{
+		{Name: "defaults are Nova's", Want: func(*Config) {}},
+		{Name: "[vnc] listener", File: "[vnc]\nxvpvncproxy_host = 10.0.0.1\nxvpvncproxy_port = 7081\n",
+			Want: func(c *Config) { c.Host, c.Port = "10.0.0.1", 7081 }},
+		{Name: "[vnc] enabled = false refuses to start", File: "[vnc]\nenabled = false\n", Err: "[vnc] enabled is false"},
+		{Name: "[vnc] auth_schemes, [vncgate] vencrypt_verify_hostname", File: "[vnc]\nauth_schemes = none\n[vncgate]\nvencrypt_verify_hostname = false\n",
+			Want: func(c *Config) { c.RFB = rfbproxy.Options{AuthSchemes: []string{"none"}} }},
+		{Name: "[vnc] auth_schemes = vencrypt needs vencrypt_ca_certs", File: "[vnc]\nauth_schemes = vencrypt\n", Err: "vencrypt_ca_certs is required"},
+		{Name: "[vnc] auth_schemes of a scheme vncgate does not speak", File: "[vnc]\nauth_schemes = vnc\n", Err: `"vnc" is not a scheme`},
+		{Name: "[DEFAULT] cert holding its key, source_is_ipv6", File: "[DEFAULT]\ncert = /etc/nova/self.pem\nsource_is_ipv6 = true\n",
+			Want: func(c *Config) { c.Cert, c.SourceIsIPv6 = "/etc/nova/self.pem", true }},
+		{Name: "[DEFAULT] cert and key, [console] TLS version and ciphers", File: "[DEFAULT]\ncert = c.pem\nkey = k.pem\n[console]\nssl_minimum_version = tlsv1_1\nssl_ciphers = kEECDH+AES\n",
+			Want: func(c *Config) {
 				c.Cert, c.Key, c.SSLMinimumVersion, c.SSLCiphers = "c.pem", "k.pem", "tlsv1_1", "kEECDH+AES"
 			}},
-		{name: "[vncgate] idle_timeout = 300 is five minutes (Nova's unit)", file: "[vncgate]\nidle_timeout = 300\n",
-			want: func(c *Config) { c.IdleTimeout = 5 * time.Minute }},
-		{name: "[vncgate] durations", file: "[vncgate]\nhandshake_timeout = 4\nmax_session_length = 2h\ndrain_timeout = 0\nfailed_token_window = 30\n",
-			want: func(c *Config) {
+		{Name: "[vncgate] idle_timeout = 300 is five minutes (Nova's unit)", File: "[vncgate]\nidle_timeout = 300\n",
+			Want: func(c *Config) { c.IdleTimeout = 5 * time.Minute }},
+		{Name: "[vncgate] durations", File: "[vncgate]\nhandshake_timeout = 4\nmax_session_length = 2h\ndrain_timeout = 0\nfailed_token_window = 30\n",
+			Want: func(c *Config) {
 				c.HandshakeTimeout, c.MaxSessionLength, c.DrainTimeout, c.FailedTokenWindow = 4*time.Second, 2*time.Hour, 0, 30*time.Second
 			}},
-		{name: "[vncgate] tcp_keepalive = 0 turns it off", file: "[vncgate]\ntcp_keepalive = 0\n",
-			want: func(c *Config) { c.TCPKeepAlive = -1 }},
-		{name: "[vncgate] the rest", file: "[vncgate]\nconsoleauth_address = ca:6090\ngrpc_cert = g.pem\ngrpc_key = gk.pem\ngrpc_ca = ca.pem\n" +
+		{Name: "[vncgate] tcp_keepalive = 0 turns it off", File: "[vncgate]\ntcp_keepalive = 0\n",
+			Want: func(c *Config) { c.TCPKeepAlive = -1 }},
+		{Name: "[vncgate] the rest", File: "[vncgate]\nconsoleauth_address = ca:6090\ngrpc_cert = g.pem\ngrpc_key = gk.pem\ngrpc_ca = ca.pem\n" +
 			"etcd_endpoints = a:2379,b:2379\netcd_cert = e.pem\nmetrics_listen = 127.0.0.1:9181\nfailed_token_limit = 3\nmax_sessions_per_instance = 2\nlog_level = debug\n",
-			want: func(c *Config) {
+			Want: func(c *Config) {
 				c.ConsoleAuthAddress, c.GRPC = "ca:6090", tlsconfig.Files{Cert: "g.pem", Key: "gk.pem", CA: "ca.pem"}
 				c.EtcdEndpoints, c.Etcd, c.MetricsListen = []string{"a:2379", "b:2379"}, tlsconfig.Files{Cert: "e.pem"}, "127.0.0.1:9181"
 				c.FailedTokenLimit, c.MaxSessionsPerInstance, c.Log.Level = 3, 2, slog.LevelDebug
 			}},
-		{name: "environment and flags over files", file: "[vnc]\nxvpvncproxy_port = 7000\n[vncgate]\nidle_timeout = 60\n",
-			env: map[string]string{"VNCGATE_XVPVNCPROXY_PORT": "7081", "VNCGATE_IDLE_TIMEOUT": "5m"}, args: []string{"--idle_timeout=120"},
-			want: func(c *Config) { c.Port, c.IdleTimeout = 7081, 2*time.Minute }},
-		{name: "misspelt option", file: "[vnc]\nxvpvncproxy_prot = 6081\n",
-			err: "site.conf:2: unknown option [vnc] xvpvncproxy_prot (neither Nova's nor vncgate's); did you mean xvpvncproxy_port?"},
-		{name: "key without cert", args: []string{"-key=x.pem"}, err: "key is set but cert is not"},
-		{name: "unknown TLS version", args: []string{"-ssl_minimum_version=tlsv1_0"}, err: "ssl_minimum_version"},
-		{name: "zero handshake timeout", args: []string{"-handshake_timeout=0"}, err: "handshake_timeout"},
-		{name: "negative duration", args: []string{"-tcp_keepalive=-1"}, err: "tcp_keepalive"},
-		{name: "bad port", args: []string{"-xvpvncproxy_port=70000"}, err: "xvpvncproxy_port"},
-		{name: "limit without window", args: []string{"-failed_token_window=0"}, err: "failed_token_window"},
-		{name: "metrics address without port", args: []string{"-metrics_listen=127.0.0.1"}, err: "metrics_listen"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			for k, v := range tc.env {
-				t.Setenv(k, v)
-			}
-			args := tc.args
-			if tc.file != "" {
-				site := filepath.Join(dir, "site.conf")
-				if err := os.WriteFile(site, []byte(tc.file), 0o600); err != nil {
-					t.Fatal(err)
-				}
-				args = append([]string{"--config-file", site}, args...)
-			}
-			got, _, err := loadConfig(args)
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("got %v, want an error containing %q", err, tc.err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := defaults()
-			tc.want(&want)
-			if !reflect.DeepEqual(got, want) {
-				t.Errorf("config:\ngot  %+v\nwant %+v", got, want)
-			}
-		})
-	}
+		{Name: "environment and flags over files", File: "[vnc]\nxvpvncproxy_port = 7000\n[vncgate]\nidle_timeout = 60\n",
+			Env: map[string]string{"VNCGATE_XVPVNCPROXY_PORT": "7081", "VNCGATE_IDLE_TIMEOUT": "5m"}, Args: []string{"--idle_timeout=120"},
+			Want: func(c *Config) { c.Port, c.IdleTimeout = 7081, 2*time.Minute }},
+		{Name: "misspelt option", File: "[vnc]\nxvpvncproxy_prot = 6081\n",
+			Err: "site.conf:2: unknown option [vnc] xvpvncproxy_prot (neither Nova's nor vncgate's); did you mean xvpvncproxy_port?"},
+		{Name: "key without cert", Args: []string{"-key=x.pem"}, Err: "key is set but cert is not"},
+		{Name: "unknown TLS version", Args: []string{"-ssl_minimum_version=tlsv1_0"}, Err: "ssl_minimum_version"},
+		{Name: "zero handshake timeout", Args: []string{"-handshake_timeout=0"}, Err: "handshake_timeout"},
+		{Name: "negative duration", Args: []string{"-tcp_keepalive=-1"}, Err: "tcp_keepalive"},
+		{Name: "bad port", Args: []string{"-xvpvncproxy_port=70000"}, Err: "xvpvncproxy_port"},
+		{Name: "limit without window", Args: []string{"-failed_token_window=0"}, Err: "failed_token_window"},
+		{Name: "metrics address without port", Args: []string{"-metrics_listen=127.0.0.1"}, Err: "metrics_listen"},
+	}, defaults, func(args []string) (Config, error) {
+		c, _, err := loadConfig(args)
+		return c, err
+	})
 }
 
 // siteConf is what an operator adds to Nova's sample nova.conf for
@@ -317,13 +283,7 @@ drain_timeout = 1
 // generated sample) and a site file and relays a session over TLS.
 func TestNovaConf(t *testing.T) {
 	sample := novaconf.Sample(t)
-	files, pool := certs.TestFiles(t, "127.0.0.1")
-	combined := filepath.Join(t.TempDir(), "self.pem")
-	certPEM, _ := os.ReadFile(files.Cert)
-	keyPEM, _ := os.ReadFile(files.Key)
-	if err := os.WriteFile(combined, append(certPEM, keyPEM...), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	combined, pool := certs.TestCombined(t, "127.0.0.1")
 	auth := fakeconsoleauth.Start(t)
 	auth.Add("tok", "xvpvnc", "inst-a", loopback.Echo(t), "")
 	site := filepath.Join(t.TempDir(), "site.conf")

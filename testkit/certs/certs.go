@@ -234,3 +234,24 @@ func serial() *big.Int {
 	}
 	return n
 }
+
+// TestCombined writes a certificate for hosts and its key into one PEM file
+// (Nova's cert option without key) and returns its path and a pool
+// trusting its CA.
+func TestCombined(t testing.TB, hosts ...string) (string, *x509.CertPool) {
+	t.Helper()
+	f, pool := TestFiles(t, hosts...)
+	certPEM, err := os.ReadFile(f.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := os.ReadFile(f.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	combined := filepath.Join(t.TempDir(), "self.pem")
+	if err := os.WriteFile(combined, append(certPEM, keyPEM...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return combined, pool
+}

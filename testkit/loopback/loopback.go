@@ -62,3 +62,31 @@ func Echo(t testing.TB) string {
 	t.Helper()
 	return Serve(t, func(c net.Conn) { io.Copy(c, c) })
 }
+
+// Pair returns the two ends of a loopback TCP connection, both closed when
+// t ends. (TCP rather than net.Pipe: writes are buffered and half-close
+// works, as on the proxies' real connections.)
+func Pair(t testing.TB) (net.Conn, net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		accepted <- c
+	}()
+	a, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := <-accepted
+	if b == nil {
+		a.Close()
+		t.Fatal("loopback accept failed")
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
