@@ -95,8 +95,34 @@ type Compute struct {
 }
 
 // Revocation tells proxies to end an instance's open sessions (JSON). Sessions
-// that started before RevokedAt end; newer ones hold newer tokens.
+// whose token was created at an etcd revision before the revocation's end;
+// newer ones hold newer tokens. RevokedAt is kept for logs and for records
+// read without a revision.
 type Revocation struct {
+	// Reason is the sentence users see: always one of RevocationReasons'.
 	Reason    string    `json:"reason"`
 	RevokedAt time.Time `json:"revoked_at"`
+	// Revision is the etcd revision of the revocation's write, filled in
+	// by the reader from the key's ModRevision (not stored in the value).
+	Revision int64 `json:"-"`
+}
+
+// RevocationReasons are the codes a revocation may give and the sentence
+// users then see. Callers choose a code, never the text: a console page
+// must not show words an API caller wrote.
+var RevocationReasons = map[string]string{
+	"":          "the console was closed by the cloud",
+	"revoked":   "the console was closed by the cloud",
+	"stopped":   "the instance was stopped",
+	"deleted":   "the instance was deleted",
+	"rebooted":  "the instance was rebooted",
+	"crashed":   "the instance crashed",
+	"started":   "the instance was started",
+	"migrated":  "the instance was migrated to another host",
+	"console":   "the instance's console moved",
+	"rebuilt":   "the instance was rebuilt",
+	"suspended": "the instance was suspended",
+	"paused":    "the instance was paused",
+	"shelved":   "the instance was shelved",
+	"admin":     "an administrator closed the console",
 }

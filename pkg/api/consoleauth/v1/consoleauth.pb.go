@@ -469,7 +469,10 @@ type ConnectInfo struct {
 	ComputeHost string `protobuf:"bytes,9,opt,name=compute_host,json=computeHost,proto3" json:"compute_host,omitempty"`
 	// The console is view-only: the proxy must drop the client's input (keys,
 	// pointer, clipboard and messages that change the VM).
-	ViewOnly      bool `protobuf:"varint,10,opt,name=view_only,json=viewOnly,proto3" json:"view_only,omitempty"`
+	ViewOnly bool `protobuf:"varint,10,opt,name=view_only,json=viewOnly,proto3" json:"view_only,omitempty"`
+	// The etcd revision that created the token. A revocation with a later
+	// revision ends the session: ordered by etcd, not by clocks.
+	TokenRevision int64 `protobuf:"varint,11,opt,name=token_revision,json=tokenRevision,proto3" json:"token_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -572,6 +575,13 @@ func (x *ConnectInfo) GetViewOnly() bool {
 		return x.ViewOnly
 	}
 	return false
+}
+
+func (x *ConnectInfo) GetTokenRevision() int64 {
+	if x != nil {
+		return x.TokenRevision
+	}
+	return 0
 }
 
 type CheckTokenResponse struct {
@@ -788,7 +798,9 @@ func (x *GetConsoleAuthTokenResponse) GetConsole() *ConsoleAuthToken {
 type RevokeInstanceTokensRequest struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	InstanceUuid string                 `protobuf:"bytes,1,opt,name=instance_uuid,json=instanceUuid,proto3" json:"instance_uuid,omitempty"`
-	// Why, shown to users whose sessions end (e.g. "the instance was stopped").
+	// Why, as one of a fixed set of codes (see registry.RevocationReasons); the
+	// users whose sessions end see that code's sentence, never caller text.
+	// Empty means "revoked".
 	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -912,7 +924,7 @@ const file_vncgate_consoleauth_v1_consoleauth_proto_rawDesc = "" +
 	"\aconsole\x18\x01 \x01(\v2\x1f.vncgate.consoleauth.v1.ConsoleR\aconsole\"L\n" +
 	"\x11CheckTokenRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +
-	"\fconsole_type\x18\x02 \x01(\tR\vconsoleType\"\x91\x03\n" +
+	"\fconsole_type\x18\x02 \x01(\tR\vconsoleType\"\xb8\x03\n" +
 	"\vConnectInfo\x12#\n" +
 	"\rinstance_uuid\x18\x01 \x01(\tR\finstanceUuid\x12!\n" +
 	"\fconsole_type\x18\x02 \x01(\tR\vconsoleType\x12\x12\n" +
@@ -926,7 +938,8 @@ const file_vncgate_consoleauth_v1_consoleauth_proto_rawDesc = "" +
 	"\x11token_hash_prefix\x18\b \x01(\tR\x0ftokenHashPrefix\x12!\n" +
 	"\fcompute_host\x18\t \x01(\tR\vcomputeHost\x12\x1b\n" +
 	"\tview_only\x18\n" +
-	" \x01(\bR\bviewOnly\"\\\n" +
+	" \x01(\bR\bviewOnly\x12%\n" +
+	"\x0etoken_revision\x18\v \x01(\x03R\rtokenRevision\"\\\n" +
 	"\x12CheckTokenResponse\x12F\n" +
 	"\fconnect_info\x18\x01 \x01(\v2#.vncgate.consoleauth.v1.ConnectInfoR\vconnectInfo\"A\n" +
 	"\x1aGetConsoleAuthTokenRequest\x12#\n" +
