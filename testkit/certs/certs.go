@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -84,6 +85,24 @@ func (ca *CA) Pool() *x509.CertPool {
 // usable for server and client authentication. Each host is an IP address
 // or a DNS name; empty ones and duplicates are dropped.
 func (ca *CA) Issue(hosts ...string) (tls.Certificate, error) {
+	return ca.IssueIdentity(Identity{Name: "vncgate test service"}, hosts...)
+}
+
+// Identity is who a certificate speaks for, in the form vncgate reads
+// (pkg/authn): Name is the subject's common name (a compute agent's host
+// name, or the etcd user name under etcd's client-certificate auth), and
+// Role, when set, is written both as the URI SAN urn:vncgate:role:ROLE and
+// as the subject's organizational unit.
+type Identity struct {
+	Name string
+	Role string
+}
+
+// RoleURIPrefix starts the URI SAN that names a certificate's role.
+const RoleURIPrefix = "urn:vncgate:role:"
+
+// IssueIdentity is Issue for a certificate that speaks for id.
+func (ca *CA) IssueIdentity(id Identity, hosts ...string) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, err
@@ -91,11 +110,19 @@ func (ca *CA) Issue(hosts ...string) (tls.Certificate, error) {
 	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: "vncgate test service"},
+		Subject:      pkix.Name{CommonName: id.Name},
 		NotBefore:    now.Add(-5 * time.Minute),
 		NotAfter:     now.Add(ca.validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	if id.Role != "" {
+		tmpl.Subject.OrganizationalUnit = []string{id.Role}
+		u, err := url.Parse(RoleURIPrefix + id.Role)
+		if err != nil {
+			return tls.Certificate{}, err
+		}
+		tmpl.URIs = []*url.URL{u}
 	}
 	for _, h := range hosts {
 		if h == "" {
@@ -124,7 +151,12 @@ func (ca *CA) Issue(hosts ...string) (tls.Certificate, error) {
 // CA certificate as PEM files cert.pem, key.pem and ca.pem into dir (made
 // if missing, mode 0700; files 0600).
 func (ca *CA) WriteFiles(dir string, hosts ...string) (Files, error) {
-	leaf, err := ca.Issue(hosts...)
+	return ca.WriteIdentityFiles(dir, Identity{Name: "vncgate test service"}, hosts...)
+}
+
+// WriteIdentityFiles is WriteFiles for a certificate that speaks for id.
+func (ca *CA) WriteIdentityFiles(dir string, id Identity, hosts ...string) (Files, error) {
+	leaf, err := ca.IssueIdentity(id, hosts...)
 	if err != nil {
 		return Files{}, err
 	}
