@@ -14,12 +14,14 @@ command -v websockify >/dev/null || need+=(websockify)
 [[ -f /usr/share/nova-common/nova.conf ]] || need+=(nova-common)    # Nova's own sample nova.conf
 /usr/bin/python3 -c 'import tempest' 2>/dev/null || need+=(python3-tempest) # OpenStack's console tests
 command -v stress-ng >/dev/null || need+=(stress-ng)                 # load beside the suite
+command -v haproxy >/dev/null || need+=(haproxy)                     # PROXY protocol in front of xvp-proxy
 if ((${#need[@]})); then
 	echo "install-deps: apt-get install ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+[[ -x /usr/bin/keystone-wsgi-public ]] || { echo "install-deps: apt-get install --no-install-recommends python3-keystone"; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-keystone >/dev/null; } # a real Keystone for consoleauth's tests; not package keystone, whose postinst starts a server on :5000
 
 # npm packages, pinned by package-lock.json, into ignored node_modules folders.
 for dir in services/novnc-proxy/web deploy/e2e/browser; do

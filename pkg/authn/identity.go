@@ -2,6 +2,24 @@
 // mutual-TLS certificate, a bearer key or a Keystone token, carried in the
 // request's context so that handlers can apply rules finer than a role
 // (a compute agent may only revoke its own host's instances).
+//
+// What it holds and promises:
+//   - FromCertificate: a verified certificate's caller (subject CN) and role
+//     (URI SAN urn:vncgate:role:ROLE, or the first OU); no known role, no
+//     identity.
+//   - KeyFile: bearer keys stored as SHA-256 only, compared in constant
+//     time, the file read again when it changes, the last good keys kept
+//     when it breaks; NewKey makes a key and its line.
+//   - TokenValidator and FromKeystone: Keystone tokens, mapped to roles as
+//     Nova's policy does.
+//   - Policy and Guard: a gRPC server's interceptors authenticate every
+//     call and authorise it by a table of methods and roles; a method not
+//     in the table is refused (deny by default). Refusals are
+//     UNAUTHENTICATED or PERMISSION_DENIED with a readable message and one
+//     audit line; no credential is ever logged.
+//   - GatewayMetadata: how a REST gateway passes the caller it
+//     authenticated to its in-process gRPC server, under a per-process
+//     secret no client header can stand for.
 package authn
 
 import "context"

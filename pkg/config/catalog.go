@@ -25,6 +25,11 @@ const (
 	SectionLibvirt = "libvirt"
 	// SectionVNCGate holds every option vncgate has and Nova does not.
 	SectionVNCGate = "vncgate"
+	// SectionKeystoneAuthToken is keystonemiddleware's [keystone_authtoken]
+	// in nova.conf. Not strict: it holds dozens of keystonemiddleware and
+	// keystoneauth options (memcached_servers, region_name, …) vncgate has
+	// no use for.
+	SectionKeystoneAuthToken = "keystone_authtoken"
 )
 
 // kind sorts catalogued names.
@@ -120,7 +125,29 @@ var catalog = map[key]entry{
 	// [libvirt]
 	{SectionLibvirt, "connection_uri"}: {kind: supported},
 
+	// [keystone_authtoken]: keystoneauth's password plugin and the
+	// keystonemiddleware options consoleauth's Keystone validation honours.
+	{SectionKeystoneAuthToken, "auth_url"}:             {kind: supported},
+	{SectionKeystoneAuthToken, "username"}:             {kind: supported},
+	{SectionKeystoneAuthToken, "password"}:             {kind: supported},
+	{SectionKeystoneAuthToken, "project_name"}:         {kind: supported},
+	{SectionKeystoneAuthToken, "user_domain_name"}:     {kind: supported},
+	{SectionKeystoneAuthToken, "project_domain_name"}:  {kind: supported},
+	{SectionKeystoneAuthToken, "cafile"}:               {kind: supported},
+	{SectionKeystoneAuthToken, "http_connect_timeout"}: {kind: supported},
+	{SectionKeystoneAuthToken, "token_cache_time"}:     {kind: supported},
+	{SectionKeystoneAuthToken, "auth_type"}: {kind: unsupported, services: []string{"consoleauth"}, harmless: []string{"password", "v3password"},
+		why: "only password authentication to Keystone is implemented"},
+	{SectionKeystoneAuthToken, "insecure"}: {kind: unsupported, services: []string{"consoleauth"}, harmless: []string{"false", "no", "off", "0"},
+		why: "Keystone's certificate is always verified; name its CA in cafile"},
+
 	// [vncgate]: vncgate's own options, whichever service reads them.
+	{SectionVNCGate, "allow_plaintext"}:           {kind: supported},
+	{SectionVNCGate, "api_keys_file"}:             {kind: supported},
+	{SectionVNCGate, "cert_role_source"}:          {kind: supported},
+	{SectionVNCGate, "rest_auth"}:                 {kind: supported},
+	{SectionVNCGate, "keystone_mint_roles"}:       {kind: supported},
+	{SectionVNCGate, "rest_allowed_hosts"}:        {kind: supported},
 	{SectionVNCGate, "grpc_listen"}:               {kind: supported},
 	{SectionVNCGate, "rest_listen"}:               {kind: supported},
 	{SectionVNCGate, "advertise_address"}:         {kind: supported},
@@ -161,6 +188,11 @@ var catalog = map[key]entry{
 	{SectionVNCGate, "log_level"}:                 {kind: supported},
 	{SectionVNCGate, "log_format"}:                {kind: supported},
 	{SectionVNCGate, "vencrypt_verify_hostname"}:  {kind: supported},
+	{SectionVNCGate, "keystone_cache_size"}:       {kind: supported},
+
+	// The proxies' connection caps (pkg/edge).
+	{SectionVNCGate, "max_connections"}:            {kind: supported},
+	{SectionVNCGate, "max_connections_per_client"}: {kind: supported},
 }
 
 // aliases are the deprecated names of k, sorted.

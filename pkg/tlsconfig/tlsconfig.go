@@ -11,14 +11,19 @@
 //
 // As in Nova, a certificate file may hold the private key too: when Key is
 // empty the key is read from the Cert file.
+//
+// Certificates rotate without a restart: configurations built from [Files]
+// look at the files' size and modification time at most once a second and
+// read them again when they changed; a file that cannot be read then is
+// logged and the last good certificate and CA stay in use. Replace files
+// by renaming a complete new file over the old one, key first.
 package tlsconfig
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
+	"log/slog"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -35,6 +40,10 @@ type Files struct {
 	// CA verifies the peer. For a server it turns on client-certificate
 	// checks (mTLS); for a client it replaces the system roots.
 	CA string
+	// Log receives the reloads of these files and the failures to read
+	// them (the last good certificate stays in use); slog.Default() when
+	// nil.
+	Log *slog.Logger
 }
 
 // Enabled reports whether TLS was configured.
@@ -49,32 +58,59 @@ func (f Files) Check() error {
 	return nil
 }
 
-// Server returns the server side configuration, or nil without TLS.
+// Server returns the server side configuration, or nil without TLS. With
+// a CA, clients must present a certificate it signed (mTLS). The
+// certificate and the CA are read again when their files change (see
+// [Files.Log]): every handshake uses the files on disk, checked at most
+// once a second.
 func (f Files) Server() (*tls.Config, error) {
+	return f.server(tls.RequireAndVerifyClientCert)
+}
+
+// ServerCertOptional is [Files.Server] for a listener whose callers may
+// prove who they are otherwise (a bearer key over TLS): a client
+// certificate is verified when presented, not required.
+func (f Files) ServerCertOptional() (*tls.Config, error) {
+	return f.server(tls.VerifyClientCertIfGiven)
+}
+
+func (f Files) server(clientAuth tls.ClientAuthType) (*tls.Config, error) {
 	if !f.Enabled() {
 		return nil, nil
 	}
 	if f.Cert == "" {
 		return nil, errors.New("tls: a server needs a certificate")
 	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	pair, err := LoadPair(f.Cert, f.Key)
+	src, err := newSource(f)
 	if err != nil {
 		return nil, err
 	}
-	cfg.Certificates = []tls.Certificate{pair}
+	m := src.current()
+	base := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*m.pair}}
 	if f.CA != "" {
-		pool, err := loadPool(f.CA)
-		if err != nil {
-			return nil, err
-		}
-		cfg.ClientCAs = pool
-		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+		base.ClientCAs = m.pool
+		base.ClientAuth = clientAuth
 	}
-	return cfg, nil
+	// A fresh configuration per handshake, so that a replaced certificate or
+	// CA is used without a restart. base stays as it was loaded, for callers
+	// that look at it.
+	template := base.Clone()
+	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		m := src.current()
+		c := template.Clone()
+		c.Certificates = []tls.Certificate{*m.pair}
+		if f.CA != "" {
+			c.ClientCAs = m.pool
+		}
+		return c, nil
+	}
+	return base, nil
 }
 
-// Client returns the client side configuration, or nil without TLS.
+// Client returns the client side configuration, or nil without TLS. The
+// certificate presented is read again when its files change; the CA
+// (RootCAs) is the one read now: gRPC links built with
+// [Files.ClientCredentials] read it again too.
 func (f Files) Client() (*tls.Config, error) {
 	if !f.Enabled() {
 		return nil, nil
@@ -82,22 +118,11 @@ func (f Files) Client() (*tls.Config, error) {
 	if err := f.Check(); err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if f.Cert != "" {
-		pair, err := LoadPair(f.Cert, f.Key)
-		if err != nil {
-			return nil, err
-		}
-		cfg.Certificates = []tls.Certificate{pair}
+	src, err := newSource(f)
+	if err != nil {
+		return nil, err
 	}
-	if f.CA != "" {
-		pool, err := loadPool(f.CA)
-		if err != nil {
-			return nil, err
-		}
-		cfg.RootCAs = pool
-	}
-	return cfg, nil
+	return src.client(), nil
 }
 
 // ServerCredentials are the gRPC transport credentials of a server: TLS
@@ -111,13 +136,21 @@ func (f Files) ServerCredentials() (credentials.TransportCredentials, error) {
 }
 
 // ClientCredentials are the gRPC transport credentials of a client: TLS
-// (presenting Cert when given) when configured, plaintext otherwise.
+// (presenting Cert when given) when configured, plaintext otherwise. Every
+// handshake uses the certificate and CA files on disk (checked at most
+// once a second), so a link survives a certificate rotation.
 func (f Files) ClientCredentials() (credentials.TransportCredentials, error) {
-	cfg, err := f.Client()
+	if !f.Enabled() {
+		return insecure.NewCredentials(), nil
+	}
+	if err := f.Check(); err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	src, err := newSource(f)
 	if err != nil {
 		return nil, err
 	}
-	return TransportCredentials(cfg), nil
+	return &reloadingCreds{src: src, info: credentials.NewTLS(src.client()).Info()}, nil
 }
 
 // ServerOption is [Files.ServerCredentials] as a grpc.NewServer option.
@@ -160,16 +193,4 @@ func LoadPair(cert, key string) (tls.Certificate, error) {
 		return tls.Certificate{}, fmt.Errorf("tls: %w", err)
 	}
 	return pair, nil
-}
-
-func loadPool(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("tls: no certificate in %s", path)
-	}
-	return pool, nil
 }

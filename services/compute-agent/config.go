@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
@@ -42,7 +43,13 @@ type Config struct {
 	QMPSockets         string
 	RegistrationTTL    time.Duration
 	ConsoleAuthAddress string
-	Log                logging.Options
+	// AllowPlaintext is [vncgate] allow_plaintext: grpc_listen and
+	// consoleauth_address without TLS off loopback are refused without it.
+	AllowPlaintext bool
+	// CertRoleSource is [vncgate] cert_role_source: where callers'
+	// certificates name their role (san or subject).
+	CertRoleSource string
+	Log            logging.Options
 }
 
 // loadConfig reads the agent's options from args, the environment and the
@@ -68,6 +75,9 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.String(&c.QMPSockets, config.SectionVNCGate, "qmp_sockets", "", "instances of the qmp driver: comma-separated uuid=/path/to/qmp.sock")
 	s.Seconds(&c.RegistrationTTL, config.SectionVNCGate, "registration_ttl", 10*time.Second, "how long a dead agent stays registered in etcd")
 	s.String(&c.ConsoleAuthAddress, config.SectionVNCGate, "consoleauth_address", "127.0.0.1:6090", "host:port of consoleauth's gRPC API, to revoke tokens")
+	s.Bool(&c.AllowPlaintext, config.SectionVNCGate, "allow_plaintext", false, "allow grpc_listen and consoleauth_address without TLS off loopback")
+	s.Choice(&c.CertRoleSource, config.SectionVNCGate, "cert_role_source", "san", []string{"san", "subject"},
+		"where a caller's certificate names its role: the URI SAN urn:vncgate:role:ROLE, or the subject's first OU")
 	c.Log.Declare(s)
 	notes, err := s.Load(args)
 	if err != nil {
@@ -103,7 +113,23 @@ func (c Config) validate() error {
 	if err := c.GRPCTLS.Check(); err != nil {
 		return fmt.Errorf("grpc_key: %w", err)
 	}
+	if _, err := authn.ParseRoleSource(c.CertRoleSource); err != nil {
+		return err
+	}
 	return nil
+}
+
+// checkPlaintext refuses, at start, gRPC without TLS off loopback: no
+// caller would be known (every call but health is refused) and
+// revocations would travel in plaintext.
+func (c Config) checkPlaintext() error {
+	if c.GRPCTLS.Enabled() {
+		return nil
+	}
+	if err := tlsconfig.CheckPlaintext("grpc_listen", c.GRPCListen, c.AllowPlaintext); err != nil {
+		return err
+	}
+	return tlsconfig.CheckPlaintext("consoleauth_address", c.ConsoleAuthAddress, c.AllowPlaintext)
 }
 
 // advertiseFrom is the address consoleauth dials when advertise_address is

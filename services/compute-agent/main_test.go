@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,17 +18,23 @@ import (
 	"time"
 
 	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
+	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
+	"github.com/vncgate/vncgate/testkit/certs"
 	"github.com/vncgate/vncgate/testkit/etcd"
 	"github.com/vncgate/vncgate/testkit/novaconf"
 	"github.com/vncgate/vncgate/testkit/rfb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 )
 
 const uuidDemo = "5f1c0c3e-8d6c-4a57-9a2e-0c6f8f0f4b1a"
@@ -38,7 +45,7 @@ func defaults() Config {
 	return Config{
 		Host: hostname, VNCEnabled: true, ProxyClientAddress: "127.0.0.1", ServerListen: "127.0.0.1", LibvirtURI: "qemu:///system",
 		GRPCListen: "0.0.0.0:6092", EtcdEndpoints: []string{"127.0.0.1:2379"}, Driver: "static",
-		RegistrationTTL: 10 * time.Second, ConsoleAuthAddress: "127.0.0.1:6090",
+		RegistrationTTL: 10 * time.Second, ConsoleAuthAddress: "127.0.0.1:6090", CertRoleSource: "san",
 		Log: logging.Options{Level: slog.LevelInfo, Format: "json"},
 	}
 }
@@ -69,6 +76,9 @@ func TestOptions(t *testing.T) {
 				c.Host, c.RegistrationTTL, c.ProxyClientAddress = "compute-7", 3*time.Second, "192.0.2.1"
 				c.EtcdEndpoints, c.LibvirtURI = []string{"10.0.0.1:2379", "10.0.0.2:2379"}, "qemu:///session"
 			}},
+		{Name: "[vncgate] allow_plaintext and cert_role_source", File: "[vncgate]\nallow_plaintext = yes\ncert_role_source = subject\n",
+			Want: func(c *Config) { c.AllowPlaintext, c.CertRoleSource = true, "subject" }},
+		{Name: "unknown cert_role_source", Args: []string{"--cert_role_source", "cn"}, Err: "cert_role_source"},
 		{Name: "[vnc] enabled = false", File: "[vnc]\nenabled = false\n", Err: "[vnc] enabled is false"},
 		{Name: "misspelt option", File: "[vnc]\nserver_proxyclient_adress = 1.2.3.4\n",
 			Err: "site.conf:2: unknown option [vnc] server_proxyclient_adress (neither Nova's nor vncgate's); did you mean server_proxyclient_address?"},
@@ -138,6 +148,9 @@ etcd_endpoints = %s
 inventory_file = %s
 registration_ttl = 2
 consoleauth_address = 127.0.0.1:1
+grpc_cert = %s
+grpc_key = %s
+grpc_ca = %s
 `
 
 // TestNovaConf starts the agent from Debian's nova.conf (Nova's own
@@ -149,7 +162,9 @@ func TestNovaConf(t *testing.T) {
 	inventory := filepath.Join(t.TempDir(), "inventory.json")
 	writeInventory(t, inventory, 5901)
 	site := filepath.Join(t.TempDir(), "site.conf")
-	if err := os.WriteFile(site, []byte(fmt.Sprintf(siteConf, etcdSrv.Endpoint, inventory)), 0o600); err != nil {
+	pki := newPKI(t)
+	grpcTLS := pki.files(t, "compute-from-site", "compute")
+	if err := os.WriteFile(site, []byte(fmt.Sprintf(siteConf, etcdSrv.Endpoint, inventory, grpcTLS.Cert, grpcTLS.Key, grpcTLS.CA)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg, notes, err := loadConfig([]string{"--config-file", sample, "--config-file", site})
@@ -160,6 +175,7 @@ func TestNovaConf(t *testing.T) {
 	want.Host, want.MyIP, want.ServerListen, want.ProxyClientAddress = "compute-from-site", "127.0.0.2", "0.0.0.0", "127.0.0.2"
 	want.GRPCListen, want.EtcdEndpoints, want.InventoryFile = "0.0.0.0:0", []string{etcdSrv.Endpoint}, inventory
 	want.RegistrationTTL, want.ConsoleAuthAddress = 2*time.Second, "127.0.0.1:1"
+	want.GRPCTLS = grpcTLS
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("config:\ngot  %+v\nwant %+v", cfg, want)
 	}
@@ -167,7 +183,7 @@ func TestNovaConf(t *testing.T) {
 		t.Errorf("notes: got %+v", notes)
 	}
 
-	a := startRun(t, cfg)
+	a := startRun(t, cfg, pki)
 	_, port, _ := net.SplitHostPort(a.addr)
 	eventually(t, 10*time.Second, "registration", func() error {
 		val, ok, err := etcdGet(cli, registry.ComputeKey("compute-from-site"))
@@ -195,7 +211,7 @@ func TestRunRefusesDrivers(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.driver+tt.inventory, func(t *testing.T) {
-			cfg := testConfig("127.0.0.1:1", tt.inventory)
+			cfg := testConfig(t, newPKI(t), "127.0.0.1:1", tt.inventory)
 			cfg.Driver = tt.driver
 			cfg.LibvirtURI = "no-scheme"
 			cfg.QMPSockets = "not-a-pair"
@@ -207,8 +223,40 @@ func TestRunRefusesDrivers(t *testing.T) {
 	}
 }
 
-func testConfig(etcdEndpoint, inventory string) Config {
+// testPKI is one test's CA, issuing certificates that name their role.
+type testPKI struct{ ca *certs.CA }
+
+func newPKI(t *testing.T) *testPKI { return &testPKI{certs.TestCA(t)} }
+
+// files writes a certificate for name with role, its key and the CA.
+func (p *testPKI) files(t *testing.T, name, role string) tlsconfig.Files {
+	t.Helper()
+	f, err := p.ca.WriteIdentityFiles(t.TempDir(), certs.Identity{Name: name, Role: role}, "127.0.0.1", "127.0.0.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tlsconfig.Files{Cert: f.Cert, Key: f.Key, CA: f.CA}
+}
+
+// creds are client credentials with a certificate for name with role
+// (none when name is empty).
+func (p *testPKI) creds(t *testing.T, name, role string) credentials.TransportCredentials {
+	t.Helper()
+	cfg := &tls.Config{RootCAs: p.ca.Pool(), MinVersion: tls.VersionTLS12}
+	if name != "" {
+		c, err := p.ca.IssueIdentity(certs.Identity{Name: name, Role: role}, "127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Certificates = []tls.Certificate{c}
+	}
+	return credentials.NewTLS(cfg)
+}
+
+// testConfig is an agent on loopback with its compute certificate.
+func testConfig(t *testing.T, pki *testPKI, etcdEndpoint, inventory string) Config {
 	return Config{
+		GRPCTLS:    pki.files(t, "compute-test", "compute"),
 		GRPCListen: "127.0.0.1:0", Host: "compute-test", EtcdEndpoints: []string{etcdEndpoint},
 		Driver: "static", InventoryFile: inventory, ProxyClientAddress: "127.0.0.1",
 		RegistrationTTL: 2 * time.Second, ConsoleAuthAddress: "127.0.0.1:1", VNCEnabled: true,
@@ -222,9 +270,12 @@ type agent struct {
 	health healthpb.HealthClient
 	reload chan os.Signal
 	stop   func() error
+	// dial connects to the agent with creds.
+	dial func(*testing.T, credentials.TransportCredentials) *grpc.ClientConn
 }
 
-func startRun(t *testing.T, cfg Config) *agent {
+// startRun runs the agent and connects to it as consoleauth.
+func startRun(t *testing.T, cfg Config, pki *testPKI) *agent {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
@@ -258,11 +309,21 @@ func startRun(t *testing.T, cfg Config) *agent {
 		return runErr
 	}
 	t.Cleanup(func() { _ = a.stop() })
-	conn, err := grpc.NewClient(a.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
+	a.dial = func(t *testing.T, creds credentials.TransportCredentials) *grpc.ClientConn {
+		t.Helper()
+		// A wildcard listener is dialled on loopback, which its certificate names.
+		addr, err := net.ResolveTCPAddr("tcp", a.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := grpc.NewClient(advertiseFrom(addr, ""), grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
 	}
-	t.Cleanup(func() { conn.Close() })
+	conn := a.dial(t, pki.creds(t, "consoleauth-1", "consoleauth"))
 	a.client = computeagentv1.NewComputeAgentServiceClient(conn)
 	a.health = healthpb.NewHealthClient(conn)
 	return a
@@ -330,7 +391,8 @@ func TestRun(t *testing.T) {
 	port := demoVM(t)
 	writeInventory(t, inventory, port)
 
-	a := startRun(t, testConfig(etcdSrv.Endpoint, inventory))
+	pki := newPKI(t)
+	a := startRun(t, testConfig(t, pki, etcdSrv.Endpoint, inventory), pki)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -340,7 +402,7 @@ func TestRun(t *testing.T) {
 		if err != nil || !ok || json.Unmarshal([]byte(val), &c) != nil || c.Address != a.addr {
 			return fmt.Errorf("compute key: got %q (%v), want address %s", val, err, a.addr)
 		}
-		loc, ok, err := etcdGet(cli, registry.LocationKey(uuidDemo))
+		loc, ok, err := etcdGet(cli, registry.ComputeInstanceKey("compute-test", uuidDemo))
 		if err != nil || !ok || !strings.Contains(loc, `"compute-test"`) {
 			return fmt.Errorf("location: got %q (%v), want compute-test", loc, err)
 		}
@@ -388,7 +450,7 @@ func TestRun(t *testing.T) {
 	if _, ok, err := etcdGet(cli, registry.ComputeKey("compute-test")); ok || err != nil {
 		t.Errorf("compute key after stop: got present=%v (%v), want gone", ok, err)
 	}
-	if _, ok, _ := etcdGet(cli, registry.LocationKey(uuidDemo)); !ok {
+	if _, ok, _ := etcdGet(cli, registry.ComputeInstanceKey("compute-test", uuidDemo)); !ok {
 		t.Error("location after stop: got none, want it kept (the instance still exists)")
 	}
 }
@@ -404,7 +466,8 @@ func TestRunBeforeEtcd(t *testing.T) {
 	l.Close()
 	inventory := filepath.Join(t.TempDir(), "inventory.json")
 	writeInventory(t, inventory, 5901)
-	a := startRun(t, testConfig(endpoint, inventory))
+	pki := newPKI(t)
+	a := startRun(t, testConfig(t, pki, endpoint, inventory), pki)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -422,12 +485,185 @@ func TestRunBeforeEtcd(t *testing.T) {
 		if _, ok, err := etcdGet(cli, registry.ComputeKey("compute-test")); !ok || err != nil {
 			return fmt.Errorf("compute key absent (%v)", err)
 		}
-		if _, ok, err := etcdGet(cli, registry.LocationKey(uuidDemo)); !ok || err != nil {
+		if _, ok, err := etcdGet(cli, registry.ComputeInstanceKey("compute-test", uuidDemo)); !ok || err != nil {
 			return fmt.Errorf("location absent (%v)", err)
 		}
 		return nil
 	})
 	if err := a.stop(); err != nil {
 		t.Errorf("run: got %v, want nil", err)
+	}
+}
+
+// TestCallers: the agent answers consoleauth only, over mutual TLS; health
+// is open to any caller the TLS handshake let in.
+func TestCallers(t *testing.T) {
+	etcdSrv, _ := etcd.Start(t)
+	inventory := filepath.Join(t.TempDir(), "inventory.json")
+	writeInventory(t, inventory, 5901)
+	pki := newPKI(t)
+	a := startRun(t, testConfig(t, pki, etcdSrv.Endpoint, inventory), pki)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tests := []struct {
+		name    string
+		creds   credentials.TransportCredentials
+		want    codes.Code
+		wantMsg string
+	}{
+		{"consoleauth", pki.creds(t, "consoleauth-1", "consoleauth"), codes.OK, ""},
+		{"a proxy", pki.creds(t, "novnc-1", "proxy"), codes.PermissionDenied, "role proxy may not call GetConsole"},
+		{"another compute agent", pki.creds(t, "compute-2", "compute"), codes.PermissionDenied, "role compute may not call GetConsole"},
+		{"the API layer", pki.creds(t, "nova-api", "api"), codes.PermissionDenied, "role api may not call GetConsole"},
+		{"a certificate without a role", pki.creds(t, "someone", ""), codes.Unauthenticated, `certificate "CN=someone": no role`},
+		{"TLS without a certificate", pki.creds(t, "", ""), codes.Unavailable, ""},
+		{"another CA's consoleauth", newPKI(t).creds(t, "consoleauth-1", "consoleauth"), codes.Unavailable, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			client := computeagentv1.NewComputeAgentServiceClient(a.dial(t, tt.creds))
+			_, err := client.GetConsole(ctx, &computeagentv1.GetConsoleRequest{InstanceUuid: uuidDemo})
+			st := status.Convert(err)
+			if st.Code() != tt.want || !strings.HasPrefix(st.Message(), tt.wantMsg) {
+				t.Errorf("GetConsole: got %s %q, want %s %q", st.Code(), st.Message(), tt.want, tt.wantMsg)
+			}
+			_, err = client.ValidateConsolePort(ctx, &computeagentv1.ValidateConsolePortRequest{InstanceUuid: uuidDemo, Host: "127.0.0.1", Port: 5901})
+			if got := status.Code(err); got != tt.want {
+				t.Errorf("ValidateConsolePort: got %v, want %s", err, tt.want)
+			}
+		})
+	}
+	consoleauth := computeagentv1.NewComputeAgentServiceClient(a.dial(t, pki.creds(t, "consoleauth-1", "consoleauth")))
+	if _, err := consoleauth.GetConsole(ctx, &computeagentv1.GetConsoleRequest{InstanceUuid: strings.Repeat("x", 100<<10)}); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("100 KiB request: got %v, want ResourceExhausted", err)
+	}
+	proxy := healthpb.NewHealthClient(a.dial(t, pki.creds(t, "novnc-1", "proxy")))
+	if h, err := proxy.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || h.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health check by a proxy: got %v, %v; want SERVING", h, err)
+	}
+}
+
+// TestPlaintextAgent: on a plaintext loopback listener no caller is known:
+// every call but health is refused, saying what to configure.
+func TestPlaintextAgent(t *testing.T) {
+	inventory := filepath.Join(t.TempDir(), "inventory.json")
+	writeInventory(t, inventory, 5901)
+	cfg := testConfig(t, newPKI(t), "127.0.0.1:1", inventory)
+	cfg.GRPCTLS = tlsconfig.Files{}
+	a := startRun(t, cfg, newPKI(t))
+	conn := a.dial(t, insecure.NewCredentials())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := computeagentv1.NewComputeAgentServiceClient(conn).GetConsole(ctx, &computeagentv1.GetConsoleRequest{InstanceUuid: uuidDemo})
+	if st := status.Convert(err); st.Code() != codes.Unauthenticated ||
+		st.Message() != "gRPC callers must present a certificate: configure grpc_cert/grpc_key/grpc_ca" {
+		t.Errorf("plaintext GetConsole: got %v, want Unauthenticated saying what to configure", err)
+	}
+	if h, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || h.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("plaintext health check: got %v, %v; want SERVING", h, err)
+	}
+}
+
+// TestRunRefusesPlaintext: without TLS, the agent does not listen off
+// loopback nor send revocations off loopback, unless allow_plaintext.
+func TestRunRefusesPlaintext(t *testing.T) {
+	inventory := filepath.Join(t.TempDir(), "inventory.json")
+	writeInventory(t, inventory, 5901)
+	tests := []struct {
+		name string
+		edit func(*Config)
+		want string
+	}{
+		{"grpc_listen on all interfaces", func(c *Config) { c.GRPCListen = "0.0.0.0:0" },
+			"grpc_listen 0.0.0.0:0: plaintext off loopback; configure TLS for it, or set [vncgate] allow_plaintext = true"},
+		{"consoleauth elsewhere", func(c *Config) { c.ConsoleAuthAddress = "consoleauth.example:6090" },
+			"consoleauth_address consoleauth.example:6090: plaintext off loopback"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig(t, newPKI(t), "127.0.0.1:1", inventory)
+			cfg.GRPCTLS = tlsconfig.Files{}
+			tt.edit(&cfg)
+			if err := run(context.Background(), cfg, env{log: slog.New(slog.DiscardHandler)}); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got %v, want %q", err, tt.want)
+			}
+		})
+	}
+	t.Run("allowed", func(t *testing.T) {
+		cfg := testConfig(t, newPKI(t), "127.0.0.1:1", inventory)
+		cfg.GRPCTLS, cfg.GRPCListen, cfg.AllowPlaintext = tlsconfig.Files{}, "0.0.0.0:0", true
+		if err := startRun(t, cfg, newPKI(t)).stop(); err != nil {
+			t.Errorf("with allow_plaintext: %v", err)
+		}
+	})
+}
+
+// revocationsSeen is consoleauth as far as the agent's revocations go: it
+// requires mutual TLS, lets only compute agents revoke, and reports who
+// revoked what.
+type revocationsSeen struct {
+	consoleauthv1.UnimplementedConsoleAuthServiceServer
+	seen chan authn.Identity
+}
+
+func (r *revocationsSeen) RevokeInstanceTokens(ctx context.Context, req *consoleauthv1.RevokeInstanceTokensRequest) (*consoleauthv1.RevokeInstanceTokensResponse, error) {
+	id, _ := authn.FromContext(ctx)
+	select {
+	case r.seen <- id:
+	default: // the test reads the first ones
+	}
+	return &consoleauthv1.RevokeInstanceTokensResponse{}, nil
+}
+
+// TestRevocationsPresentTheCertificate: the agent's link to consoleauth
+// presents its compute certificate, so consoleauth knows which host
+// revokes.
+func TestRevocationsPresentTheCertificate(t *testing.T) {
+	etcdSrv := etcd.New(t, "127.0.0.1:0")
+	pki := newPKI(t)
+	so, err := pki.files(t, "consoleauth-1", "consoleauth").ServerOption()
+	if err != nil {
+		t.Fatal(err)
+	}
+	guard := authn.NewGuard(authn.GuardOptions{Policy: authn.Policy{
+		consoleauthv1.ConsoleAuthService_RevokeInstanceTokens_FullMethodName: {authn.RoleCompute}}})
+	fake := &revocationsSeen{seen: make(chan authn.Identity, 16)}
+	srv := grpc.NewServer(so, grpc.UnaryInterceptor(guard.UnaryInterceptor()))
+	consoleauthv1.RegisterConsoleAuthServiceServer(srv, fake)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop)
+
+	inventory := filepath.Join(t.TempDir(), "inventory.json")
+	writeInventory(t, inventory, 5901)
+	cfg := testConfig(t, pki, etcdSrv.Endpoint, inventory)
+	cfg.ConsoleAuthAddress = l.Addr().String()
+	a := startRun(t, cfg, pki)
+	cli, err := clientv3.New(etcdclient.Config([]string{etcdSrv.Endpoint}, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	eventually(t, 10*time.Second, "instance published", func() error {
+		if _, ok, err := etcdGet(cli, registry.ComputeInstanceKey("compute-test", uuidDemo)); !ok || err != nil {
+			return fmt.Errorf("not published yet (%v)", err)
+		}
+		return nil
+	})
+	// The instance leaves this host: its tokens are revoked.
+	if err := os.WriteFile(inventory, []byte(`{"instances": []}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.reload <- syscall.SIGHUP
+	select {
+	case id := <-fake.seen:
+		if want := (authn.Identity{Name: "compute-test", Role: authn.RoleCompute, Host: "compute-test", Via: "certificate"}); id != want {
+			t.Errorf("revocation by %+v, want %+v", id, want)
+		}
+	case <-time.After(30 * time.Second): // bounds a hang
+		t.Fatal("no revocation reached consoleauth")
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver/libvirt"
@@ -45,6 +46,10 @@ func run(ctx context.Context, cfg Config, env env) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
+	if err := cfg.checkPlaintext(); err != nil {
+		return err
+	}
+	cfg.GRPCTLS.Log, cfg.EtcdTLS.Log = log, log
 	if why := cfg.unreachableVNC(); why != "" {
 		log.Warn(why)
 	}
@@ -138,7 +143,9 @@ func gracefulStop(srv *grpc.Server, timeout time.Duration) {
 }
 
 // dialConsoleAuth connects to consoleauth, to revoke tokens; mTLS with the
-// grpc_* files when given.
+// grpc_* files when given: the agent's certificate (role compute, CN its
+// host) is what lets consoleauth accept its revocations, for its own
+// host's instances only.
 func dialConsoleAuth(cfg Config) (*grpc.ClientConn, error) {
 	creds, err := cfg.GRPCTLS.DialOption()
 	if err != nil {
@@ -152,13 +159,21 @@ func dialConsoleAuth(cfg Config) (*grpc.ClientConn, error) {
 }
 
 // newServer is the agent's gRPC server: the ComputeAgentService answering
-// from drv, and grpc.health.v1.
+// from drv, only to consoleauth (grpcapi.Policy), and grpc.health.v1, open
+// to anyone.
 func newServer(cfg Config, drv driver.Driver, log *slog.Logger) (*grpc.Server, *health.Server, error) {
 	creds, err := cfg.GRPCTLS.ServerOption()
 	if err != nil {
 		return nil, nil, fmt.Errorf("grpc tls: %w", err)
 	}
-	srv := grpc.NewServer(creds)
+	roleSource, err := authn.ParseRoleSource(cfg.CertRoleSource)
+	if err != nil {
+		return nil, nil, err
+	}
+	guard := authn.NewGuard(authn.GuardOptions{Policy: grpcapi.Policy, Open: authn.HealthMethods, RoleSource: roleSource,
+		NoCertificate: "gRPC callers must present a certificate: configure grpc_cert/grpc_key/grpc_ca", Log: log})
+	srv := grpc.NewServer(creds, grpc.MaxRecvMsgSize(grpcapi.MaxRecvMsgSize),
+		grpc.UnaryInterceptor(guard.UnaryInterceptor()), grpc.StreamInterceptor(guard.StreamInterceptor()))
 	computeagentv1.RegisterComputeAgentServiceServer(srv, grpcapi.New(drv, cfg.ProxyClientAddress, log))
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
@@ -40,6 +41,17 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Seconds(&c.ComputeTimeout, config.SectionVNCGate, "compute_timeout", 5*time.Second, "timeout of every call to a compute agent")
 	s.List(&c.EnabledConsoleTypes, config.SectionVNCGate, "enabled_console_types", []string{"novnc", "xvpvnc"}, "console types served (novnc, xvpvnc)")
 	s.Bool(&c.SingleUseTokens, config.SectionVNCGate, "single_use_tokens", false, "a token connects once: CheckToken consumes it")
+	s.Bool(&c.AllowPlaintext, config.SectionVNCGate, "allow_plaintext", false, "allow grpc_listen and rest_listen without TLS off loopback (behind a TLS-terminating proxy on a private network)")
+	s.Choice(&c.CertRoleSource, config.SectionVNCGate, "cert_role_source", "san", []string{"san", "subject"},
+		"where a caller's certificate names its role: the URI SAN urn:vncgate:role:ROLE, or the subject's first OU")
+	s.String(&c.APIKeysFile, config.SectionVNCGate, "api_keys_file", "", "REST bearer keys, one a line: NAME ROLE SHA256HEX (make one with `consoleauth keygen NAME ROLE`); reloaded when it changes")
+	s.Choice(&c.RESTAuth, config.SectionVNCGate, "rest_auth", "keys", []string{"keys", "keystone"},
+		"REST callers authenticate with bearer keys and certificates, or also with Keystone tokens (X-Auth-Token, [keystone_authtoken])")
+	s.List(&c.KeystoneMintRoles, config.SectionVNCGate, "keystone_mint_roles", authn.DefaultKeystoneMintRoles,
+		"Keystone roles that may mint console URLs (admin may also introspect and revoke)")
+	s.List(&c.RESTAllowedHosts, config.SectionVNCGate, "rest_allowed_hosts", nil,
+		"names the REST Host header may carry besides localhost, 127.0.0.1 and ::1 (* for any); default: rest_listen's host, or with rest_listen on all interfaces any name for callers with a certificate")
+	c.Keystone.Declare(s)
 	c.Log.Declare(s)
 	notes, err := s.Load(args)
 	if err != nil {
@@ -59,6 +71,8 @@ func (c Config) check() error {
 		return fmt.Errorf("token_ttl %v: want at least 1 second", c.TokenTTL)
 	case len(c.EtcdEndpoints) == 0:
 		return errors.New("etcd_endpoints is empty")
+	case c.RESTAuth == "keystone" && c.Keystone.AuthURL == "":
+		return errors.New("rest_auth = keystone needs [keystone_authtoken] auth_url")
 	}
 	for _, g := range []struct {
 		name  string

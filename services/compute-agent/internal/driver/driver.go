@@ -72,11 +72,23 @@ func (k EventKind) String() string {
 	return fmt.Sprintf("kind_%d", int(k))
 }
 
+// Reason codes of events, from registry.RevocationReasons: the agent sends
+// the code with a revocation and users whose sessions end see its sentence
+// ("stopped": "the instance was stopped"), never a driver's own words.
+const (
+	ReasonStopped  = "stopped"
+	ReasonDeleted  = "deleted"
+	ReasonCrashed  = "crashed"
+	ReasonMigrated = "migrated"
+	ReasonConsole  = "console" // its VNC host or port changed
+	ReasonStarted  = "started" // started or resumed; revokes nothing
+)
+
 // Event is a lifecycle change of one instance.
 type Event struct {
 	UUID string
 	Kind EventKind
-	// Reason is shown to users whose sessions end ("the instance was stopped").
+	// Reason is a code of registry.RevocationReasons (Reason* above).
 	Reason string
 }
 

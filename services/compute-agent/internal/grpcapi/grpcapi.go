@@ -2,7 +2,8 @@
 // (vncgate.computeagent.v1.ComputeAgentService) from a driver: where an
 // instance's VNC server listens, and whether a host and port still are it.
 //
-// It promises: the host it answers is the one proxies dial (a driver's empty
+// It promises: only consoleauth may call it (Policy, applied by the
+// server's authn.Guard); the host it answers is the one proxies dial (a driver's empty
 // or unspecified listen address becomes server_proxyclient_address); driver
 // errors become gRPC codes in one table (errorCodes); a refused check says
 // why in ValidateConsolePortResponse.reason.
@@ -17,10 +18,21 @@ import (
 	"strings"
 
 	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
+	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
+
+// Policy is who may call the agent: only consoleauth. The agent tells
+// where VNC servers listen, which nobody else needs to know.
+var Policy = authn.Policy{
+	computeagentv1.ComputeAgentService_GetConsole_FullMethodName:          {authn.RoleConsoleAuth},
+	computeagentv1.ComputeAgentService_ValidateConsolePort_FullMethodName: {authn.RoleConsoleAuth},
+}
+
+// MaxRecvMsgSize caps a request: the agent's are a few dozen bytes.
+const MaxRecvMsgSize = 64 << 10
 
 // errInvalidArgument marks a request the agent refuses to look at.
 var errInvalidArgument = errors.New("invalid argument")

@@ -7,21 +7,31 @@
 //     of Config.TTL that the agent keeps alive: a dead agent disappears
 //     within the TTL; a stopped one (ctx ended) revokes its lease and
 //     disappears at once;
-//   - every instance the driver lists has registry.LocationKey(uuid) =
-//     registry.Location{ComputeHost: host} (no lease) and the index key
-//     registry.ComputeInstanceKey(host, uuid); an instance this host
-//     published before but no longer runs loses its index key, and its
-//     location too when the location still names this host (a Txn compares
-//     the value, so a location another host has since written is kept);
+//   - every instance the driver lists (by canonical UUID; other ids are
+//     skipped with a warning) has this host's claim
+//     registry.ComputeInstanceKey(host, uuid) = registry.Location{ComputeHost:
+//     host} (no lease); an instance this host published before but no longer
+//     runs loses its claim. The agent writes nothing else but its own
+//     registry.ComputeKey(host), so its etcd role needs no more (see
+//     package registry for who wins when two hosts claim an instance);
 //   - when the keep-alive stream ends or etcd cannot be reached, the agent
 //     registers again with capped, jittered exponential backoff until ctx
 //     ends, and publishes everything again once registered, and again every
 //     Config.ResyncInterval (writing only what differs);
 //   - driver events (when the driver is a driver.Watcher): Started publishes
 //     the instance; Stopped and ConsoleChanged revoke its tokens and keep
-//     its location; MigratedAway revokes its tokens and unpublishes it.
-//     Revocations are queued (bounded) and retried with backoff, so a slow
-//     consoleauth never holds the registration up.
+//     its claim; MigratedAway and Deleted revoke its tokens and then
+//     unpublish it (consoleauth lets a compute host revoke only the
+//     instances it holds the winning claim on, so the claim stays until the
+//     revocation landed);
+//   - revocations cannot be lost while the agent runs: they are retried
+//     until consoleauth accepts them (or refuses one as malformed, gRPC
+//     INVALID_ARGUMENT, which no retry would change), with capped, jittered
+//     exponential backoff, in a queue bounded to Config.MaxPendingRevocations
+//     instances that keeps one entry per instance (a newer event's reason
+//     replaces an older one's). A slow or absent consoleauth never holds
+//     the registration up. Revocations still pending when ctx ends are
+//     logged and dropped.
 package registration
 
 import (
@@ -37,6 +47,8 @@ import (
 	"github.com/vncgate/vncgate/services/compute-agent/internal/backoff"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Revoker ends the console tokens (and sessions) of an instance: the
@@ -62,8 +74,9 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// OpTimeout bounds every etcd and revocation call: 5s.
 	OpTimeout time.Duration
-	// RevocationAttempts is how often a revocation is tried: 5.
-	RevocationAttempts int
+	// MaxPendingRevocations bounds the instances whose revocation waits
+	// for consoleauth: 4096.
+	MaxPendingRevocations int
 	// ResyncInterval is how often everything is published again, to repair
 	// keys changed behind the agent's back and to follow drivers that send
 	// no events: 1m. Unchanged keys are not rewritten.
@@ -75,10 +88,8 @@ type Agent struct {
 	cfg         Config
 	log         *slog.Logger
 	location    string // JSON of registry.Location naming this host
-	revocations chan revocation
+	revocations *revocationQueue
 }
-
-type revocation struct{ uuid, reason string }
 
 // errKeepAliveLost says the lease's keep-alive stream ended.
 var errKeepAliveLost = errors.New("lease keep-alive ended")
@@ -107,8 +118,8 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.OpTimeout <= 0 {
 		cfg.OpTimeout = 5 * time.Second
 	}
-	if cfg.RevocationAttempts <= 0 {
-		cfg.RevocationAttempts = 5
+	if cfg.MaxPendingRevocations <= 0 {
+		cfg.MaxPendingRevocations = 4096
 	}
 	if cfg.ResyncInterval <= 0 {
 		cfg.ResyncInterval = time.Minute
@@ -125,12 +136,12 @@ func New(cfg Config) (*Agent, error) {
 		cfg:         cfg,
 		log:         log.With("host", cfg.Host),
 		location:    string(loc),
-		revocations: make(chan revocation, 1024),
+		revocations: newRevocationQueue(cfg.MaxPendingRevocations),
 	}, nil
 }
 
 // Run registers the agent and keeps it registered until ctx ends, then
-// revokes its lease (the compute key goes; locations stay, the instances
+// revokes its lease (the compute key goes; claims stay, the instances
 // still exist) and returns nil. Call it once.
 func (a *Agent) Run(ctx context.Context) error {
 	var events <-chan driver.Event
@@ -267,17 +278,22 @@ func (a *Agent) wait(ctx context.Context, d time.Duration, events *<-chan driver
 func (a *Agent) handle(ctx context.Context, ev driver.Event, registered bool) error {
 	log := a.log.With("instance", ev.UUID, "event", ev.Kind.String(), "reason", ev.Reason)
 	log.Info("instance event")
+	uuid, err := registry.ParseInstanceUUID(ev.UUID)
+	if err != nil {
+		log.Warn("instance event ignored: the instance id is not a UUID", "error", err)
+		return nil
+	}
 	switch ev.Kind {
 	case driver.Started:
+		a.revocations.runsHere(uuid) // back here: no unpublish after its revocation
 		if registered {
-			return a.publish(ctx, ev.UUID)
+			return a.publish(ctx, uuid)
 		}
 	case driver.Stopped, driver.ConsoleChanged:
-		a.queueRevocation(ev)
+		a.queueRevocation(uuid, ev.Reason, false)
 	case driver.MigratedAway, driver.Deleted:
-		a.queueRevocation(ev)
-		if registered {
-			return a.unpublish(ctx, ev.UUID)
+		if !a.queueRevocation(uuid, ev.Reason, true) && registered {
+			return a.unpublish(ctx, uuid)
 		}
 	default:
 		log.Warn("unknown instance event ignored")
@@ -286,7 +302,8 @@ func (a *Agent) handle(ctx context.Context, ev driver.Event, registered bool) er
 }
 
 // sync publishes every instance of the driver and unpublishes those this
-// host published before but no longer runs.
+// host published before but no longer runs, except those whose revocation
+// is still pending (they are unpublished once it lands).
 func (a *Agent) sync(ctx context.Context) error {
 	op, cancel := context.WithTimeout(ctx, a.cfg.OpTimeout)
 	ids, err := a.cfg.Driver.Instances(op)
@@ -296,7 +313,12 @@ func (a *Agent) sync(ctx context.Context) error {
 	}
 	runs := make(map[string]bool, len(ids))
 	written := 0
-	for _, id := range ids {
+	for _, raw := range ids {
+		id, err := registry.ParseInstanceUUID(raw)
+		if err != nil {
+			a.log.Warn("instance not published: its id is not a UUID", "error", err, "id", raw)
+			continue
+		}
 		runs[id] = true
 		wrote, err := a.write(ctx, id)
 		if err != nil {
@@ -316,7 +338,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	pruned := 0
 	for _, kv := range resp.Kvs {
 		id := strings.TrimPrefix(string(kv.Key), prefix)
-		if runs[id] {
+		if runs[id] || a.revocations.holdsClaim(id) {
 			continue
 		}
 		if err := a.unpublish(ctx, id); err != nil {
@@ -328,29 +350,26 @@ func (a *Agent) sync(ctx context.Context) error {
 	if written > 0 || pruned > 0 {
 		level = slog.LevelInfo
 	}
-	a.log.Log(ctx, level, "instances published", "count", len(ids), "written", written, "pruned", pruned)
+	a.log.Log(ctx, level, "instances published", "count", len(runs), "written", written, "pruned", pruned)
 	return nil
 }
 
-// publish writes the location and index keys of an instance.
+// publish writes this host's claim on an instance.
 func (a *Agent) publish(ctx context.Context, uuid string) error {
 	_, err := a.write(ctx, uuid)
 	return err
 }
 
-// write puts the location and index keys of an instance unless both
-// already say so (a resync then writes nothing and wakes no watcher); it
-// reports whether it wrote.
+// write puts this host's claim on an instance unless it already holds it
+// (a resync then writes nothing and wakes no watcher); it reports whether
+// it wrote.
 func (a *Agent) write(ctx context.Context, uuid string) (bool, error) {
-	if !validUUIDKey(uuid) {
-		return false, fmt.Errorf("instance %q: not a valid key part", uuid)
-	}
-	loc, idx := registry.LocationKey(uuid), registry.ComputeInstanceKey(a.cfg.Host, uuid)
+	key := registry.ComputeInstanceKey(a.cfg.Host, uuid)
 	op, cancel := context.WithTimeout(ctx, a.cfg.OpTimeout)
 	defer cancel()
 	resp, err := a.cfg.Client.Txn(op).
-		If(clientv3.Compare(clientv3.Value(loc), "=", a.location), clientv3.Compare(clientv3.CreateRevision(idx), ">", 0)).
-		Else(clientv3.OpPut(loc, a.location), clientv3.OpPut(idx, "")).
+		If(clientv3.Compare(clientv3.Value(key), "=", a.location)).
+		Else(clientv3.OpPut(key, a.location)).
 		Commit()
 	if err != nil {
 		return false, fmt.Errorf("publish instance %s: %w", uuid, err)
@@ -358,33 +377,14 @@ func (a *Agent) write(ctx context.Context, uuid string) (bool, error) {
 	return !resp.Succeeded, nil
 }
 
-// unpublish deletes an instance's index key, and its location when the
-// location still names this host.
+// unpublish deletes this host's claim on an instance.
 func (a *Agent) unpublish(ctx context.Context, uuid string) error {
-	loc, idx := registry.LocationKey(uuid), registry.ComputeInstanceKey(a.cfg.Host, uuid)
 	op, cancel := context.WithTimeout(ctx, a.cfg.OpTimeout)
 	defer cancel()
-	resp, err := a.cfg.Client.Get(op, loc)
-	if err != nil {
+	if _, err := a.cfg.Client.Delete(op, registry.ComputeInstanceKey(a.cfg.Host, uuid)); err != nil {
 		return fmt.Errorf("unpublish instance %s: %w", uuid, err)
 	}
-	var cur registry.Location
-	if len(resp.Kvs) == 1 && json.Unmarshal(resp.Kvs[0].Value, &cur) == nil && cur.ComputeHost == a.cfg.Host {
-		txn, err := a.cfg.Client.Txn(op).
-			If(clientv3.Compare(clientv3.Value(loc), "=", string(resp.Kvs[0].Value))).
-			Then(clientv3.OpDelete(idx), clientv3.OpDelete(loc)).
-			Else(clientv3.OpDelete(idx)).
-			Commit()
-		if err != nil {
-			return fmt.Errorf("unpublish instance %s: %w", uuid, err)
-		}
-		a.log.Info("instance unpublished", "instance", uuid, "location_deleted", txn.Succeeded)
-		return nil
-	}
-	if _, err := a.cfg.Client.Delete(op, idx); err != nil {
-		return fmt.Errorf("unpublish instance %s: %w", uuid, err)
-	}
-	a.log.Info("instance unpublished", "instance", uuid, "location_deleted", false)
+	a.log.Info("instance unpublished", "instance", uuid)
 	return nil
 }
 
@@ -396,61 +396,87 @@ func (a *Agent) revokeLease(id clientv3.LeaseID) {
 	}
 }
 
-func (a *Agent) queueRevocation(ev driver.Event) {
+// queueRevocation queues the revocation of an instance's tokens, to be
+// followed by unpublishing it when unpublish is set. It reports false when
+// nothing was queued (no Revoker, or the queue is full).
+func (a *Agent) queueRevocation(uuid, reason string, unpublish bool) bool {
 	if a.cfg.Revoker == nil {
-		return
+		return false
 	}
-	select {
-	case a.revocations <- revocation{uuid: ev.UUID, reason: ev.Reason}:
-	default:
-		a.log.Error("revocation queue full, tokens not revoked", "instance", ev.UUID)
+	if !a.revocations.add(uuid, reason, unpublish) {
+		a.log.Error("revocation queue full, tokens not revoked", "instance", uuid, "reason", reason,
+			"pending", a.cfg.MaxPendingRevocations)
+		return false
 	}
+	return true
 }
 
-// revokeLoop calls the Revoker for each queued revocation, retrying with
-// backoff, until ctx ends.
+// revokeLoop calls the Revoker for each pending revocation, the earliest
+// due first, retrying each with backoff until it succeeds or ctx ends; after
+// a revocation that asked for it, it unpublishes the instance.
 func (a *Agent) revokeLoop(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
-		select {
-		case <-ctx.Done():
-			if n := len(a.revocations); n > 0 {
-				a.log.Warn("agent stopping, revocations dropped", "count", n)
+		if ctx.Err() != nil {
+			// Shutting down: revoke returns at once, so looping again would spin.
+			if n := a.revocations.len(); n > 0 {
+				a.log.Warn("agent stopping, pending revocations dropped", "count", n)
 			}
 			return
-		case r := <-a.revocations:
+		}
+		r, wait, ok := a.revocations.next(time.Now())
+		switch {
+		case !ok:
+			wait = time.Hour // nothing pending: sleep until woken
+		case wait <= 0:
 			a.revoke(ctx, r)
+			continue
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done(): // the loop's first check returns
+		case <-a.revocations.wake:
+		case <-timer.C:
 		}
 	}
 }
 
-func (a *Agent) revoke(ctx context.Context, r revocation) {
-	for attempt := 0; attempt < a.cfg.RevocationAttempts; attempt++ {
-		op, cancel := context.WithTimeout(ctx, a.cfg.OpTimeout)
-		err := a.cfg.Revoker.RevokeInstanceTokens(op, r.uuid, r.reason)
-		cancel()
-		if err == nil {
-			a.log.Info("instance tokens revoked", "instance", r.uuid, "reason", r.reason)
-			return
+// revoke makes one attempt at r.
+func (a *Agent) revoke(ctx context.Context, r pendingRevocation) {
+	op, cancel := context.WithTimeout(ctx, a.cfg.OpTimeout)
+	err := a.cfg.Revoker.RevokeInstanceTokens(op, r.uuid, r.reason)
+	cancel()
+	if ctx.Err() != nil {
+		return
+	}
+	if status.Code(err) == codes.InvalidArgument {
+		// consoleauth will never accept this request: retrying would only
+		// hold a slot (and a claim) for ever.
+		a.log.Error("revocation refused as malformed, dropped", "instance", r.uuid, "reason", r.reason, "error", err)
+		if a.revocations.succeeded(r) {
+			if err := a.unpublish(ctx, r.uuid); err != nil {
+				a.log.Warn("instance not unpublished", "instance", r.uuid, "error", err)
+			}
 		}
-		if ctx.Err() != nil {
-			return
-		}
-		delay := a.backoff(attempt)
-		a.log.Warn("revoking instance tokens failed", "instance", r.uuid, "error", err, "attempt", attempt+1, "retry_in", delay)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
+		return
+	}
+	if err != nil {
+		delay := a.backoff(r.attempt)
+		a.revocations.failed(r, time.Now().Add(delay))
+		a.log.Warn("revoking instance tokens failed, will retry", "instance", r.uuid, "reason", r.reason,
+			"error", err, "attempt", r.attempt+1, "retry_in", delay)
+		return
+	}
+	a.log.Info("instance tokens revoked", "instance", r.uuid, "reason", r.reason, "attempt", r.attempt+1)
+	if a.revocations.succeeded(r) {
+		if err := a.unpublish(ctx, r.uuid); err != nil {
+			// The next resync prunes it: it is no longer pending.
+			a.log.Warn("instance not unpublished after its revocation", "instance", r.uuid, "error", err)
 		}
 	}
-	a.log.Error("instance tokens not revoked, giving up", "instance", r.uuid, "attempts", a.cfg.RevocationAttempts)
 }
 
 func (a *Agent) backoff(attempt int) time.Duration {
 	return backoff.Delay(a.cfg.MinBackoff, a.cfg.MaxBackoff, attempt)
-}
-
-// validUUIDKey refuses ids that would break the key layout.
-func validUUIDKey(id string) bool {
-	return id != "" && !strings.ContainsAny(id, "/\x00")
 }

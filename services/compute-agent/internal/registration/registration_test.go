@@ -50,13 +50,15 @@ func newClient(t *testing.T, endpoint string) *clientv3.Client {
 // recorder is a Revoker that remembers its calls.
 type recorder struct {
 	mu    sync.Mutex
-	calls []revocation
+	calls []call
 }
+
+type call struct{ uuid, reason string }
 
 func (r *recorder) RevokeInstanceTokens(_ context.Context, uuid, reason string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.calls = append(r.calls, revocation{uuid: uuid, reason: reason})
+	r.calls = append(r.calls, call{uuid: uuid, reason: reason})
 	return nil
 }
 
@@ -77,6 +79,8 @@ type world struct {
 	inventory string
 	driver    *static.Driver
 	revoker   *recorder
+	// revokerOverride, when set, is the agent's Revoker instead.
+	revokerOverride Revoker
 }
 
 func newWorld(t *testing.T, inventory string) *world {
@@ -110,8 +114,19 @@ func (w *world) writeInventory(t *testing.T, data string) {
 func (w *world) startAgent(t *testing.T) (*clientv3.Client, func() error) {
 	t.Helper()
 	cli := newClient(t, w.etcd.Endpoint)
+	return cli, w.startAgentOn(t, cli)
+}
+
+// startAgentOn runs an agent on cli until the test ends and returns a stop
+// function that cancels the agent and waits for Run to return.
+func (w *world) startAgentOn(t *testing.T, cli *clientv3.Client) func() error {
+	t.Helper()
+	var rev Revoker = w.revoker
+	if w.revokerOverride != nil {
+		rev = w.revokerOverride
+	}
 	a, err := New(Config{
-		Client: cli, Host: host, Address: addr, TTL: ttl, Driver: w.driver, Revoker: w.revoker,
+		Client: cli, Host: host, Address: addr, TTL: ttl, Driver: w.driver, Revoker: rev,
 		Logger:         slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
 		ResyncInterval: 200 * time.Millisecond,
 		MinBackoff:     50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, OpTimeout: 2 * time.Second,
@@ -139,7 +154,7 @@ func (w *world) startAgent(t *testing.T) (*clientv3.Client, func() error) {
 		return runErr
 	}
 	t.Cleanup(func() { _ = stop() })
-	return cli, stop
+	return stop
 }
 
 // eventually retries check every 20ms until it returns nil or timeout.
@@ -199,26 +214,28 @@ func (w *world) registered() (int64, error) {
 	return lease, nil
 }
 
-// published checks that each uuid's location names want (or is absent
-// when want is empty) and that this host's index key exists (or not).
+// published checks that want holds a claim on each uuid (with its
+// Location as the value, on no lease) and that this host holds none when
+// want is another host or empty.
 func (w *world) published(want string, uuids ...string) error {
 	for _, id := range uuids {
-		loc, _, ok, err := w.get(registry.LocationKey(id))
-		if err != nil {
-			return err
+		if want != "" {
+			loc, lease, ok, err := w.get(registry.ComputeInstanceKey(want, id))
+			if err != nil {
+				return err
+			}
+			if !ok || loc != locationOf(want) || lease != 0 {
+				return fmt.Errorf("claim of %s by %s: got %q (present %v, lease %d), want %s on no lease", id, want, loc, ok, lease, locationOf(want))
+			}
 		}
-		switch {
-		case want == "" && ok:
-			return fmt.Errorf("location of %s: got %s, want none", id, loc)
-		case want != "" && loc != locationOf(want):
-			return fmt.Errorf("location of %s: got %q, want %s", id, loc, locationOf(want))
-		}
-		_, _, indexed, err := w.get(registry.ComputeInstanceKey(host, id))
-		if err != nil {
-			return err
-		}
-		if indexed != (want == host) {
-			return fmt.Errorf("index key of %s: got present=%v, want %v", id, indexed, want == host)
+		if want != host {
+			_, _, ok, err := w.get(registry.ComputeInstanceKey(host, id))
+			if err != nil {
+				return err
+			}
+			if ok {
+				return fmt.Errorf("claim of %s by %s: present, want none", id, host)
+			}
 		}
 	}
 	return nil
@@ -232,11 +249,10 @@ const inventoryAB = `{"instances": [
 func TestRegisterPublishesAndPrunes(t *testing.T) {
 	w := newWorld(t, inventoryAB)
 	// What an earlier run of this agent left: X is gone from this host; Y
-	// moved to compute-2, whose agent wrote its location since.
-	w.put(t, registry.ComputeInstanceKey(host, uuidX), "")
-	w.put(t, registry.LocationKey(uuidX), locationOf(host))
-	w.put(t, registry.ComputeInstanceKey(host, uuidY), "")
-	w.put(t, registry.LocationKey(uuidY), locationOf("compute-2"))
+	// moved to compute-2, whose agent claimed it since.
+	w.put(t, registry.ComputeInstanceKey(host, uuidX), locationOf(host))
+	w.put(t, registry.ComputeInstanceKey(host, uuidY), locationOf(host))
+	w.put(t, registry.ComputeInstanceKey("compute-2", uuidY), locationOf("compute-2"))
 
 	w.startAgent(t)
 	eventually(t, 10*time.Second, "registration", func() error { _, err := w.registered(); return err })
@@ -290,13 +306,13 @@ func TestInventoryChangeRepublishesAndRevokes(t *testing.T) {
 		return nil
 	})
 	for _, c := range w.revoker.calls {
-		if c.reason == "" {
-			t.Errorf("revocation of %s has no reason", c.uuid)
+		if _, ok := registry.RevocationSentence(c.reason); !ok || c.reason == "" {
+			t.Errorf("revocation of %s: reason %q, want a code of registry.RevocationReasons", c.uuid, c.reason)
 		}
 	}
 }
 
-// TestResyncRepairsDrift deletes a location and an index key behind the
+// TestResyncRepairsDrift deletes a claim and changes another behind the
 // agent's back: the periodic resync writes them again.
 func TestResyncRepairsDrift(t *testing.T) {
 	w := newWorld(t, inventoryAB)
@@ -304,23 +320,21 @@ func TestResyncRepairsDrift(t *testing.T) {
 	eventually(t, 10*time.Second, "publication", func() error { return w.published(host, uuidA, uuidB) })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	resp, err := w.cli.Get(ctx, registry.LocationKey(uuidB))
+	resp, err := w.cli.Get(ctx, registry.ComputeInstanceKey(host, uuidB))
 	if err != nil {
 		t.Fatal(err)
 	}
 	before := resp.Kvs[0].ModRevision
-	for _, key := range []string{registry.LocationKey(uuidA), registry.ComputeInstanceKey(host, uuidA)} {
-		if _, err := w.cli.Delete(ctx, key); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := w.cli.Delete(ctx, registry.ComputeInstanceKey(host, uuidA)); err != nil {
+		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "repair", func() error { return w.published(host, uuidA) })
-	resp, err = w.cli.Get(ctx, registry.LocationKey(uuidB))
+	resp, err = w.cli.Get(ctx, registry.ComputeInstanceKey(host, uuidB))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if resp.Kvs[0].ModRevision != before {
-		t.Errorf("location of B: rewritten by a resync (revision %d, was %d), want left alone", resp.Kvs[0].ModRevision, before)
+		t.Errorf("claim of B: rewritten by a resync (revision %d, was %d), want left alone", resp.Kvs[0].ModRevision, before)
 	}
 }
 
@@ -342,7 +356,7 @@ func TestStopDeregisters(t *testing.T) {
 		}
 		return nil
 	})
-	// The instances still exist: their locations stay.
+	// The instances still exist: their claims stay.
 	if err := w.published(host, uuidA, uuidB); err != nil {
 		t.Error(err)
 	}

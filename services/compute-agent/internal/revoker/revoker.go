@@ -21,8 +21,9 @@ func New(client consoleauthv1.ConsoleAuthServiceClient, log *slog.Logger) *Conso
 	return &ConsoleAuth{client: client, log: log}
 }
 
-// RevokeInstanceTokens deletes every token of the instance; reason is shown
-// to the users whose sessions end. The error carries consoleauth's status.
+// RevokeInstanceTokens deletes every token of the instance; reason is a code
+// of registry.RevocationReasons, whose sentence the users whose sessions end
+// are shown. The error carries consoleauth's status.
 func (r *ConsoleAuth) RevokeInstanceTokens(ctx context.Context, uuid, reason string) error {
 	resp, err := r.client.RevokeInstanceTokens(ctx, &consoleauthv1.RevokeInstanceTokensRequest{InstanceUuid: uuid, Reason: reason})
 	if err != nil {

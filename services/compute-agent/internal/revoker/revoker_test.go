@@ -50,12 +50,12 @@ func TestRevokeInstanceTokens(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	const uuid = "11111111-2222-3333-4444-555555555555"
-	if err := r.RevokeInstanceTokens(ctx, uuid, "the instance was stopped"); err != nil {
+	if err := r.RevokeInstanceTokens(ctx, uuid, "stopped"); err != nil {
 		t.Fatalf("revoke: %v", err)
 	}
 	req := <-ca.got
-	if req.GetInstanceUuid() != uuid || req.GetReason() != "the instance was stopped" {
-		t.Errorf("consoleauth got %v, want uuid %s and the reason", req, uuid)
+	if req.GetInstanceUuid() != uuid || req.GetReason() != "stopped" {
+		t.Errorf("consoleauth got %v, want uuid %s and the reason code", req, uuid)
 	}
 
 	err = r.RevokeInstanceTokens(ctx, "", "x")

@@ -4,6 +4,15 @@
 // for the proxies (re-validating with the instance's current agent), and
 // revokes an instance's tokens. Domain errors become gRPC codes in one
 // table (errors.go); the REST gateway maps those codes to HTTP.
+//
+// Input is bounded before it is used (input.go): instance ids must be UUIDs,
+// tokens must have the one shape this service mints, console types,
+// protocols and revocation reasons come from fixed sets, and no error or log
+// line repeats more than a short, quoted prefix of what a caller sent.
+//
+// Who may call what is checked before a method runs (another layer); the one
+// finer rule lives here: a compute agent (authn.RoleCompute) may only revoke
+// the tokens of instances whose winning location claim is its own host's.
 package authserver
 
 import (
@@ -15,6 +24,7 @@ import (
 	"strings"
 
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/agentclient"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/tokenstore"
@@ -76,8 +86,12 @@ func (s *Server) GetConsoleURL(ctx context.Context, req *consoleauthv1.GetConsol
 	if err := checkProtocol(rc.GetProtocol()); err != nil {
 		return nil, toStatus(err)
 	}
+	uuid, err := parseUUID("server_id", req.GetServerId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
 	viewOnly := rc.GetViewOnly()
-	consoleURL, err := s.consoleURL(ctx, req.GetServerId(), rc.GetType(), viewOnly)
+	consoleURL, err := s.consoleURL(ctx, uuid, rc.GetType(), viewOnly)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -94,19 +108,21 @@ func (s *Server) GetVNCConsole(ctx context.Context, req *consoleauthv1.GetVNCCon
 	if action == nil {
 		return nil, toStatus(detail(ErrInvalidArgument, `missing "os-getVNCConsole" in request body: it is the only action served`))
 	}
-	consoleURL, err := s.consoleURL(ctx, req.GetServerId(), action.GetType(), action.GetViewOnly())
+	uuid, err := parseUUID("server_id", req.GetServerId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	consoleURL, err := s.consoleURL(ctx, uuid, action.GetType(), action.GetViewOnly())
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &consoleauthv1.GetVNCConsoleResponse{Console: &consoleauthv1.Console{Type: action.GetType(), Url: consoleURL}}, nil
 }
 
-// consoleURL validates the request, asks the instance's agent for its VNC
-// server, mints a token (view-only if asked) and builds the URL.
+// consoleURL validates the console type, asks the instance's agent (uuid
+// already canonical) for its VNC server, mints a token (view-only if asked)
+// and builds the URL.
 func (s *Server) consoleURL(ctx context.Context, uuid, consoleType string, viewOnly bool) (string, error) {
-	if uuid == "" {
-		return "", detail(ErrInvalidArgument, "missing server_id")
-	}
 	if err := s.checkType(consoleType); err != nil {
 		return "", err
 	}
@@ -154,11 +170,11 @@ func (s *Server) CheckToken(ctx context.Context, req *consoleauthv1.CheckTokenRe
 }
 
 func (s *Server) checkToken(ctx context.Context, req *consoleauthv1.CheckTokenRequest) (*consoleauthv1.CheckTokenResponse, error) {
-	if req.GetToken() == "" {
-		return nil, detail(ErrInvalidArgument, "missing token")
+	if err := checkTokenShape("token", req.GetToken()); err != nil {
+		return nil, err
 	}
 	if t := req.GetConsoleType(); t != "" && t != TypeNoVNC && t != TypeXVPVNC {
-		return nil, detail(ErrInvalidArgument, fmt.Sprintf("unsupported console type %q: want novnc or xvpvnc", t))
+		return nil, detail(ErrInvalidArgument, fmt.Sprintf("unsupported console type %s: want novnc or xvpvnc", quoteShort(t)))
 	}
 	entry, err := s.store.Lookup(ctx, req.GetToken())
 	if err != nil {
@@ -187,6 +203,7 @@ func (s *Server) checkToken(ctx context.Context, req *consoleauthv1.CheckTokenRe
 		TokenHashPrefix:    registry.HashPrefix(entry.Hash),
 		ComputeHost:        rec.ComputeHost,
 		ViewOnly:           rec.ViewOnly,
+		TokenRevision:      entry.Revision,
 	}}, nil
 }
 
@@ -222,16 +239,21 @@ func (s *Server) revalidate(ctx context.Context, rec registry.Token) error {
 }
 
 // GetConsoleAuthToken is token introspection (Nova's
-// GET /os-console-auth-tokens/{token}).
+// GET /os-console-auth-tokens/{token}). Like CheckToken it asks the
+// instance's current agent whether the host and port are still its
+// console, so it never vouches for a stale address.
 func (s *Server) GetConsoleAuthToken(ctx context.Context, req *consoleauthv1.GetConsoleAuthTokenRequest) (*consoleauthv1.GetConsoleAuthTokenResponse, error) {
-	if req.GetConsoleToken() == "" {
-		return nil, toStatus(detail(ErrInvalidArgument, "missing console_token"))
+	if err := checkTokenShape("console_token", req.GetConsoleToken()); err != nil {
+		return nil, toStatus(err)
 	}
 	entry, err := s.store.Lookup(ctx, req.GetConsoleToken())
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	rec := entry.Record
+	if err := s.revalidate(ctx, rec); err != nil {
+		return nil, toStatus(err)
+	}
 	answer := &consoleauthv1.ConsoleAuthToken{
 		InstanceUuid:       rec.InstanceUUID,
 		Host:               rec.Host,
@@ -244,15 +266,24 @@ func (s *Server) GetConsoleAuthToken(ctx context.Context, req *consoleauthv1.Get
 	return &consoleauthv1.GetConsoleAuthTokenResponse{Console: answer}, nil
 }
 
-// RevokeInstanceTokens deletes an instance's tokens and announces it.
+// RevokeInstanceTokens deletes an instance's tokens and announces it with
+// the sentence of the reason code given. A compute agent may only revoke
+// its own host's instances.
 func (s *Server) RevokeInstanceTokens(ctx context.Context, req *consoleauthv1.RevokeInstanceTokensRequest) (*consoleauthv1.RevokeInstanceTokensResponse, error) {
-	uuid := req.GetInstanceUuid()
-	if uuid == "" {
-		return nil, toStatus(detail(ErrInvalidArgument, "missing instance_uuid"))
+	uuid, err := parseUUID("instance_uuid", req.GetInstanceUuid())
+	if err != nil {
+		return nil, toStatus(err)
 	}
 	reason := req.GetReason()
 	if reason == "" {
-		reason = "console access to the instance was revoked"
+		reason = registry.DefaultRevocationReason
+	}
+	if _, ok := registry.RevocationSentence(reason); !ok {
+		return nil, toStatus(detail(ErrInvalidArgument, fmt.Sprintf("unknown reason %s: want one of %s",
+			quoteShort(reason), strings.Join(registry.RevocationCodes(), ", "))))
+	}
+	if err := s.mayRevoke(ctx, uuid); err != nil {
+		return nil, toStatus(err)
 	}
 	n, err := s.store.Revoke(ctx, uuid, reason)
 	s.metrics.revoked.Add(float64(n))
@@ -263,6 +294,27 @@ func (s *Server) RevokeInstanceTokens(ctx context.Context, req *consoleauthv1.Re
 	return &consoleauthv1.RevokeInstanceTokensResponse{RevokedCount: int32(n)}, nil
 }
 
+// mayRevoke applies the one rule finer than a role: a compute agent revokes
+// only instances whose winning location claim is its own host's (a host
+// cannot end the consoles of another host's instances, even by claiming
+// them too: the older claim wins).
+func (s *Server) mayRevoke(ctx context.Context, uuid string) error {
+	id, ok := authn.FromContext(ctx)
+	if !ok || id.Role != authn.RoleCompute {
+		return nil
+	}
+	owner, err := s.store.Owner(ctx, uuid)
+	if err != nil && !errors.Is(err, tokenstore.ErrUnknownInstance) {
+		return err
+	}
+	if err == nil && id.Host != "" && owner == id.Host {
+		return nil
+	}
+	s.log.WarnContext(ctx, "revocation refused: not the instance's compute host",
+		"caller", id.Name, "compute_host", id.Host, "instance", uuid, "owner", owner)
+	return detail(ErrNotOwner, fmt.Sprintf("compute host %s may only revoke its own instances", quoteShort(id.Host)))
+}
+
 func checkProtocol(protocol string) error {
 	switch protocol {
 	case "vnc":
@@ -270,7 +322,7 @@ func checkProtocol(protocol string) error {
 	case "":
 		return detail(ErrInvalidArgument, `missing remote_console.protocol: only "vnc" is served`)
 	default:
-		return detail(ErrInvalidArgument, fmt.Sprintf("unsupported protocol %q: only vnc is served", protocol))
+		return detail(ErrInvalidArgument, fmt.Sprintf("unsupported protocol %s: only vnc is served", quoteShort(protocol)))
 	}
 }
 
@@ -279,7 +331,7 @@ func (s *Server) checkType(consoleType string) error {
 	case consoleType == "":
 		return detail(ErrInvalidArgument, "missing console type: want novnc or xvpvnc")
 	case consoleType != TypeNoVNC && consoleType != TypeXVPVNC:
-		return detail(ErrInvalidArgument, fmt.Sprintf("unsupported console type %q: want novnc or xvpvnc", consoleType))
+		return detail(ErrInvalidArgument, fmt.Sprintf("unsupported console type %s: want novnc or xvpvnc", quoteShort(consoleType)))
 	case !s.enabled[consoleType]:
 		return detail(ErrTypeDisabled, fmt.Sprintf("console type %q is not enabled (enabled_console_types)", consoleType))
 	}

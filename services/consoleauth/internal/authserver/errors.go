@@ -24,6 +24,9 @@ var (
 	ErrConsoleMoved = errors.New("console moved")
 	// ErrAgentGone: CheckToken could not ask the instance's agent (503).
 	ErrAgentGone = errors.New("compute agent unavailable")
+	// ErrNotOwner: a compute host acted for an instance it does not run
+	// (403).
+	ErrNotOwner = errors.New("not the instance's compute host")
 )
 
 // codeTable maps domain errors to gRPC codes: the one place that does. The
@@ -37,7 +40,10 @@ var codeTable = []struct {
 	{ErrWrongType, codes.PermissionDenied},
 	{ErrConsoleMoved, codes.FailedPrecondition},
 	{ErrAgentGone, codes.Unavailable},
+	{ErrNotOwner, codes.PermissionDenied},
 	{tokenstore.ErrNotFound, codes.NotFound},
+	{tokenstore.ErrMalformedToken, codes.InvalidArgument},
+	{tokenstore.ErrUnknownReason, codes.InvalidArgument},
 	{tokenstore.ErrUnknownInstance, codes.NotFound},
 	{tokenstore.ErrComputeDown, codes.FailedPrecondition},
 	{tokenstore.ErrStoreUnavailable, codes.Unavailable},

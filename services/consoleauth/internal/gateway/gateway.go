@@ -4,6 +4,15 @@
 // Nova-style error bodies such as {"badRequest": {"code": 400, "message":
 // "..."}}, plus /openapi.json, /healthz and /metrics.
 //
+// Every route but /healthz and /openapi.json needs a caller (see Auth): a
+// client certificate, a bearer key or a Keystone token; otherwise 401
+// {"unauthorized": ...} with WWW-Authenticate. The caller reaches the gRPC
+// server as metadata only the gateway can write (no client header is
+// forwarded), and the server's guard answers 403 {"forbidden": ...} for a
+// role that may not call the route. A Host header that does not name the
+// API is 400 (DNS rebinding), a POST or PUT body that is not
+// application/json 415 (cross-site form posts).
+//
 // The error handler here is the one place that maps gRPC codes to HTTP.
 package gateway
 
@@ -38,7 +47,9 @@ type Options struct {
 	Metrics http.Handler
 	// MaxBodyBytes caps request bodies.
 	MaxBodyBytes int64
-	Log          *slog.Logger
+	// Auth authenticates callers; its zero value refuses every one.
+	Auth Auth
+	Log  *slog.Logger
 }
 
 // New returns the REST handler calling the gRPC service over conn.
@@ -49,8 +60,12 @@ func New(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.Handler
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	handleError := errorHandler(opts.Log)
+	handleError := errorHandler(opts.Log, opts.Auth.challenges())
 	gw := runtime.NewServeMux(
+		// No client header becomes metadata: the caller is what
+		// Auth.metadataOf says, nothing else.
+		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithMetadata(opts.Auth.metadataOf),
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &jsonMarshaler{JSONPb: &runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
@@ -65,7 +80,7 @@ func New(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.Handler
 	}
 
 	mux := http.NewServeMux()
-	mux.Handle("/", microversion(limitBody(gw, opts.MaxBodyBytes)))
+	mux.Handle("/", opts.Auth.protect(microversion(limitBody(gw, opts.MaxBodyBytes)), opts.Log))
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(openapi.JSON)
@@ -83,7 +98,9 @@ func New(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.Handler
 		_, _ = io.WriteString(w, `{"status":"ok"}`+"\n")
 	})
 	if opts.Metrics != nil {
-		mux.Handle("GET /metrics", opts.Metrics)
+		// Any authenticated caller may read the metrics (Prometheus sends
+		// a bearer key or a certificate): they name instances' hosts.
+		mux.Handle("GET /metrics", opts.Auth.protect(opts.Metrics, opts.Log))
 	}
 	return mux, nil
 }
@@ -105,6 +122,8 @@ func httpStatus(c codes.Code) int {
 		return http.StatusServiceUnavailable
 	case codes.PermissionDenied:
 		return http.StatusForbidden
+	case codes.Unauthenticated:
+		return http.StatusUnauthorized
 	default:
 		return http.StatusInternalServerError
 	}
@@ -148,7 +167,7 @@ func writeFault(w http.ResponseWriter, code int, msg string) {
 // status errors, the gateway's own (malformed bodies arrive as
 // INVALID_ARGUMENT) and routing errors (unknown path, wrong method), which
 // the routing error handler passes as *runtime.HTTPStatusError.
-func errorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
+func errorHandler(log *slog.Logger, challenges []string) runtime.ErrorHandlerFunc {
 	return func(ctx context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 		var routing *runtime.HTTPStatusError
 		if errors.As(err, &routing) {
@@ -166,6 +185,11 @@ func errorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 		if code == http.StatusInternalServerError {
 			log.WarnContext(ctx, "rest request failed", "method", r.Method, "pattern", pattern(ctx),
 				"code", st.Code().String(), "error", st.Message())
+		}
+		if code == http.StatusUnauthorized {
+			for _, c := range challenges {
+				w.Header().Add("WWW-Authenticate", c)
+			}
 		}
 		writeFault(w, code, st.Message())
 	}

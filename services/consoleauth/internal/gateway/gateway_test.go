@@ -13,13 +13,14 @@ import (
 )
 
 func TestErrorHandlerMapsCodesToNovaFaults(t *testing.T) {
-	handle := errorHandler(slog.New(slog.DiscardHandler))
+	handle := errorHandler(slog.New(slog.DiscardHandler), nil)
 	tests := []struct {
 		code     codes.Code
 		wantHTTP int
 		wantKey  string
 	}{
 		{codes.InvalidArgument, 400, "badRequest"},
+		{codes.Unauthenticated, 401, "unauthorized"},
 		{codes.PermissionDenied, 403, "forbidden"},
 		{codes.NotFound, 404, "itemNotFound"},
 		{codes.FailedPrecondition, 409, "conflictingRequest"},

@@ -25,11 +25,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/agentclient"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/authserver"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/gateway"
+	"github.com/vncgate/vncgate/services/consoleauth/internal/keystone"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/tokenstore"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
@@ -62,6 +64,30 @@ type Config struct {
 	XVPBaseURL          string
 	EnabledConsoleTypes []string
 	SingleUseTokens     bool
+
+	// AllowPlaintext is [vncgate] allow_plaintext: a plaintext listener off
+	// loopback is refused without it.
+	AllowPlaintext bool
+	// CertRoleSource is [vncgate] cert_role_source: where certificates
+	// name their role (san or subject).
+	CertRoleSource string
+	// APIKeysFile is [vncgate] api_keys_file: REST bearer keys.
+	APIKeysFile string
+	// RESTAuth is [vncgate] rest_auth: "keys" (bearer keys and
+	// certificates) or "keystone" (Keystone tokens too).
+	RESTAuth string
+	// Keystone is [keystone_authtoken], for rest_auth = keystone.
+	Keystone keystone.Options
+	// KeystoneMintRoles is [vncgate] keystone_mint_roles.
+	KeystoneMintRoles []string
+	// TokenValidator, when set, validates Keystone tokens instead of a
+	// client built from Keystone (tests).
+	TokenValidator authn.TokenValidator
+	// RESTAllowedHosts is [vncgate] rest_allowed_hosts: the names a REST
+	// request's Host header may carry besides localhost, 127.0.0.1 and ::1
+	// ("*": any). Empty: rest_listen's host; with rest_listen on all
+	// interfaces, any name for callers with a certificate.
+	RESTAllowedHosts []string
 
 	// ShutdownTimeout bounds the graceful part of Shutdown.
 	ShutdownTimeout time.Duration
@@ -98,6 +124,21 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
 	}
+	roleSource, err := authn.ParseRoleSource(cfg.CertRoleSource)
+	if err != nil {
+		return nil, err
+	}
+	if !cfg.GRPCTLS.Enabled() {
+		if err := tlsconfig.CheckPlaintext("grpc_listen", cfg.GRPCListen, cfg.AllowPlaintext); err != nil {
+			return nil, err
+		}
+	}
+	if !cfg.RESTTLS.Enabled() {
+		if err := tlsconfig.CheckPlaintext("rest_listen", cfg.RESTListen, cfg.AllowPlaintext); err != nil {
+			return nil, err
+		}
+	}
+	cfg.GRPCTLS.Log, cfg.RESTTLS.Log, cfg.EtcdTLS.Log = log, log, log
 
 	s := &Server{log: log, timeout: cfg.ShutdownTimeout, serveErr: make(chan error, 3)}
 	// On a failed start, release whatever was built.
@@ -112,7 +153,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if s.etcd, err = etcdclient.New(cfg.EtcdEndpoints, cfg.EtcdTLS); err != nil {
 		return nil, err
 	}
-	store, err := tokenstore.New(s.etcd, tokenstore.Options{TTL: cfg.TokenTTL, Timeout: cfg.EtcdTimeout})
+	store, err := tokenstore.New(s.etcd, tokenstore.Options{TTL: cfg.TokenTTL, Timeout: cfg.EtcdTimeout, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -139,10 +180,21 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return nil, err
 	}
 
-	interceptor := grpc.ChainUnaryInterceptor(authserver.LogUnary(log))
-	s.grpcServer = grpc.NewServer(interceptor, serverCreds)
+	auth, err := restAuth(cfg, roleSource, log)
+	if err != nil {
+		return nil, err
+	}
+	// Both servers guard every call with the same policy: the public one
+	// knows callers by their certificates, the gateway's by what the
+	// gateway authenticated.
+	guard := authn.NewGuard(authn.GuardOptions{Policy: Policy, Open: authn.HealthMethods, RoleSource: roleSource,
+		NoCertificate: noCertificate, Log: log})
+	gwGuard := authn.NewGuard(authn.GuardOptions{Policy: Policy, Open: authn.HealthMethods, GatewaySecret: auth.GatewaySecret, Log: log})
+	s.grpcServer = grpc.NewServer(serverCreds, grpc.MaxRecvMsgSize(MaxRecvMsgSize),
+		grpc.ChainUnaryInterceptor(authserver.LogUnary(log), guard.UnaryInterceptor()), grpc.StreamInterceptor(guard.StreamInterceptor()))
 	consoleauthv1.RegisterConsoleAuthServiceServer(s.grpcServer, svc)
-	s.gwServer = grpc.NewServer(interceptor)
+	s.gwServer = grpc.NewServer(grpc.MaxRecvMsgSize(MaxRecvMsgSize),
+		grpc.ChainUnaryInterceptor(authserver.LogUnary(log), gwGuard.UnaryInterceptor()), grpc.StreamInterceptor(gwGuard.StreamInterceptor()))
 	consoleauthv1.RegisterConsoleAuthServiceServer(s.gwServer, svc)
 
 	gwLis := bufconn.Listen(1 << 20)
@@ -162,6 +214,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 			return store.Ping(ctx)
 		},
 		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Auth:    auth,
 		Log:     log,
 	})
 	if err != nil {
@@ -173,14 +226,19 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 
 	if s.grpcLis, err = net.Listen("tcp", cfg.GRPCListen); err != nil {
 		return nil, fmt.Errorf("grpc listen: %w", err)
 	}
+	// With bearer keys or Keystone tokens, a TLS caller need not present a
+	// certificate; one that does must be the CA's.
 	restTLS, err := cfg.RESTTLS.Server()
+	if auth.Keys != nil || auth.Keystone != nil {
+		restTLS, err = cfg.RESTTLS.ServerCertOptional()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("rest tls: %w", err)
 	}
@@ -200,6 +258,61 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		log.Warn("etcd not reachable yet; serving 503 until it is", "endpoints", cfg.EtcdEndpoints, "error", err)
 	}
 	return s, nil
+}
+
+// maxHeaderBytes caps a REST request's head: credentials and Nova's
+// headers fit in far less.
+const maxHeaderBytes = 16 << 10
+
+// restAuth builds how REST callers authenticate, and refuses a REST API
+// no one could call.
+func restAuth(cfg Config, roleSource authn.RoleSource, log *slog.Logger) (gateway.Auth, error) {
+	a := gateway.Auth{RoleSource: roleSource, GatewaySecret: authn.NewGatewaySecret(), MintRoles: cfg.KeystoneMintRoles}
+	if a.MintRoles == nil {
+		a.MintRoles = authn.DefaultKeystoneMintRoles
+	}
+	if cfg.APIKeysFile != "" {
+		keys, err := authn.LoadKeyFile(cfg.APIKeysFile, log)
+		if err != nil {
+			return a, err
+		}
+		a.Keys = keys
+	}
+	switch cfg.RESTAuth {
+	case "", "keys":
+	case "keystone":
+		a.Keystone, a.KeystoneURI = cfg.TokenValidator, cfg.Keystone.AuthURL
+		if a.Keystone == nil {
+			o := cfg.Keystone
+			o.AllowPlaintext = cfg.AllowPlaintext
+			v, err := keystone.New(o, log)
+			if err != nil {
+				return a, fmt.Errorf("rest_auth = keystone: %w", err)
+			}
+			a.Keystone = keystoneValidator{v}
+		}
+	default:
+		return a, fmt.Errorf("rest_auth %.40q: want keys or keystone", cfg.RESTAuth)
+	}
+	if a.Keys == nil && a.Keystone == nil && cfg.RESTTLS.CA == "" {
+		return a, errors.New("the REST API has no way to authenticate callers: set [vncgate] api_keys_file " +
+			"(make keys with `consoleauth keygen NAME ROLE`), rest_ca (client certificates), or rest_auth = keystone")
+	}
+	// Loopback names are always allowed: a DNS-rebinding page makes the
+	// browser send its own name, never these.
+	a.AllowedHosts = append([]string{"localhost", "127.0.0.1", "::1"}, cfg.RESTAllowedHosts...)
+	if len(cfg.RESTAllowedHosts) == 0 {
+		host, _, err := net.SplitHostPort(cfg.RESTListen)
+		if err != nil {
+			return a, fmt.Errorf("rest_listen: %w", err)
+		}
+		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+			a.AnyHostWithCertificate = true
+		} else {
+			a.AllowedHosts = append(a.AllowedHosts, host)
+		}
+	}
+	return a, nil
 }
 
 // GRPCAddr is the bound address of the gRPC listener.

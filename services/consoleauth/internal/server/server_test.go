@@ -20,6 +20,22 @@ import (
 
 const vm = "6f0c5e62-0c9a-4c1e-9a57-0f3b1d1c2a11"
 
+// unknownToken is well formed (43 base64url characters) but was never
+// minted.
+const unknownToken = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+
+// Instances of the refusal tests.
+const (
+	vmOK       = "6f0c5e62-0c9a-4c1e-9a57-0f3b1d1c2a21"
+	vmMoved    = "6f0c5e62-0c9a-4c1e-9a57-0f3b1d1c2a22"
+	vmDown     = "6f0c5e62-0c9a-4c1e-9a57-0f3b1d1c2a23"
+	vmGone     = "6f0c5e62-0c9a-4c1e-9a57-0f3b1d1c2a24"
+	vmDeleted  = "6f0c5e62-0c9a-4c1e-9a57-0f3b1d1c2a25"
+	vmStopped  = "6f0c5e62-0c9a-4c1e-9a57-0f3b1d1c2a26"
+	vmHeadless = "6f0c5e62-0c9a-4c1e-9a57-0f3b1d1c2a27"
+	vmGhost    = "6f0c5e62-0c9a-4c1e-9a57-0f3b1d1c2a28"
+)
+
 func TestRemoteConsoleNoVNC(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, func(c *server.Config) {
@@ -49,7 +65,7 @@ func TestRemoteConsoleNoVNC(t *testing.T) {
 	}
 	token := tokenOf(t, rawURL)
 
-	resp, err := w.grpc.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token, ConsoleType: "novnc"})
+	resp, err := w.proxy.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token, ConsoleType: "novnc"})
 	if err != nil {
 		t.Fatalf("check token: %v", err)
 	}
@@ -65,7 +81,7 @@ func TestRemoteConsoleNoVNC(t *testing.T) {
 		t.Errorf("expires - created: got %v, want 10m", d)
 	}
 	// Multi-use by default.
-	if _, err := w.grpc.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token}); err != nil {
+	if _, err := w.proxy.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token}); err != nil {
 		t.Errorf("second check: %v", err)
 	}
 
@@ -108,7 +124,7 @@ func TestLegacyGetVNCConsoleAction(t *testing.T) {
 	if !strings.HasPrefix(rawURL, "http://127.0.0.1:6080/vnc_lite.html?path=%3Ftoken%3D") {
 		t.Errorf("url: got %s, want http://127.0.0.1:6080/vnc_lite.html?path=%%3Ftoken%%3D...", rawURL)
 	}
-	if _, err := w.grpc.CheckToken(testworld.Ctx(t), &consoleauthv1.CheckTokenRequest{Token: tokenOf(t, rawURL)}); err != nil {
+	if _, err := w.proxy.CheckToken(testworld.Ctx(t), &consoleauthv1.CheckTokenRequest{Token: tokenOf(t, rawURL)}); err != nil {
 		t.Errorf("check token of legacy URL: %v", err)
 	}
 }
@@ -123,7 +139,7 @@ func TestRemoteConsoleXVPVNC(t *testing.T) {
 	if !ok || len(token) != 43 {
 		t.Fatalf("url: got %s, want http://127.0.0.1:6081/console?token= and 43 characters", rawURL)
 	}
-	resp, err := w.grpc.CheckToken(testworld.Ctx(t), &consoleauthv1.CheckTokenRequest{Token: token, ConsoleType: "xvpvnc"})
+	resp, err := w.proxy.CheckToken(testworld.Ctx(t), &consoleauthv1.CheckTokenRequest{Token: token, ConsoleType: "xvpvnc"})
 	if err != nil {
 		t.Fatalf("check token: %v", err)
 	}
@@ -148,7 +164,7 @@ func TestTokenIntrospection(t *testing.T) {
 		t.Errorf("body: got %s, want %s", got, want)
 	}
 
-	code, m = w.do(t, "GET", "/v2.1/os-console-auth-tokens/unknown-token", "")
+	code, m = w.do(t, "GET", "/v2.1/os-console-auth-tokens/"+unknownToken, "")
 	if code != http.StatusNotFound || walk(t, m, "itemNotFound", "code") != float64(404) {
 		t.Errorf("unknown token: got %d %v, want 404 itemNotFound", code, m)
 	}
@@ -160,13 +176,13 @@ func TestTokenExpires(t *testing.T) {
 	w.agent.AddInstance(t, vm, testworld.Console{Host: "10.1.2.3", Port: 5901})
 	ctx := testworld.Ctx(t)
 	token := w.mint(t, vm)
-	resp, err := w.grpc.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token})
+	resp, err := w.proxy.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token})
 	if err != nil {
 		t.Fatalf("fresh token: %v", err)
 	}
 
 	time.Sleep(time.Until(resp.GetConnectInfo().GetExpiresAt().AsTime()) + 50*time.Millisecond)
-	_, err = w.grpc.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token})
+	_, err = w.proxy.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token})
 	if got := status.Code(err); got != codes.NotFound {
 		t.Errorf("expired token, gRPC: got %s (%v), want NotFound", got, err)
 	}
@@ -185,18 +201,18 @@ func TestRevokeInstanceTokens(t *testing.T) {
 	victims := []string{w.mint(t, vm), w.mint(t, vm), w.mint(t, vm)}
 	kept := []string{w.mint(t, other), w.mint(t, other)}
 
-	code, m := w.do(t, "DELETE", "/v2.1/servers/"+vm+"/console-tokens?reason=the+instance+was+stopped", "")
+	code, m := w.do(t, "DELETE", "/v2.1/servers/"+vm+"/console-tokens?reason=stopped", "")
 	if code != http.StatusOK || walk(t, m, "revoked_count") != float64(3) {
 		t.Fatalf("revoke: got %d %v, want 200 {\"revoked_count\": 3}", code, m)
 	}
 	for _, tok := range victims {
-		_, err := w.grpc.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: tok})
+		_, err := w.proxy.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: tok})
 		if got := status.Code(err); got != codes.NotFound {
 			t.Errorf("revoked token: got %s, want NotFound", got)
 		}
 	}
 	for _, tok := range kept {
-		if _, err := w.grpc.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: tok}); err != nil {
+		if _, err := w.proxy.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: tok}); err != nil {
 			t.Errorf("other instance's token: got %v, want valid", err)
 		}
 	}
@@ -205,8 +221,8 @@ func TestRevokeInstanceTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	var r registry.Revocation
-	if len(rev.Kvs) != 1 || json.Unmarshal(rev.Kvs[0].Value, &r) != nil || r.Reason != "the instance was stopped" {
-		t.Errorf("revocation key: got %v, want the reason %q", rev.Kvs, "the instance was stopped")
+	if len(rev.Kvs) != 1 || json.Unmarshal(rev.Kvs[0].Value, &r) != nil || r.Reason != registry.RevocationReasons["stopped"] {
+		t.Errorf("revocation key: got %v, want the reason %q", rev.Kvs, registry.RevocationReasons["stopped"])
 	}
 	if rev, err := w.cli.Get(ctx, registry.RevocationKey(other), clientv3.WithCountOnly()); err != nil || rev.Count != 0 {
 		t.Errorf("other instance's revocation key: got %v (%v), want none", rev, err)
@@ -225,7 +241,7 @@ func TestSingleUseTokens(t *testing.T) {
 	var wg sync.WaitGroup
 	for range callers {
 		wg.Go(func() {
-			_, err := w.grpc.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token, ConsoleType: "novnc"})
+			_, err := w.proxy.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token, ConsoleType: "novnc"})
 			codesSeen <- status.Code(err)
 		})
 	}
@@ -244,9 +260,9 @@ func TestCheckTokenRefusals(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, nil)
 	ctx := testworld.Ctx(t)
-	down := testworld.StartAgent(t, w.cli, "compute-2")
-	gone := testworld.StartAgent(t, w.cli, "compute-3")
-	instances := map[string]*testworld.Agent{"vm-ok": w.agent, "vm-moved": w.agent, "vm-down": down, "vm-gone": gone, "vm-deleted": w.agent}
+	down := w.startAgent(t, "compute-2")
+	gone := w.startAgent(t, "compute-3")
+	instances := map[string]*testworld.Agent{vmOK: w.agent, vmMoved: w.agent, vmDown: down, vmGone: gone, vmDeleted: w.agent}
 	tokens := map[string]string{}
 	for uuid, a := range instances {
 		a.AddInstance(t, uuid, testworld.Console{Host: "10.1.2.3", Port: 5901})
@@ -254,10 +270,10 @@ func TestCheckTokenRefusals(t *testing.T) {
 	}
 	// After minting: the console moves, one agent dies, one is unregistered,
 	// one instance disappears.
-	w.agent.SetConsole("vm-moved", testworld.Console{Host: "10.1.2.3", Port: 5977})
+	w.agent.SetConsole(vmMoved, testworld.Console{Host: "10.1.2.3", Port: 5977})
 	down.Stop()
 	gone.Unregister(t)
-	if _, err := w.cli.Delete(ctx, registry.LocationKey("vm-deleted")); err != nil {
+	if _, err := w.cli.Delete(ctx, registry.ComputeInstanceKey("compute-1", vmDeleted)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -267,24 +283,24 @@ func TestCheckTokenRefusals(t *testing.T) {
 		want     codes.Code
 		wantText string
 	}{
-		{name: "valid", req: &consoleauthv1.CheckTokenRequest{Token: tokens["vm-ok"], ConsoleType: "novnc"}, want: codes.OK},
-		{name: "wrong console type", req: &consoleauthv1.CheckTokenRequest{Token: tokens["vm-ok"], ConsoleType: "xvpvnc"},
+		{name: "valid", req: &consoleauthv1.CheckTokenRequest{Token: tokens[vmOK], ConsoleType: "novnc"}, want: codes.OK},
+		{name: "wrong console type", req: &consoleauthv1.CheckTokenRequest{Token: tokens[vmOK], ConsoleType: "xvpvnc"},
 			want: codes.PermissionDenied, wantText: "token is for a novnc console, not xvpvnc"},
-		{name: "unknown console type", req: &consoleauthv1.CheckTokenRequest{Token: tokens["vm-ok"], ConsoleType: "spice"},
+		{name: "unknown console type", req: &consoleauthv1.CheckTokenRequest{Token: tokens[vmOK], ConsoleType: "spice"},
 			want: codes.InvalidArgument},
-		{name: "console moved", req: &consoleauthv1.CheckTokenRequest{Token: tokens["vm-moved"]},
-			want: codes.FailedPrecondition, wantText: "console moved: instance vm-moved listens on 10.1.2.3:5977 now"},
-		{name: "instance deleted", req: &consoleauthv1.CheckTokenRequest{Token: tokens["vm-deleted"]},
+		{name: "console moved", req: &consoleauthv1.CheckTokenRequest{Token: tokens[vmMoved]},
+			want: codes.FailedPrecondition, wantText: "console moved: instance " + vmMoved + " listens on 10.1.2.3:5977 now"},
+		{name: "instance deleted", req: &consoleauthv1.CheckTokenRequest{Token: tokens[vmDeleted]},
 			want: codes.FailedPrecondition, wantText: "console moved"},
-		{name: "agent stopped", req: &consoleauthv1.CheckTokenRequest{Token: tokens["vm-down"]}, want: codes.Unavailable},
-		{name: "agent unregistered", req: &consoleauthv1.CheckTokenRequest{Token: tokens["vm-gone"]},
-			want: codes.Unavailable, wantText: "compute host compute-3 of instance vm-gone is down"},
-		{name: "unknown token", req: &consoleauthv1.CheckTokenRequest{Token: "nope"}, want: codes.NotFound},
+		{name: "agent stopped", req: &consoleauthv1.CheckTokenRequest{Token: tokens[vmDown]}, want: codes.Unavailable},
+		{name: "agent unregistered", req: &consoleauthv1.CheckTokenRequest{Token: tokens[vmGone]},
+			want: codes.Unavailable, wantText: "compute host compute-3 of instance " + vmGone + " is down"},
+		{name: "unknown token", req: &consoleauthv1.CheckTokenRequest{Token: unknownToken}, want: codes.NotFound},
 		{name: "empty token", req: &consoleauthv1.CheckTokenRequest{}, want: codes.InvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := w.grpc.CheckToken(ctx, tt.req)
+			_, err := w.proxy.CheckToken(ctx, tt.req)
 			st := status.Convert(err)
 			if st.Code() != tt.want {
 				t.Fatalf("code: got %s (%q), want %s", st.Code(), st.Message(), tt.want)
@@ -300,15 +316,15 @@ func TestRESTErrors(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, func(c *server.Config) { c.EnabledConsoleTypes = []string{"novnc"} })
 	w.agent.AddInstance(t, vm, testworld.Console{Host: "10.1.2.3", Port: 5901})
-	for uuid, code := range map[string]codes.Code{"vm-stopped": codes.FailedPrecondition, "vm-headless": codes.InvalidArgument} {
+	for uuid, code := range map[string]codes.Code{vmStopped: codes.FailedPrecondition, vmHeadless: codes.InvalidArgument} {
 		w.agent.AddInstance(t, uuid, testworld.Console{})
 		w.agent.Fail(uuid, code)
 	}
-	down := testworld.StartAgent(t, w.cli, "compute-2")
-	down.AddInstance(t, "vm-down", testworld.Console{Host: "10.9.9.9", Port: 5900})
+	down := w.startAgent(t, "compute-2")
+	down.AddInstance(t, vmDown, testworld.Console{Host: "10.9.9.9", Port: 5900})
 	down.Stop()
-	gone := testworld.StartAgent(t, w.cli, "compute-3")
-	gone.AddInstance(t, "vm-gone", testworld.Console{Host: "10.9.9.9", Port: 5900})
+	gone := w.startAgent(t, "compute-3")
+	gone.AddInstance(t, vmGone, testworld.Console{Host: "10.9.9.9", Port: 5900})
 	gone.Unregister(t)
 
 	const novnc = `{"remote_console": {"protocol": "vnc", "type": "novnc"}}`
@@ -337,16 +353,16 @@ func TestRESTErrors(t *testing.T) {
 			want: 400, wantKey: "badRequest", wantText: `unsupported console type "spice-html5"`},
 		{name: "type disabled", path: "/v2.1/servers/" + vm + "/remote-consoles", body: `{"remote_console": {"protocol": "vnc", "type": "xvpvnc"}}`,
 			want: 501, wantKey: "notImplemented", wantText: `console type "xvpvnc" is not enabled`},
-		{name: "unknown instance", path: "/v2.1/servers/ghost/remote-consoles", body: novnc,
-			want: 404, wantKey: "itemNotFound", wantText: "instance ghost not found"},
-		{name: "compute key deleted", path: "/v2.1/servers/vm-gone/remote-consoles", body: novnc,
-			want: 409, wantKey: "conflictingRequest", wantText: "compute host compute-3 of instance vm-gone is down"},
-		{name: "agent server stopped", path: "/v2.1/servers/vm-down/remote-consoles", body: novnc,
-			want: 409, wantKey: "conflictingRequest", wantText: "compute host compute-2 of instance vm-down is down"},
-		{name: "instance not running", path: "/v2.1/servers/vm-stopped/remote-consoles", body: novnc,
-			want: 409, wantKey: "conflictingRequest", wantText: "instance vm-stopped is not ready"},
-		{name: "instance without console", path: "/v2.1/servers/vm-headless/remote-consoles", body: novnc,
-			want: 400, wantKey: "badRequest", wantText: "instance vm-headless has no novnc console"},
+		{name: "unknown instance", path: "/v2.1/servers/" + vmGhost + "/remote-consoles", body: novnc,
+			want: 404, wantKey: "itemNotFound", wantText: "instance " + vmGhost + " not found"},
+		{name: "compute key deleted", path: "/v2.1/servers/" + vmGone + "/remote-consoles", body: novnc,
+			want: 409, wantKey: "conflictingRequest", wantText: "compute host compute-3 of instance " + vmGone + " is down"},
+		{name: "agent server stopped", path: "/v2.1/servers/" + vmDown + "/remote-consoles", body: novnc,
+			want: 409, wantKey: "conflictingRequest", wantText: "compute host compute-2 of instance " + vmDown + " is down"},
+		{name: "instance not running", path: "/v2.1/servers/" + vmStopped + "/remote-consoles", body: novnc,
+			want: 409, wantKey: "conflictingRequest", wantText: "instance " + vmStopped + " is not ready"},
+		{name: "instance without console", path: "/v2.1/servers/" + vmHeadless + "/remote-consoles", body: novnc,
+			want: 400, wantKey: "badRequest", wantText: "instance " + vmHeadless + " has no novnc console"},
 		{name: "legacy action without os-getVNCConsole", path: "/v2.1/servers/" + vm + "/action", body: `{"os-getSPICEConsole": {"type": "spice-html5"}}`,
 			want: 400, wantKey: "badRequest", wantText: `missing "os-getVNCConsole"`},
 		{name: "legacy action type disabled", path: "/v2.1/servers/" + vm + "/action", body: `{"os-getVNCConsole": {"type": "xvpvnc"}}`,
@@ -414,7 +430,7 @@ func TestEtcdOutageAnswers503ThenRecovers(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if _, err := w.grpc.CheckToken(testworld.Ctx(t), &consoleauthv1.CheckTokenRequest{Token: tokenOf(t, str(t, m, "remote_console", "url"))}); err != nil {
+	if _, err := w.proxy.CheckToken(testworld.Ctx(t), &consoleauthv1.CheckTokenRequest{Token: tokenOf(t, str(t, m, "remote_console", "url"))}); err != nil {
 		t.Errorf("check token minted after restart: %v", err)
 	}
 	if code, m := w.do(t, "GET", "/healthz", ""); code != http.StatusOK {
@@ -452,7 +468,7 @@ func TestMintsShareLeases(t *testing.T) {
 func TestRESTRunsThroughGRPCInterceptor(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, nil)
-	w.do(t, "GET", "/v2.1/os-console-auth-tokens/some-token", "")
+	w.do(t, "GET", "/v2.1/os-console-auth-tokens/"+unknownToken, "")
 	var found bool
 	for line := range strings.Lines(w.logs.String()) {
 		var rec map[string]any
@@ -469,7 +485,7 @@ func TestRESTRunsThroughGRPCInterceptor(t *testing.T) {
 	if !found {
 		t.Errorf("no rpc log line for the REST call; logs:\n%s", w.logs.String())
 	}
-	if strings.Contains(w.logs.String(), "some-token") {
+	if strings.Contains(w.logs.String(), unknownToken) {
 		t.Errorf("logs hold the token")
 	}
 }

@@ -82,7 +82,7 @@ func TestViewOnlyConsoles(t *testing.T) {
 			}
 			token := tokenOf(t, rawURL)
 
-			resp, err := w.grpc.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token})
+			resp, err := w.proxy.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token})
 			if err != nil {
 				t.Fatalf("check token: %v", err)
 			}
@@ -129,7 +129,7 @@ func TestViewOnlyOverGRPC(t *testing.T) {
 	if !resp.GetRemoteConsole().GetViewOnly() {
 		t.Errorf("answer: got view_only false, want true")
 	}
-	ci, err := w.grpc.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: tokenOf(t, resp.GetRemoteConsole().GetUrl()), ConsoleType: "novnc"})
+	ci, err := w.proxy.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: tokenOf(t, resp.GetRemoteConsole().GetUrl()), ConsoleType: "novnc"})
 	if err != nil {
 		t.Fatalf("check token: %v", err)
 	}

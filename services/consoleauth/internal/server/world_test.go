@@ -10,37 +10,57 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/server"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/testworld"
 	"github.com/vncgate/vncgate/testkit/etcd"
 	"github.com/vncgate/vncgate/testkit/testlog"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // world is a running consoleauth on loopback with its own embedded etcd and
-// one in-test compute agent, "compute-1".
+// one in-test compute agent, "compute-1", all with credentials: mutual TLS
+// with role certificates on every gRPC link, bearer keys on REST.
 type world struct {
 	etcd  *etcd.Server
 	cli   *clientv3.Client
+	pki   *testworld.PKI
 	agent *testworld.Agent
 	srv   *server.Server
 	rest  string // http://host:port
+	// grpc calls as the API layer (role api), proxy as a console proxy.
 	grpc  consoleauthv1.ConsoleAuthServiceClient
-	logs  *testlog.Buffer
-	http  *http.Client
+	proxy consoleauthv1.ConsoleAuthServiceClient
+	// keys are REST bearer keys by name: nova-api (api), horizon (mint),
+	// novnc (proxy), compute-1 (compute); key is the one do sends.
+	keys map[string]string
+	key  string
+	logs *testlog.Buffer
+	http *http.Client
+}
+
+// Roles of the world's bearer keys, by name.
+var keyRoles = []authn.Identity{
+	{Name: "nova-api", Role: authn.RoleAPI},
+	{Name: "horizon", Role: authn.RoleMint},
+	{Name: "novnc", Role: authn.RoleProxy},
+	{Name: "compute-1", Role: authn.RoleCompute},
+	{Name: "agent-caller", Role: authn.RoleConsoleAuth},
 }
 
 // newWorld starts a world; edit adjusts the service's configuration.
 func newWorld(t testing.TB, edit func(*server.Config)) *world {
 	t.Helper()
 	etcdSrv, cli := etcd.Start(t)
-	w := &world{etcd: etcdSrv, cli: cli, logs: &testlog.Buffer{}, http: &http.Client{Timeout: 20 * time.Second}}
-	w.agent = testworld.StartAgent(t, cli, "compute-1")
+	w := &world{etcd: etcdSrv, cli: cli, pki: testworld.NewPKI(t), logs: &testlog.Buffer{}, http: &http.Client{Timeout: 20 * time.Second}}
+	w.agent = w.startAgent(t, "compute-1")
+	var keysFile string
+	keysFile, w.keys = testworld.KeysFile(t, keyRoles...)
+	w.key = w.keys["nova-api"]
 	cfg := server.Config{
+		GRPCTLS:             w.pki.Files(t, "consoleauth-1", authn.RoleConsoleAuth),
+		APIKeysFile:         keysFile,
 		GRPCListen:          "127.0.0.1:0",
 		RESTListen:          "127.0.0.1:0",
 		EtcdEndpoints:       []string{etcdSrv.Endpoint},
@@ -67,13 +87,27 @@ func newWorld(t testing.TB, edit func(*server.Config)) *world {
 	})
 	w.srv = srv
 	w.rest = "http://" + srv.RESTAddr()
-	conn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatalf("grpc client: %v", err)
+	if cfg.RESTTLS.Enabled() {
+		w.rest = "https://" + srv.RESTAddr()
 	}
-	t.Cleanup(func() { _ = conn.Close() })
-	w.grpc = consoleauthv1.NewConsoleAuthServiceClient(conn)
+	if cfg.GRPCTLS.Enabled() {
+		w.grpc = w.client(t, "nova-api", authn.RoleAPI)
+		w.proxy = w.client(t, "novnc-1", authn.RoleProxy)
+	}
 	return w
+}
+
+// startAgent starts an in-test agent for host with its compute
+// certificate, answering only consoleauth.
+func (w *world) startAgent(t testing.TB, host string) *testworld.Agent {
+	t.Helper()
+	return testworld.StartAgentTLS(t, w.cli, host, w.pki.Files(t, host, authn.RoleCompute))
+}
+
+// client is a gRPC client presenting a certificate for name with role.
+func (w *world) client(t testing.TB, name string, role authn.Role) consoleauthv1.ConsoleAuthServiceClient {
+	t.Helper()
+	return consoleauthv1.NewConsoleAuthServiceClient(w.pki.Dial(t, w.srv.GRPCAddr(), name, role))
 }
 
 // do sends a REST request and decodes the JSON answer.
@@ -87,7 +121,23 @@ func (w *world) do(t testing.TB, method, path, body string) (int, map[string]any
 	return code, m
 }
 
+// doRaw sends a REST request with the world's bearer key (JSON for a POST
+// or PUT) and returns the status and body.
 func (w *world) doRaw(t testing.TB, method, path, body string) (int, []byte) {
+	t.Helper()
+	h := http.Header{}
+	if w.key != "" {
+		h.Set("Authorization", "Bearer "+w.key)
+	}
+	if method == http.MethodPost || method == http.MethodPut {
+		h.Set("Content-Type", "application/json")
+	}
+	resp, raw := w.send(t, method, path, body, h)
+	return resp.StatusCode, raw
+}
+
+// send sends a REST request with exactly the headers h.
+func (w *world) send(t testing.TB, method, path, body string, h http.Header) (*http.Response, []byte) {
 	t.Helper()
 	var r io.Reader
 	if body != "" {
@@ -97,8 +147,11 @@ func (w *world) doRaw(t testing.TB, method, path, body string) (int, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
+	for k, v := range h {
+		req.Header[k] = v
+	}
+	if host := h.Get("Host"); host != "" {
+		req.Host = host
 	}
 	resp, err := w.http.Do(req)
 	if err != nil {
@@ -109,7 +162,7 @@ func (w *world) doRaw(t testing.TB, method, path, body string) (int, []byte) {
 	if err != nil {
 		t.Fatalf("%s %s: read: %v", method, path, err)
 	}
-	return resp.StatusCode, raw
+	return resp, raw
 }
 
 // consoleURL asks REST for a console URL and returns it.
@@ -171,3 +224,5 @@ func walk(t testing.TB, m map[string]any, keys ...string) any {
 	}
 	return v
 }
+
+func slogDiscard() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -1,14 +1,19 @@
 // Package testworld builds the real parts consoleauth's tests run on: a
 // real etcd (testkit/etcd) and small compute agents, real gRPC servers
-// on loopback that register in etcd the way the real agent does. Only tests
-// import it.
+// on loopback that register in etcd the way the real agent does, and the
+// credentials of every role (PKI: one CA per test and certificates that
+// name their role; KeysFile: REST bearer keys). Only tests import it.
 package testworld
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
+	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/testkit/certs"
@@ -75,14 +81,20 @@ func StartAgent(t testing.TB, cli *clientv3.Client, host string) *Agent {
 	return startAgent(t, cli, host, grpc.NewServer())
 }
 
-// StartAgentTLS starts an agent that requires mTLS with files.
+// StartAgentTLS starts an agent that requires mTLS with files and, as the
+// real agent does, answers only callers whose certificate has the
+// consoleauth role.
 func StartAgentTLS(t testing.TB, cli *clientv3.Client, host string, files tlsconfig.Files) *Agent {
 	t.Helper()
 	cfg, err := files.Server()
 	if err != nil {
 		t.Fatalf("agent tls: %v", err)
 	}
-	return startAgent(t, cli, host, grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg))))
+	guard := authn.NewGuard(authn.GuardOptions{Policy: authn.Policy{
+		computeagentv1.ComputeAgentService_GetConsole_FullMethodName:          {authn.RoleConsoleAuth},
+		computeagentv1.ComputeAgentService_ValidateConsolePort_FullMethodName: {authn.RoleConsoleAuth},
+	}})
+	return startAgent(t, cli, host, grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg)), grpc.UnaryInterceptor(guard.UnaryInterceptor())))
 }
 
 func startAgent(t testing.TB, cli *clientv3.Client, host string, srv *grpc.Server) *Agent {
@@ -110,7 +122,7 @@ func startAgent(t testing.TB, cli *clientv3.Client, host string, srv *grpc.Serve
 func (a *Agent) AddInstance(t testing.TB, uuid string, c Console) {
 	t.Helper()
 	a.SetConsole(uuid, c)
-	PutJSON(t, a.cli, registry.LocationKey(uuid), registry.Location{ComputeHost: a.Host})
+	PutJSON(t, a.cli, registry.ComputeInstanceKey(a.Host, uuid), registry.Location{ComputeHost: a.Host})
 }
 
 // SetConsole changes where an instance's VNC server listens.
@@ -171,8 +183,78 @@ func (a *Agent) ValidateConsolePort(_ context.Context, req *computeagentv1.Valid
 
 // TLSFiles writes a fresh CA and one certificate for 127.0.0.1 signed by it,
 // usable by servers and clients alike, and returns them as mTLS settings.
+// The certificate names no role: use PKI for callers.
 func TLSFiles(t testing.TB) tlsconfig.Files {
 	t.Helper()
 	f, _ := certs.TestFiles(t, "127.0.0.1")
 	return tlsconfig.Files{Cert: f.Cert, Key: f.Key, CA: f.CA}
+}
+
+// PKI is one test's CA, issuing certificates that name their caller and
+// role as vncgate's certificates do (CN and URI SAN urn:vncgate:role:ROLE).
+type PKI struct {
+	CA *certs.CA
+}
+
+// NewPKI makes a CA for t.
+func NewPKI(t testing.TB) *PKI {
+	t.Helper()
+	return &PKI{CA: certs.TestCA(t)}
+}
+
+// Files writes a certificate for name with role (valid for 127.0.0.1 and
+// localhost, as server and client), its key and the CA into a fresh
+// directory, as mTLS settings.
+func (p *PKI) Files(t testing.TB, name string, role authn.Role) tlsconfig.Files {
+	t.Helper()
+	f, err := p.CA.WriteIdentityFiles(t.TempDir(), certs.Identity{Name: name, Role: string(role)}, "127.0.0.1", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tlsconfig.Files{Cert: f.Cert, Key: f.Key, CA: f.CA}
+}
+
+// TLS is a client configuration presenting a certificate for name with
+// role and trusting the CA.
+func (p *PKI) TLS(t testing.TB, name string, role authn.Role) *tls.Config {
+	t.Helper()
+	c, err := p.CA.IssueIdentity(certs.Identity{Name: name, Role: string(role)}, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{c}, RootCAs: p.CA.Pool(), MinVersion: tls.VersionTLS12}
+}
+
+// Dial is a gRPC connection to addr presenting a certificate for name with
+// role, closed when t ends.
+func (p *PKI) Dial(t testing.TB, addr, name string, role authn.Role) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(p.TLS(t, name, role))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// KeysFile writes an api_keys_file with one bearer key per identity
+// (named by Name, with Role) and returns its path and the keys by name.
+func KeysFile(t testing.TB, ids ...authn.Identity) (path string, keys map[string]string) {
+	t.Helper()
+	keys = map[string]string{}
+	var b strings.Builder
+	b.WriteString("# test keys\n")
+	for _, id := range ids {
+		key, line, err := authn.NewKey(id.Name, id.Role)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[id.Name] = key
+		b.WriteString(line + "\n")
+	}
+	path = filepath.Join(t.TempDir(), "api-keys")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, keys
 }

@@ -12,9 +12,22 @@
 // (Token.ViewOnly); a normal token's record omits the field, so records and
 // readers from before view-only consoles agree.
 //
+// A record is trusted only as consoleauth writes it: under the token's own
+// key and on a lease. Any other etcd writer could plant a record; one
+// without a lease is treated as not found (and logged once, by hash
+// prefix). Tokens have one shape (TokenLen base64url characters): anything
+// else is refused before it is hashed or sent to etcd.
+//
+// Revocations carry a reason code (registry.RevocationReasons); the record
+// stores the code's sentence, never caller text, and is written after the
+// tokens are deleted, so its etcd revision orders it after every token it
+// ended (registry.Revocation).
+//
 // Every etcd call runs under a timeout. When etcd cannot be reached the
-// methods return an error wrapping ErrStoreUnavailable; nothing is cached, so
-// the store serves again as soon as the etcd client has reconnected.
+// methods return an error wrapping ErrStoreUnavailable; tokens are never
+// cached, so the store serves again as soon as the etcd client has
+// reconnected. Instance locations are indexed in memory from a watch, and
+// every answer is confirmed against etcd (locate.go).
 package tokenstore
 
 import (
@@ -24,6 +37,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -40,7 +54,32 @@ var (
 	ErrNotFound = errors.New("console token not found: unknown, expired, revoked or already used")
 	// ErrStoreUnavailable: etcd did not answer in time.
 	ErrStoreUnavailable = errors.New("token store (etcd) unavailable")
+	// ErrMalformedToken: the string cannot be a token of this service.
+	ErrMalformedToken = fmt.Errorf("not a console token: want %d base64url characters", TokenLen)
+	// ErrUnknownReason: a revocation reason that is not a code of
+	// registry.RevocationReasons.
+	ErrUnknownReason = errors.New("unknown revocation reason")
 )
+
+// TokenLen is the length of every token: 32 random bytes in unpadded
+// base64url.
+const TokenLen = 43
+
+// CheckToken reports whether token has the shape of a token this service
+// mints, without looking it up: ErrMalformedToken otherwise.
+func CheckToken(token string) error {
+	if len(token) != TokenLen {
+		return ErrMalformedToken
+	}
+	for i := 0; i < len(token); i++ {
+		switch c := token[i]; {
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_':
+		default:
+			return ErrMalformedToken
+		}
+	}
+	return nil
+}
 
 // Defaults of Options.
 const (
@@ -63,6 +102,8 @@ type Options struct {
 	// RevocationTTL is how long a revocation announcement stays in etcd for
 	// proxies to see.
 	RevocationTTL time.Duration
+	// Logger receives what the store refuses to trust; nil discards.
+	Logger *slog.Logger
 }
 
 // Store keeps tokens in etcd. It is safe for concurrent use.
@@ -74,9 +115,19 @@ type Store struct {
 	bucket        time.Duration // width of a lease-sharing time bucket
 	leaseTTL      int64         // seconds: ttl + bucket, rounded up
 
+	log       *slog.Logger
+	locations *index
+
 	mu    sync.Mutex
 	grant *leaseGrant // the newest lease, or the grant of it in flight
+
+	untrustedMu sync.Mutex
+	untrusted   map[string]bool // hashes of refused records already logged
 }
+
+// maxUntrustedLogged bounds the set of refused records remembered so each
+// is logged once.
+const maxUntrustedLogged = 1024
 
 // leaseGrant is one shared lease, granted once for a time bucket. done is
 // closed when id and err are set.
@@ -101,6 +152,10 @@ func New(cli *clientv3.Client, opts Options) (*Store, error) {
 	if opts.TTL < time.Second {
 		return nil, fmt.Errorf("token ttl %v: want at least 1s", opts.TTL)
 	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	bucket := max(opts.TTL/10, time.Second)
 	return &Store{
 		cli:           cli,
@@ -109,6 +164,9 @@ func New(cli *clientv3.Client, opts Options) (*Store, error) {
 		revocationTTL: opts.RevocationTTL,
 		bucket:        bucket,
 		leaseTTL:      ceilSeconds(opts.TTL + bucket),
+		log:           log,
+		locations:     newIndex(cli, opts.Timeout, log),
+		untrusted:     map[string]bool{},
 	}, nil
 }
 
@@ -173,16 +231,26 @@ func (s *Store) Mint(ctx context.Context, rec registry.Token) (Minted, error) {
 type Entry struct {
 	Hash   string
 	Record registry.Token
-	// revision is the record's ModRevision, the guard of Consume.
-	revision int64
+	// Revision is the etcd revision that created the token's record
+	// (ConnectInfo.token_revision): a revocation written later ends the
+	// sessions opened with it.
+	Revision int64
+	// modRevision is the record's ModRevision, the guard of Consume.
+	modRevision int64
 }
 
 // Lookup returns the record of a valid token, or ErrNotFound when it is
-// unknown or expired (even if its lease has not ended yet).
+// unknown or expired (even if its lease has not ended yet), or when its
+// record is not one consoleauth wrote (no lease). A string that cannot be
+// a token is ErrMalformedToken, without a look-up.
 func (s *Store) Lookup(ctx context.Context, token string) (Entry, error) {
+	if err := CheckToken(token); err != nil {
+		return Entry{}, err
+	}
 	hash := registry.TokenHash(token)
+	key := registry.TokenKey(hash)
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
-	resp, err := s.cli.Get(cctx, registry.TokenKey(hash))
+	resp, err := s.cli.Get(cctx, key)
 	cancel()
 	if err != nil {
 		return Entry{}, s.fail(ctx, "get token", err)
@@ -190,14 +258,37 @@ func (s *Store) Lookup(ctx context.Context, token string) (Entry, error) {
 	if len(resp.Kvs) == 0 {
 		return Entry{}, ErrNotFound
 	}
+	kv := resp.Kvs[0]
+	if string(kv.Key) != key || kv.Lease == 0 {
+		s.refuseUntrusted(hash)
+		return Entry{}, ErrNotFound
+	}
 	var rec registry.Token
-	if err := json.Unmarshal(resp.Kvs[0].Value, &rec); err != nil {
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return Entry{}, fmt.Errorf("decode token record %s: %w", registry.HashPrefix(hash), err)
 	}
 	if !time.Now().Before(rec.ExpiresAt) {
 		return Entry{}, ErrNotFound
 	}
-	return Entry{Hash: hash, Record: rec, revision: resp.Kvs[0].ModRevision}, nil
+	return Entry{Hash: hash, Record: rec, Revision: kv.CreateRevision, modRevision: kv.ModRevision}, nil
+}
+
+// refuseUntrusted logs, once per token hash, a record consoleauth did not
+// write.
+func (s *Store) refuseUntrusted(hash string) {
+	s.untrustedMu.Lock()
+	seen := s.untrusted[hash]
+	if !seen {
+		if len(s.untrusted) >= maxUntrustedLogged {
+			clear(s.untrusted)
+		}
+		s.untrusted[hash] = true
+	}
+	s.untrustedMu.Unlock()
+	if !seen {
+		s.log.Warn("token record without a lease refused: not written by consoleauth",
+			"token_hash", registry.HashPrefix(hash))
+	}
 }
 
 // Consume deletes a token found by Lookup, for single-use tokens. Of
@@ -207,7 +298,7 @@ func (s *Store) Consume(ctx context.Context, e Entry) error {
 	key := registry.TokenKey(e.Hash)
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	resp, err := s.cli.Txn(cctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", e.revision)).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", e.modRevision)).
 		Then(
 			clientv3.OpDelete(key),
 			clientv3.OpDelete(registry.InstanceTokenKey(e.Record.InstanceUUID, e.Hash)),
@@ -222,12 +313,18 @@ func (s *Store) Consume(ctx context.Context, e Entry) error {
 	return nil
 }
 
-// Revoke deletes every token of an instance with its index, and announces
-// the revocation under registry.RevocationKey(uuid) on a short lease so that
-// proxies end the instance's open sessions. It returns how many tokens it
-// deleted. The announcement is written even when no token was left, since
-// sessions outlive their tokens.
+// Revoke deletes every token of an instance with its index, and then
+// announces the revocation under registry.RevocationKey(uuid) on a short
+// lease so that proxies end the instance's open sessions. reason is a code
+// of registry.RevocationReasons ("" is "revoked"; ErrUnknownReason
+// otherwise); the announcement carries its sentence. It returns how many
+// tokens it deleted. The announcement is written even when no token was
+// left, since sessions outlive their tokens.
 func (s *Store) Revoke(ctx context.Context, uuid, reason string) (int, error) {
+	sentence, ok := registry.RevocationSentence(reason)
+	if !ok {
+		return 0, ErrUnknownReason
+	}
 	prefix := registry.InstanceTokensPrefix(uuid)
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	list, err := s.cli.Get(cctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
@@ -242,20 +339,24 @@ func (s *Store) Revoke(ctx context.Context, uuid, reason string) (int, error) {
 	if err != nil {
 		return 0, s.fail(ctx, "grant revocation lease", err)
 	}
-	announcement, err := json.Marshal(registry.Revocation{Reason: reason, RevokedAt: time.Now().UTC()})
+	announcement, err := json.Marshal(registry.Revocation{Reason: sentence, RevokedAt: time.Now().UTC()})
 	if err != nil {
 		return 0, fmt.Errorf("encode revocation: %w", err)
 	}
 
-	// The announcement goes with the first batch: with up to 63 tokens
-	// (2 deletes each) the revocation is one atomic transaction.
-	ops := []clientv3.Op{clientv3.OpPut(registry.RevocationKey(uuid), string(announcement), clientv3.WithLease(grant.ID))}
-	isToken := []bool{false}
+	// The announcement goes last, with the last batch: once it is visible
+	// no token it ends still checks as valid, and its revision is above
+	// every such token's. With up to 63 tokens (2 deletes each) the
+	// revocation is one atomic transaction.
+	var ops []clientv3.Op
+	var isToken []bool
 	for _, kv := range list.Kvs {
 		hash := strings.TrimPrefix(string(kv.Key), prefix)
 		ops = append(ops, clientv3.OpDelete(registry.TokenKey(hash)), clientv3.OpDelete(string(kv.Key)))
 		isToken = append(isToken, true, false)
 	}
+	ops = append(ops, clientv3.OpPut(registry.RevocationKey(uuid), string(announcement), clientv3.WithLease(grant.ID)))
+	isToken = append(isToken, false)
 	revoked := 0
 	for start := 0; start < len(ops); start += maxTxnOps {
 		end := min(start+maxTxnOps, len(ops))
@@ -274,11 +375,12 @@ func (s *Store) Revoke(ctx context.Context, uuid, reason string) (int, error) {
 	return revoked, nil
 }
 
-// Ping reports whether etcd answers a linearizable read.
+// Ping reports whether etcd answers a linearizable read (of a key inside
+// consoleauth's own etcd role, so that it works with etcd authentication).
 func (s *Store) Ping(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	if _, err := s.cli.Get(cctx, registry.Root, clientv3.WithCountOnly()); err != nil {
+	if _, err := s.cli.Get(cctx, registry.TokensPrefix, clientv3.WithCountOnly()); err != nil {
 		return s.fail(ctx, "ping", err)
 	}
 	return nil

@@ -1,15 +1,21 @@
 package tokenstore_test
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/vncgate/vncgate/pkg/etcdclient"
 
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/testworld"
@@ -86,8 +92,11 @@ func TestMintStoresOnlyTheHashOnOneLease(t *testing.T) {
 	if d := e.Record.ExpiresAt.Sub(e.Record.CreatedAt); d != time.Minute {
 		t.Errorf("expires - created: got %v, want 1m", d)
 	}
-	if _, err := s.Lookup(ctx, "no-such-token"); !errors.Is(err, tokenstore.ErrNotFound) {
+	if _, err := s.Lookup(ctx, strings.Repeat("A", tokenstore.TokenLen)); !errors.Is(err, tokenstore.ErrNotFound) {
 		t.Errorf("unknown token: got %v, want ErrNotFound", err)
+	}
+	if e.Revision != resp(t, cli, registry.TokenKey(m.Hash)).CreateRevision {
+		t.Errorf("revision: got %d, want the record's CreateRevision", e.Revision)
 	}
 }
 
@@ -228,7 +237,7 @@ func TestRevokeDeletesOneInstanceInBatches(t *testing.T) {
 		others = append(others, m.Token)
 	}
 
-	n, err := s.Revoke(ctx, "victim", "the instance was deleted")
+	n, err := s.Revoke(ctx, "victim", "deleted")
 	if err != nil {
 		t.Fatalf("revoke: %v", err)
 	}
@@ -308,8 +317,8 @@ func TestEtcdDownIsUnavailableThenRecovers(t *testing.T) {
 	calls := map[string]func() error{
 		"mint":   func() error { _, err := s.Mint(ctx, record("i-1")); return err },
 		"lookup": func() error { _, err := s.Lookup(ctx, m.Token); return err },
-		"revoke": func() error { _, err := s.Revoke(ctx, "i-1", "x"); return err },
-		"locate": func() error { _, err := s.Locate(ctx, "i-1"); return err },
+		"revoke": func() error { _, err := s.Revoke(ctx, "i-1", "stopped"); return err },
+		"locate": func() error { _, err := s.Locate(ctx, uuidRunning); return err },
 		"ping":   func() error { return s.Ping(ctx) },
 	}
 	for name, call := range calls {
@@ -342,14 +351,31 @@ func TestEtcdDownIsUnavailableThenRecovers(t *testing.T) {
 	}
 }
 
+const (
+	uuidRunning  = "11111111-1111-4111-8111-111111111111"
+	uuidOrphan   = "22222222-2222-4222-8222-222222222222"
+	uuidMigrates = "33333333-3333-4333-8333-333333333333"
+	uuidGhost    = "aaaaaaaa-4444-4444-8444-44444444444b"
+)
+
 func TestLocate(t *testing.T) {
 	t.Parallel()
 	_, cli := etcd.Start(t)
 	ctx := testworld.Ctx(t)
 	s := newStore(t, cli, tokenstore.Options{})
-	testworld.PutJSON(t, cli, registry.LocationKey("running"), registry.Location{ComputeHost: "c1"})
+	claim := func(host, uuid string) {
+		testworld.PutJSON(t, cli, registry.ComputeInstanceKey(host, uuid), registry.Location{ComputeHost: host})
+	}
+	claim("c1", uuidRunning)
 	testworld.PutJSON(t, cli, registry.ComputeKey("c1"), registry.Compute{Address: "127.0.0.1:6092"})
-	testworld.PutJSON(t, cli, registry.LocationKey("orphan"), registry.Location{ComputeHost: "c2"})
+	testworld.PutJSON(t, cli, registry.ComputeKey("c3"), registry.Compute{Address: "127.0.0.1:6093"})
+	claim("c2", uuidOrphan)
+	// A live migration from c1 to c3: both claim it; c1's claim is older.
+	claim("c1", uuidMigrates)
+	claim("c3", uuidMigrates)
+	// Keys outside the layout are no claims.
+	testworld.PutJSON(t, cli, registry.ComputeInstancesRoot+"c1/"+strings.ToUpper(uuidGhost), registry.Location{ComputeHost: "c1"})
+	testworld.PutJSON(t, cli, registry.ComputeInstancesRoot+"c1/x/"+uuidGhost, registry.Location{ComputeHost: "c1"})
 
 	tests := []struct {
 		name    string
@@ -358,9 +384,10 @@ func TestLocate(t *testing.T) {
 		wantErr error
 		wantMsg string
 	}{
-		{name: "found", uuid: "running", want: tokenstore.Agent{ComputeHost: "c1", Address: "127.0.0.1:6092"}},
-		{name: "unknown instance", uuid: "ghost", wantErr: tokenstore.ErrUnknownInstance, wantMsg: "instance ghost not found"},
-		{name: "compute host down", uuid: "orphan", wantErr: tokenstore.ErrComputeDown, wantMsg: "compute host c2 of instance orphan is down"},
+		{name: "found", uuid: uuidRunning, want: tokenstore.Agent{ComputeHost: "c1", Address: "127.0.0.1:6092"}},
+		{name: "unknown instance", uuid: uuidGhost, wantErr: tokenstore.ErrUnknownInstance, wantMsg: "instance " + uuidGhost + " not found"},
+		{name: "compute host down", uuid: uuidOrphan, wantErr: tokenstore.ErrComputeDown, wantMsg: "compute host c2 of instance " + uuidOrphan + " is down"},
+		{name: "two claims: the oldest wins", uuid: uuidMigrates, want: tokenstore.Agent{ComputeHost: "c1", Address: "127.0.0.1:6092"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -376,6 +403,73 @@ func TestLocate(t *testing.T) {
 			}
 		})
 	}
+	if host, err := s.Owner(ctx, uuidOrphan); err != nil || host != "c2" {
+		t.Errorf("owner of an instance whose host is down: got %q, %v, want c2", host, err)
+	}
+
+	// The source unpublishes: the destination's claim wins from then on,
+	// at once (the index is only a hint).
+	if _, err := cli.Delete(ctx, registry.ComputeInstanceKey("c1", uuidMigrates)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Locate(ctx, uuidMigrates); err != nil || got.ComputeHost != "c3" {
+		t.Errorf("after the source unpublished: got %+v, %v, want c3", got, err)
+	}
+	// c1 claims it again: a newer claim than c3's, which still wins.
+	claim("c1", uuidMigrates)
+	if got, err := s.Locate(ctx, uuidMigrates); err != nil || got.ComputeHost != "c3" {
+		t.Errorf("after c1 claimed it again: got %+v, %v, want c3 (the older claim)", got, err)
+	}
+	// A claim made just now is found at once: a miss waits for the index
+	// to catch up with etcd.
+	claim("c3", uuidGhost)
+	if got, err := s.Locate(ctx, uuidGhost); err != nil || got.ComputeHost != "c3" {
+		t.Errorf("right after publication: got %+v, %v, want c3", got, err)
+	}
+}
+
+// TestLocateAfterCompaction cuts the store off from etcd while claims
+// change and are compacted away: the index cannot resume its watch, reads
+// the claims again, and meanwhile answers nothing from memory alone.
+func TestLocateAfterCompaction(t *testing.T) {
+	t.Parallel()
+	etcdSrv, cli := etcd.Start(t)
+	ctx := testworld.Ctx(t)
+	link := etcdSrv.NewLink(t)
+	s := newStore(t, newClient(t, link.Addr), tokenstore.Options{Timeout: time.Second,
+		Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	testworld.PutJSON(t, cli, registry.ComputeKey("c1"), registry.Compute{Address: "127.0.0.1:6092"})
+	testworld.PutJSON(t, cli, registry.ComputeInstanceKey("c1", uuidRunning), registry.Location{ComputeHost: "c1"})
+	if _, err := s.Locate(ctx, uuidRunning); err != nil {
+		t.Fatal(err)
+	}
+
+	link.Cut()
+	if _, err := s.Locate(ctx, uuidRunning); !errors.Is(err, tokenstore.ErrStoreUnavailable) {
+		t.Fatalf("cut off: got %v, want ErrStoreUnavailable (no answer from the index alone)", err)
+	}
+	if _, err := cli.Delete(ctx, registry.ComputeInstanceKey("c1", uuidRunning)); err != nil {
+		t.Fatal(err)
+	}
+	testworld.PutJSON(t, cli, registry.ComputeInstanceKey("c1", uuidOrphan), registry.Location{ComputeHost: "c1"})
+	r, err := cli.Get(ctx, "compact")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, r.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	link.Restore()
+
+	eventually(t, "locate after the compaction", func() error {
+		if _, err := s.Locate(ctx, uuidOrphan); err != nil {
+			return err
+		}
+		if _, err := s.Locate(ctx, uuidRunning); !errors.Is(err, tokenstore.ErrUnknownInstance) {
+			return fmt.Errorf("unpublished instance: got %v, want ErrUnknownInstance", err)
+		}
+		return nil
+	})
 }
 
 func TestNewRefusesShortTTL(t *testing.T) {
@@ -415,5 +509,239 @@ func TestViewOnlyIsStoredInTheRecord(t *testing.T) {
 		if !viewOnly && strings.Contains(string(raw.Kvs[0].Value), "view_only") {
 			t.Errorf("normal token: record %s mentions view_only", raw.Kvs[0].Value)
 		}
+	}
+}
+
+func resp(t *testing.T, cli *clientv3.Client, key string) *mvccpb.KeyValue {
+	t.Helper()
+	r, err := cli.Get(testworld.Ctx(t), key)
+	if err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("get %s: %v (%d keys)", key, err, len(r.Kvs))
+	}
+	return r.Kvs[0]
+}
+
+func newClient(t *testing.T, endpoint string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(etcdclient.Config([]string{endpoint}, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// eventually retries check until it returns nil; the test's context bounds
+// a hang.
+func eventually(t *testing.T, what string, check func() error) {
+	t.Helper()
+	ctx := testworld.Ctx(t)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: %v", what, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func TestMalformedTokensNeverReachEtcd(t *testing.T) {
+	t.Parallel()
+	etcdSrv, cli := etcd.Start(t)
+	s := newStore(t, cli, tokenstore.Options{Timeout: 200 * time.Millisecond})
+	// With etcd stopped, a look-up that reached it would be "unavailable".
+	etcdSrv.Stop()
+	for name, token := range map[string]string{
+		"empty":      "",
+		"short":      "abc",
+		"one long":   strings.Repeat("A", tokenstore.TokenLen+1),
+		"2 MiB":      strings.Repeat("A", 2<<20),
+		"padding":    strings.Repeat("A", tokenstore.TokenLen-1) + "=",
+		"std base64": strings.Repeat("A", tokenstore.TokenLen-1) + "+",
+		"space":      strings.Repeat("A", tokenstore.TokenLen-1) + " ",
+	} {
+		_, err := s.Lookup(testworld.Ctx(t), token)
+		if !errors.Is(err, tokenstore.ErrMalformedToken) {
+			t.Errorf("%s: got %v, want ErrMalformedToken", name, err)
+		}
+	}
+}
+
+// TestRecordWithoutALeaseIsRefused plants a token record as any etcd writer
+// could, without a lease: it is not found, and logged once by hash prefix.
+func TestRecordWithoutALeaseIsRefused(t *testing.T) {
+	t.Parallel()
+	_, cli := etcd.Start(t)
+	ctx := testworld.Ctx(t)
+	var logs syncBuffer
+	s := newStore(t, cli, tokenstore.Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+
+	token := strings.Repeat("P", tokenstore.TokenLen)
+	hash := registry.TokenHash(token)
+	rec := record(uuidRunning)
+	rec.ExpiresAt = time.Now().Add(time.Hour)
+	testworld.PutJSON(t, cli, registry.TokenKey(hash), rec)
+	for range 3 {
+		if _, err := s.Lookup(ctx, token); !errors.Is(err, tokenstore.ErrNotFound) {
+			t.Fatalf("planted record: got %v, want ErrNotFound", err)
+		}
+	}
+	out := logs.String()
+	if n := strings.Count(out, "token record without a lease refused"); n != 1 {
+		t.Errorf("log lines: got %d, want 1:\n%s", n, out)
+	}
+	if !strings.Contains(out, registry.HashPrefix(hash)) || strings.Contains(out, hash) || strings.Contains(out, token) {
+		t.Errorf("log: got %s, want the hash prefix only", out)
+	}
+
+	// The same record on a lease is one consoleauth could have written.
+	lease, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := json.Marshal(rec)
+	if _, err := cli.Put(ctx, registry.TokenKey(hash), string(v), clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Lookup(ctx, token); err != nil {
+		t.Errorf("record on a lease: got %v, want it found", err)
+	}
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestRevokeTakesAReasonCode(t *testing.T) {
+	t.Parallel()
+	_, cli := etcd.Start(t)
+	ctx := testworld.Ctx(t)
+	s := newStore(t, cli, tokenstore.Options{})
+	for _, reason := range []string{"the instance was stopped", "Stopped", "<script>", strings.Repeat("x", 1<<20)} {
+		if _, err := s.Revoke(ctx, uuidRunning, reason); !errors.Is(err, tokenstore.ErrUnknownReason) {
+			t.Errorf("reason %.20q: got %v, want ErrUnknownReason", reason, err)
+		}
+	}
+	if r, err := cli.Get(ctx, registry.RevocationKey(uuidRunning), clientv3.WithCountOnly()); err != nil || r.Count != 0 {
+		t.Fatalf("revocation written for a refused reason: %v, %v", r, err)
+	}
+	for code, sentence := range map[string]string{"": registry.RevocationReasons["revoked"], "stopped": "the instance was stopped", "migrated": "the instance was migrated to another host"} {
+		if _, err := s.Revoke(ctx, uuidRunning, code); err != nil {
+			t.Fatalf("code %q: %v", code, err)
+		}
+		var r registry.Revocation
+		if err := json.Unmarshal(resp(t, cli, registry.RevocationKey(uuidRunning)).Value, &r); err != nil || r.Reason != sentence {
+			t.Errorf("code %q: stored %+v (%v), want the sentence %q", code, r, err, sentence)
+		}
+	}
+}
+
+// TestRevocationIsOrderedAfterItsTokens: the announcement's revision is
+// above the creation of every token it ended, and below that of a token
+// minted after it, whatever the clocks say.
+func TestRevocationIsOrderedAfterItsTokens(t *testing.T) {
+	t.Parallel()
+	_, cli := etcd.Start(t)
+	ctx := testworld.Ctx(t)
+	s := newStore(t, cli, tokenstore.Options{})
+	var before []int64
+	for range 70 { // more than one transaction's worth of deletes
+		m, err := s.Mint(ctx, record(uuidRunning))
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := s.Lookup(ctx, m.Token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before = append(before, e.Revision)
+	}
+	if _, err := s.Revoke(ctx, uuidRunning, "stopped"); err != nil {
+		t.Fatal(err)
+	}
+	revocation := resp(t, cli, registry.RevocationKey(uuidRunning)).ModRevision
+	idx, err := cli.Get(ctx, registry.InstanceTokensPrefix(uuidRunning), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || idx.Count != 0 {
+		t.Fatalf("index after revoke: %v, %v", idx, err)
+	}
+	for _, rev := range before {
+		if rev >= revocation {
+			t.Fatalf("token created at %d, revocation at %d: want the revocation later", rev, revocation)
+		}
+	}
+	m, err := s.Mint(ctx, record(uuidRunning))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := s.Lookup(ctx, m.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Revision <= revocation {
+		t.Errorf("token minted after the revocation: created at %d, want above %d", e.Revision, revocation)
+	}
+}
+
+// TestUnderTheConsoleAuthRole runs the store as consoleauth's etcd user with
+// authentication on (deploy/cmd/etcd-roles' plan), and the claims as their
+// compute hosts' users write them.
+func TestUnderTheConsoleAuthRole(t *testing.T) {
+	t.Parallel()
+	srv := etcd.StartSecure(t)
+	ctx := testworld.Ctx(t)
+	if err := (etcdclient.Roles{ComputeHosts: []string{"c1"}}).Apply(ctx, srv.ClientAs(t, "root")); err != nil {
+		t.Fatal(err)
+	}
+	c1 := srv.ClientAs(t, "c1")
+	testworld.PutJSON(t, c1, registry.ComputeKey("c1"), registry.Compute{Address: "127.0.0.1:6092"})
+	testworld.PutJSON(t, c1, registry.ComputeInstanceKey("c1", uuidRunning), registry.Location{ComputeHost: "c1"})
+	s := newStore(t, srv.ClientAs(t, "consoleauth"), tokenstore.Options{})
+
+	if err := s.Ping(ctx); err != nil {
+		t.Errorf("ping: %v", err)
+	}
+	if got, err := s.Locate(ctx, uuidRunning); err != nil || got.ComputeHost != "c1" {
+		t.Errorf("locate: got %+v, %v", got, err)
+	}
+	if _, err := s.Locate(ctx, uuidGhost); !errors.Is(err, tokenstore.ErrUnknownInstance) {
+		t.Errorf("locate an unknown instance: got %v, want ErrUnknownInstance", err)
+	}
+	m, err := s.Mint(ctx, record(uuidRunning))
+	if err != nil {
+		t.Fatalf("mint: %v", err)
+	}
+	e, err := s.Lookup(ctx, m.Token)
+	if err != nil {
+		t.Fatalf("lookup: %v", err)
+	}
+	if err := s.Consume(ctx, e); err != nil {
+		t.Errorf("consume: %v", err)
+	}
+	if _, err := s.Mint(ctx, record(uuidRunning)); err != nil {
+		t.Fatalf("mint: %v", err)
+	}
+	if n, err := s.Revoke(ctx, uuidRunning, "stopped"); err != nil || n != 1 {
+		t.Errorf("revoke: got %d, %v, want 1", n, err)
+	}
+	// A compute host cannot plant a token record for the store to trust.
+	if _, err := c1.Put(ctx, registry.TokenKey(registry.TokenHash(strings.Repeat("P", tokenstore.TokenLen))), "{}"); err == nil {
+		t.Error("c1 wrote a token record")
 	}
 }

@@ -181,8 +181,8 @@ func TestLifecycle(t *testing.T) {
 	destroyed := time.Since(start)
 	ev, took = w.waitEvent(t, td.UUID, driver.Stopped, eventWithin)
 	t.Logf("destroy took %s; stopped event %s after it returned", destroyed, took)
-	if ev.Reason != ReasonStopped {
-		t.Errorf("stopped reason: got %q, want %q", ev.Reason, ReasonStopped)
+	if ev.Reason != driver.ReasonStopped {
+		t.Errorf("stopped reason: got %q, want %q", ev.Reason, driver.ReasonStopped)
 	}
 	if _, err := w.d.Console(ctx, td.UUID); !errors.Is(err, driver.ErrNotRunning) {
 		t.Fatalf("Console after destroy: got %v, want ErrNotRunning", err)
@@ -192,8 +192,8 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("undefine: %v", err)
 	}
 	ev, _ = w.waitEvent(t, td.UUID, driver.Deleted, eventWithin)
-	if ev.Reason != ReasonDeleted {
-		t.Errorf("undefine reason: got %q, want %q", ev.Reason, ReasonDeleted)
+	if ev.Reason != driver.ReasonDeleted {
+		t.Errorf("undefine reason: got %q, want %q", ev.Reason, driver.ReasonDeleted)
 	}
 	if _, err := w.d.Console(ctx, td.UUID); !errors.Is(err, driver.ErrNotFound) {
 		t.Fatalf("Console after undefine: got %v, want ErrNotFound", err)
@@ -274,8 +274,8 @@ func TestConsoleChanged(t *testing.T) {
 	startDomain(t, admin, td)
 	w.waitEvent(t, td.UUID, driver.Started, eventWithin)
 	ev, _ := w.waitEvent(t, td.UUID, driver.ConsoleChanged, eventWithin)
-	if ev.Reason != ReasonMoved {
-		t.Errorf("reason: got %q, want %q", ev.Reason, ReasonMoved)
+	if ev.Reason != driver.ReasonConsole {
+		t.Errorf("reason: got %q, want %q", ev.Reason, driver.ReasonConsole)
 	}
 	if c, err := w.d.Console(ctx, td.UUID); err != nil || c.Port != int32(p2) {
 		t.Fatalf("Console after restart: got %+v, %v, want port %d", c, err, p2)

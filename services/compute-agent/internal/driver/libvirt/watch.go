@@ -11,17 +11,6 @@ import (
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 )
 
-// Reasons shown to users whose console sessions end.
-const (
-	ReasonStopped  = "the instance was stopped"
-	ReasonDeleted  = "the instance was deleted"
-	ReasonCrashed  = "the instance crashed"
-	ReasonMigrated = "the instance was migrated to another host"
-	ReasonMoved    = "the console moved"
-	ReasonStarted  = "the instance was started"
-	ReasonResumed  = "the instance was resumed"
-)
-
 // Watch subscribes to libvirt's domain lifecycle events and translates them:
 //
 //   - Started, Resumed: driver.Started (once: a start brings both); a
@@ -195,27 +184,27 @@ func (w *watcher) reconcile(ctx context.Context, snap map[string]domainState, an
 				break
 			}
 			if old.active {
-				w.emit(ctx, uuid, driver.Stopped, ReasonStopped)
+				w.emit(ctx, uuid, driver.Stopped, driver.ReasonStopped)
 			} else {
-				w.emit(ctx, uuid, driver.Deleted, ReasonDeleted)
+				w.emit(ctx, uuid, driver.Deleted, driver.ReasonDeleted)
 			}
 		case old.active && !cur.active:
 			if !announce {
 				break
 			}
 			if cur.migrated {
-				w.emit(ctx, uuid, driver.MigratedAway, ReasonMigrated)
+				w.emit(ctx, uuid, driver.MigratedAway, driver.ReasonMigrated)
 			} else {
-				w.emit(ctx, uuid, driver.Stopped, ReasonStopped)
+				w.emit(ctx, uuid, driver.Stopped, driver.ReasonStopped)
 			}
 		case !old.active && cur.active:
 			if announce {
-				w.emit(ctx, uuid, driver.Started, ReasonStarted)
+				w.emit(ctx, uuid, driver.Started, driver.ReasonStarted)
 			}
 			fallthrough
 		case old.active && cur.active:
 			if announce && old.port > 0 && cur.port > 0 && old.port != cur.port {
-				w.emit(ctx, uuid, driver.ConsoleChanged, ReasonMoved)
+				w.emit(ctx, uuid, driver.ConsoleChanged, driver.ReasonConsole)
 			}
 		}
 		if ok && cur.port == 0 {
@@ -225,7 +214,7 @@ func (w *watcher) reconcile(ctx context.Context, snap map[string]domainState, an
 	}
 	for uuid, cur := range snap {
 		if _, ok := w.known[uuid]; !ok && announce && cur.active {
-			w.emit(ctx, uuid, driver.Started, ReasonStarted)
+			w.emit(ctx, uuid, driver.Started, driver.ReasonStarted)
 		}
 	}
 	w.known = snap
@@ -238,11 +227,11 @@ func (w *watcher) handle(ctx context.Context, ev golibvirt.DomainEventLifecycleM
 	w.d.log.Debug("libvirt lifecycle event", "uuid", uuid, "domain", ev.Dom.Name, "event", ev.Event, "detail", ev.Detail)
 	switch golibvirt.DomainEventType(ev.Event) {
 	case golibvirt.DomainEventStarted:
-		w.activated(ctx, uuid, ev.Dom, ReasonStarted)
+		w.activated(ctx, uuid, ev.Dom, driver.ReasonStarted)
 	case golibvirt.DomainEventResumed:
 		// libvirt starts QEMU paused and resumes it, so a start brings
 		// Resumed then Started: one driver.Started is reported.
-		w.activated(ctx, uuid, ev.Dom, ReasonResumed)
+		w.activated(ctx, uuid, ev.Dom, driver.ReasonStarted)
 	case golibvirt.DomainEventSuspended:
 		switch golibvirt.DomainEventSuspendedDetailType(ev.Detail) {
 		case golibvirt.DomainEventSuspendedMigrated, golibvirt.DomainEventSuspendedPostcopy:
@@ -252,7 +241,7 @@ func (w *watcher) handle(ctx context.Context, ev golibvirt.DomainEventLifecycleM
 			// safe side.
 			st.active, st.migrated = false, true
 			w.known[uuid] = st
-			w.emit(ctx, uuid, driver.MigratedAway, ReasonMigrated)
+			w.emit(ctx, uuid, driver.MigratedAway, driver.ReasonMigrated)
 		}
 	case golibvirt.DomainEventStopped:
 		migrated := st.migrated
@@ -263,18 +252,18 @@ func (w *watcher) handle(ctx context.Context, ev golibvirt.DomainEventLifecycleM
 			st.migrated = true
 			w.known[uuid] = st
 			if !migrated { // not already reported at Suspended/migrated
-				w.emit(ctx, uuid, driver.MigratedAway, ReasonMigrated)
+				w.emit(ctx, uuid, driver.MigratedAway, driver.ReasonMigrated)
 			}
 		case golibvirt.DomainEventStoppedCrashed, golibvirt.DomainEventStoppedFailed:
-			w.emit(ctx, uuid, driver.Stopped, ReasonCrashed)
+			w.emit(ctx, uuid, driver.Stopped, driver.ReasonCrashed)
 		default:
-			w.emit(ctx, uuid, driver.Stopped, ReasonStopped)
+			w.emit(ctx, uuid, driver.Stopped, driver.ReasonStopped)
 		}
 	case golibvirt.DomainEventCrashed:
-		w.emit(ctx, uuid, driver.Stopped, ReasonCrashed)
+		w.emit(ctx, uuid, driver.Stopped, driver.ReasonCrashed)
 	case golibvirt.DomainEventUndefined:
 		delete(w.known, uuid)
-		w.emit(ctx, uuid, driver.Deleted, ReasonDeleted)
+		w.emit(ctx, uuid, driver.Deleted, driver.ReasonDeleted)
 	}
 }
 
@@ -293,7 +282,7 @@ func (w *watcher) activated(ctx context.Context, uuid string, dom golibvirt.Doma
 		w.emit(ctx, uuid, driver.Started, reason)
 	}
 	if old > 0 && st.port != old {
-		w.emit(ctx, uuid, driver.ConsoleChanged, ReasonMoved)
+		w.emit(ctx, uuid, driver.ConsoleChanged, driver.ReasonConsole)
 	}
 }
 

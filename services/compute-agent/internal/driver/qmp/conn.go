@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -58,6 +59,52 @@ func (e *Error) Error() string { return "qmp: " + e.Class + ": " + e.Desc }
 // errClosed is returned by execute once the session has ended.
 var errClosed = errors.New("qmp session closed")
 
+// MaxMessageSize caps one QMP message (greeting, reply or event) in bytes.
+// The agent's commands get replies of a few hundred bytes; a monitor that
+// sends more (a broken or hostile QEMU) ends the session with
+// ErrMessageTooLarge rather than growing the agent's memory.
+const MaxMessageSize = 256 << 10
+
+// ErrMessageTooLarge: the monitor sent a message over MaxMessageSize.
+var ErrMessageTooLarge = fmt.Errorf("qmp message larger than %d bytes", MaxMessageSize)
+
+// capReader gives a json.Decoder at most n more bytes; reset before each
+// message, it bounds what one message may make the decoder buffer (up to
+// n bytes beyond what it already held).
+type capReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.n <= 0 {
+		return 0, ErrMessageTooLarge
+	}
+	if len(p) > c.n {
+		p = p[:c.n]
+	}
+	n, err := c.r.Read(p)
+	c.n -= n
+	return n, err
+}
+
+// decoder reads QMP messages of at most MaxMessageSize bytes each.
+type decoder struct {
+	limit *capReader
+	dec   *json.Decoder
+}
+
+func newDecoder(r io.Reader) *decoder {
+	limit := &capReader{r: r}
+	return &decoder{limit: limit, dec: json.NewDecoder(limit)}
+}
+
+// Decode reads the next message into v.
+func (d *decoder) Decode(v any) error {
+	d.limit.n = MaxMessageSize
+	return d.dec.Decode(v)
+}
+
 // dial connects to the monitor socket at path and negotiates capabilities
 // within timeout.
 func dial(ctx context.Context, path string, timeout time.Duration) (*conn, error) {
@@ -76,7 +123,7 @@ func dial(ctx context.Context, path string, timeout time.Duration) (*conn, error
 	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Now()) })
 	defer stop()
 
-	dec := json.NewDecoder(nc)
+	dec := newDecoder(nc)
 	// QEMU may flush events queued for the previous client before the
 	// greeting: skip them.
 	for {
@@ -130,7 +177,7 @@ func dial(ctx context.Context, path string, timeout time.Duration) (*conn, error
 }
 
 // read routes incoming messages until the socket fails.
-func (c *conn) read(dec *json.Decoder) {
+func (c *conn) read(dec *decoder) {
 	var err error
 	for {
 		var m message
@@ -209,7 +256,10 @@ func (c *conn) execute(ctx context.Context, command string, out any) error {
 		select {
 		case m = <-ch: // the reply came just before the end
 		default:
-			return fmt.Errorf("%s: %w", command, errClosed)
+			c.mu.Lock()
+			why := c.err
+			c.mu.Unlock()
+			return fmt.Errorf("%s: %w: %w", command, errClosed, why)
 		}
 	case <-ctx.Done():
 		c.forget(id)

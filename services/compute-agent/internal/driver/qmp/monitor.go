@@ -12,16 +12,6 @@ import (
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 )
 
-// Reasons shown to users whose console sessions end.
-const (
-	ReasonStopped  = "the instance was stopped"
-	ReasonCrashed  = "the instance crashed"
-	ReasonMigrated = "the instance was migrated to another host"
-	ReasonMoved    = "the console moved"
-	ReasonStarted  = "the instance was started"
-	ReasonResumed  = "the instance was resumed"
-)
-
 // monitor owns the QMP session of one instance.
 type monitor struct {
 	d    *Driver
@@ -124,9 +114,9 @@ func (m *monitor) run(ctx context.Context) {
 		bo.Reset()
 		m.log.Info("qmp session open")
 		if m.status(ctx, c) {
-			m.sawRunning(m.port(ctx, c), ReasonStarted)
+			m.sawRunning(m.port(ctx, c), driver.ReasonStarted)
 		} else {
-			m.sawStopped(driver.Stopped, ReasonStopped)
+			m.sawStopped(driver.Stopped, driver.ReasonStopped)
 		}
 		m.setBaseline()
 		m.session(ctx, c)
@@ -135,7 +125,7 @@ func (m *monitor) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			break // Close: QEMU still runs, report nothing
 		}
-		m.sawStopped(driver.Stopped, ReasonStopped)
+		m.sawStopped(driver.Stopped, driver.ReasonStopped)
 		m.log.Info("qmp session closed", "error", c.err)
 	}
 	if c := m.current(); c != nil {
@@ -152,7 +142,7 @@ func (m *monitor) sawRunning(port int32, reason string) {
 		m.emit(driver.Started, reason)
 	}
 	if m.lastPort > 0 && port > 0 && port != m.lastPort {
-		m.emit(driver.ConsoleChanged, ReasonMoved)
+		m.emit(driver.ConsoleChanged, driver.ReasonConsole)
 	}
 	if port > 0 {
 		m.lastPort = port
@@ -203,19 +193,19 @@ func (m *monitor) handle(ctx context.Context, c *conn, ev message) {
 	m.log.Debug("qmp event", "event", ev.Event, "data", string(ev.Data))
 	switch ev.Event {
 	case "SHUTDOWN":
-		m.sawStopped(driver.Stopped, ReasonStopped)
+		m.sawStopped(driver.Stopped, driver.ReasonStopped)
 	case "GUEST_PANICKED":
-		m.sawStopped(driver.Stopped, ReasonCrashed)
+		m.sawStopped(driver.Stopped, driver.ReasonCrashed)
 	case "MIGRATION":
 		var data struct {
 			Status string `json:"status"`
 		}
 		if json.Unmarshal(ev.Data, &data) == nil && data.Status == "completed" {
-			m.sawStopped(driver.MigratedAway, ReasonMigrated)
+			m.sawStopped(driver.MigratedAway, driver.ReasonMigrated)
 		}
 	case "RESUME":
 		if c.alive() {
-			m.sawRunning(m.port(ctx, c), ReasonResumed)
+			m.sawRunning(m.port(ctx, c), driver.ReasonStarted)
 		}
 	}
 }

@@ -194,7 +194,7 @@ func (d *Driver) Console(ctx context.Context, uuid string) (driver.Console, erro
 		return driver.Console{}, fmt.Errorf("console of %s: %w", uuid, err)
 	}
 	// What Console hands out is what a later change is measured against.
-	m.sawRunning(port, ReasonStarted)
+	m.sawRunning(port, driver.ReasonStarted)
 	return driver.Console{Host: consoleHost(d.cfg.ProxyClientAddress, v.Host), Port: port}, nil
 }
 

@@ -134,8 +134,8 @@ func TestStopped(t *testing.T) {
 			tt.stop(t, p)
 			ev, _ := waitEvent(t, events, id, driver.Stopped, eventWithin)
 			t.Logf("stopped event %s after the stop began", time.Since(start))
-			if ev.Reason != ReasonStopped {
-				t.Errorf("reason: got %q, want %q", ev.Reason, ReasonStopped)
+			if ev.Reason != driver.ReasonStopped {
+				t.Errorf("reason: got %q, want %q", ev.Reason, driver.ReasonStopped)
 			}
 			if _, err := d.Console(context.Background(), id); !errors.Is(err, driver.ErrNotRunning) {
 				t.Fatalf("Console after stop: got %v, want ErrNotRunning", err)
@@ -189,8 +189,8 @@ func TestRestartOnAnotherPort(t *testing.T) {
 	}
 	waitEvent(t, events, id, driver.Started, eventWithin)
 	ev, _ := waitEvent(t, events, id, driver.ConsoleChanged, eventWithin)
-	if ev.Reason != ReasonMoved {
-		t.Errorf("reason: got %q, want %q", ev.Reason, ReasonMoved)
+	if ev.Reason != driver.ReasonConsole {
+		t.Errorf("reason: got %q, want %q", ev.Reason, driver.ReasonConsole)
 	}
 }
 

@@ -430,18 +430,18 @@ func diff(old, new map[string]Instance) []driver.Event {
 		n, ok := new[id]
 		switch {
 		case !ok:
-			events = append(events, driver.Event{UUID: id, Kind: driver.MigratedAway, Reason: "the instance left this host"})
+			events = append(events, driver.Event{UUID: id, Kind: driver.MigratedAway, Reason: driver.ReasonMigrated})
 		case o.running() && !n.running():
-			events = append(events, driver.Event{UUID: id, Kind: driver.Stopped, Reason: "the instance was stopped"})
+			events = append(events, driver.Event{UUID: id, Kind: driver.Stopped, Reason: driver.ReasonStopped})
 		case !o.running() && n.running():
-			events = append(events, driver.Event{UUID: id, Kind: driver.Started, Reason: "the instance was started"})
+			events = append(events, driver.Event{UUID: id, Kind: driver.Started, Reason: driver.ReasonStarted})
 		case n.running() && o.console() != n.console():
-			events = append(events, driver.Event{UUID: id, Kind: driver.ConsoleChanged, Reason: "the instance's console moved"})
+			events = append(events, driver.Event{UUID: id, Kind: driver.ConsoleChanged, Reason: driver.ReasonConsole})
 		}
 	}
 	for id := range new {
 		if _, ok := old[id]; !ok {
-			events = append(events, driver.Event{UUID: id, Kind: driver.Started, Reason: "the instance arrived on this host"})
+			events = append(events, driver.Event{UUID: id, Kind: driver.Started, Reason: driver.ReasonStarted})
 		}
 	}
 	slices.SortFunc(events, func(a, b driver.Event) int { return strings.Compare(a.UUID, b.UUID) })
