@@ -15,7 +15,12 @@
 //     answers pings without a stream with "too many pings".)
 //   - The client's own zap logger is off: every etcd failure reaches a
 //     caller that logs it through slog with the service's keys.
-//   - TLS from a tlsconfig.Files group (etcd_cert, etcd_key, etcd_ca).
+//   - TLS from a tlsconfig.Files group (etcd_cert, etcd_key, etcd_ca). Under
+//     etcd authentication with --client-cert-auth the certificate's common
+//     name is the etcd user, so no password option exists.
+//
+// Roles (roles.go) is the least-privilege plan those users live under: one
+// etcd role per service, applied by deploy/cmd/etcd-roles.
 package etcdclient
 
 import (

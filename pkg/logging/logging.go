@@ -29,13 +29,21 @@
 //	attempt        the number of an attempt, from 1
 //	sessions       a count of sessions
 //	endpoints      etcd endpoints
+//
+// No record can be made huge by what a caller sent: the message, every
+// string value, every error's text and every other value's rendering is cut
+// to MaxValueLen bytes (at a character boundary), marked with how long it
+// was, whatever the call site logs.
 package logging
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/vncgate/vncgate/pkg/config"
 )
@@ -65,12 +73,64 @@ func New(w io.Writer, service string, o Options) *slog.Logger {
 	if o.Debug {
 		level = min(level, slog.LevelDebug)
 	}
-	opts := &slog.HandlerOptions{Level: level}
+	text := o.Format == "text"
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		return capAttr(a, text)
+	}}
 	var h slog.Handler = slog.NewJSONHandler(w, opts)
-	if o.Format == "text" {
+	if text {
 		h = slog.NewTextHandler(w, opts)
 	}
 	return slog.New(h).With("service", service)
+}
+
+// MaxValueLen caps, in bytes, a record's message, each attribute's key and
+// each attribute's value as it is written.
+const MaxValueLen = 1024
+
+// capAttr cuts a's key and value to MaxValueLen. Strings and errors are
+// measured directly; other values (slices, structs) as the handler would
+// render them, so only they pay for a second rendering.
+func capAttr(a slog.Attr, text bool) slog.Attr {
+	a.Key = Truncate(a.Key, MaxValueLen)
+	switch a.Value.Kind() {
+	case slog.KindString:
+		if s := a.Value.String(); len(s) > MaxValueLen {
+			a.Value = slog.StringValue(Truncate(s, MaxValueLen))
+		}
+	case slog.KindAny:
+		v := a.Value.Any()
+		if err, ok := v.(error); ok {
+			if s := err.Error(); len(s) > MaxValueLen {
+				a.Value = slog.StringValue(Truncate(s, MaxValueLen))
+			}
+			return a
+		}
+		var rendered string
+		if text {
+			rendered = fmt.Sprintf("%+v", v)
+		} else if b, err := json.Marshal(v); err == nil {
+			rendered = string(b)
+		}
+		if len(rendered) > MaxValueLen {
+			a.Value = slog.StringValue(Truncate(rendered, MaxValueLen))
+		}
+	}
+	return a
+}
+
+// Truncate returns s when it has at most n bytes, else its first n bytes or
+// fewer (never splitting a UTF-8 sequence) followed by a mark saying how long
+// s was.
+func Truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…[truncated, " + strconv.Itoa(len(s)) + " bytes]"
 }
 
 type levelValue struct{ p *slog.Level }

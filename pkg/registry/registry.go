@@ -3,17 +3,39 @@
 //
 //	/vncgate/tokens/{sha256(token) hex}              Token, on a shared TTL lease
 //	/vncgate/instances/{uuid}/tokens/{hash}          "" index for revocation, same lease
-//	/vncgate/instances/{uuid}/location               Location, written by its agent
 //	/vncgate/computes/{host}                         Compute, on the agent's keep-alive lease
-//	/vncgate/compute-instances/{host}/{uuid}         "" what an agent published, to prune on restart
+//	/vncgate/compute-instances/{host}/{uuid}         Location: host's claim that it runs uuid
 //	/vncgate/revocations/{uuid}                      Revocation, on a short lease; proxies watch it
 //
-// The token itself is never stored: only its SHA-256.
+// The token itself is never stored: only its SHA-256. Instance UUIDs in keys
+// are always in canonical form (ParseInstanceUUID).
+//
+// Who writes what (etcd roles, deploy/cmd/etcd-roles): consoleauth writes
+// tokens/, instances/ and revocations/ and reads computes/ and
+// compute-instances/; a compute agent writes only computes/{host} and
+// compute-instances/{host}/ of its own host; the proxies only read
+// revocations/. So a compute host can say where its own instances run but
+// never move another host's: an instance's location is a claim under the
+// claiming host's own prefix, not a key every agent may overwrite.
+//
+// Locating an instance: every key compute-instances/{host}/{uuid} is a claim
+// that host runs uuid; the key's host is what counts (the value repeats it
+// for people reading etcd). When several hosts claim one instance, the
+// oldest claim wins: the lowest CreateRevision. During a live migration the
+// source keeps its claim until it unpublishes the instance (after revoking
+// its tokens), so consoles go to the source until then and to the
+// destination after; and a host claiming someone else's instance gains
+// nothing while the true owner's older claim stands. A token record is
+// trusted only on a lease (Token); a record without one was not written by
+// consoleauth and is refused.
 package registry
 
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -26,6 +48,8 @@ const (
 	InstancesPrefix   = Root + "instances/"
 	ComputesPrefix    = Root + "computes/"
 	RevocationsPrefix = Root + "revocations/"
+	// ComputeInstancesRoot holds every host's ComputeInstancesPrefix.
+	ComputeInstancesRoot = Root + "compute-instances/"
 )
 
 // TokenHash is the hex SHA-256 of a token: its key in etcd.
@@ -51,22 +75,42 @@ func InstanceTokensPrefix(uuid string) string { return InstancesPrefix + uuid + 
 // InstanceTokenKey indexes one token of an instance.
 func InstanceTokenKey(uuid, hash string) string { return InstanceTokensPrefix(uuid) + hash }
 
-// LocationKey is where an instance's agent says where it runs.
-func LocationKey(uuid string) string { return InstancesPrefix + uuid + "/location" }
-
 // ComputeKey is where an agent registers itself.
 func ComputeKey(host string) string { return ComputesPrefix + host }
 
-// ComputeInstancesPrefix lists what one agent published.
-func ComputeInstancesPrefix(host string) string { return Root + "compute-instances/" + host + "/" }
+// ComputeInstancesPrefix lists what one agent published: its claims.
+func ComputeInstancesPrefix(host string) string { return ComputeInstancesRoot + host + "/" }
 
-// ComputeInstanceKey marks one instance as published by host.
+// ComputeInstanceKey is host's claim that it runs uuid; it holds a
+// Location naming host.
 func ComputeInstanceKey(host, uuid string) string { return ComputeInstancesPrefix(host) + uuid }
+
+// ParseComputeInstanceKey splits a claim's key into its host and instance.
+// It reports false for a key outside the layout: not under
+// ComputeInstancesRoot, a host that is empty or holds a '/' (one host
+// cannot pass for another by writing deeper under its own prefix), or an
+// instance that is not a canonical UUID.
+func ParseComputeInstanceKey(key string) (host, uuid string, ok bool) {
+	rest, found := strings.CutPrefix(key, ComputeInstancesRoot)
+	if !found {
+		return "", "", false
+	}
+	host, uuid, found = strings.Cut(rest, "/")
+	if !found || host == "" {
+		return "", "", false
+	}
+	if canonical, err := ParseInstanceUUID(uuid); err != nil || canonical != uuid {
+		return "", "", false
+	}
+	return host, uuid, true
+}
 
 // RevocationKey announces that an instance's tokens were revoked.
 func RevocationKey(uuid string) string { return RevocationsPrefix + uuid }
 
-// Token is the record of a minted token (JSON).
+// Token is the record of a minted token (JSON), under TokenKey on a lease:
+// consoleauth always writes it so, and readers refuse a record without a
+// lease (planted by some other etcd writer, or left from a broken write).
 type Token struct {
 	InstanceUUID       string    `json:"instance_uuid"`
 	ConsoleType        string    `json:"console_type"`
@@ -81,7 +125,9 @@ type Token struct {
 	ViewOnly bool `json:"view_only,omitempty"`
 }
 
-// Location says which compute host runs an instance (JSON). It carries no
+// Location is the value of a claim, ComputeInstanceKey(host, uuid) (JSON).
+// Readers take the host from the key, which only that host's agent may
+// write; the value repeats it for people reading etcd. A claim carries no
 // lease: when the agent dies the instance still exists, and consoleauth
 // answers "compute host down" (409) rather than "unknown instance" (404).
 type Location struct {
@@ -97,7 +143,8 @@ type Compute struct {
 // Revocation tells proxies to end an instance's open sessions (JSON). Sessions
 // whose token was created at an etcd revision before the revocation's end;
 // newer ones hold newer tokens. RevokedAt is kept for logs and for records
-// read without a revision.
+// read without a revision. consoleauth writes it after deleting the tokens,
+// so a token that still checks as valid was created after it.
 type Revocation struct {
 	// Reason is the sentence users see: always one of RevocationReasons'.
 	Reason    string    `json:"reason"`
@@ -125,4 +172,58 @@ var RevocationReasons = map[string]string{
 	"paused":    "the instance was paused",
 	"shelved":   "the instance was shelved",
 	"admin":     "an administrator closed the console",
+}
+
+// DefaultRevocationReason is the code of a revocation that gives none.
+const DefaultRevocationReason = "revoked"
+
+// RevocationSentence returns the sentence of a revocation reason code ("" is
+// DefaultRevocationReason) and whether the code is known.
+func RevocationSentence(code string) (string, bool) {
+	s, ok := RevocationReasons[code]
+	return s, ok
+}
+
+// RevocationCodes lists the reason codes a revocation may give, sorted,
+// without the empty one.
+func RevocationCodes() []string {
+	codes := make([]string, 0, len(RevocationReasons))
+	for c := range RevocationReasons {
+		if c != "" {
+			codes = append(codes, c)
+		}
+	}
+	slices.Sort(codes)
+	return codes
+}
+
+// MaxInstanceUUIDLen is the length of a canonical instance UUID.
+const MaxInstanceUUIDLen = 36
+
+// ParseInstanceUUID checks that s is an instance UUID as Nova stores and
+// returns it: 8-4-4-4-12 hexadecimal digits, in either case. It returns the
+// canonical (lower-case) form, the only one keys hold. The other spellings
+// Python's uuid.UUID (and so oslo's is_uuid_like) also takes — braces,
+// "urn:uuid:", no dashes or dashes anywhere — are refused: Nova never hands
+// them out, so no client has a reason to send them. The error never repeats
+// s.
+func ParseInstanceUUID(s string) (string, error) {
+	if len(s) != MaxInstanceUUIDLen {
+		return "", fmt.Errorf("want 36 characters (8-4-4-4-12 hexadecimal digits), not %d", len(s))
+	}
+	b := []byte(s)
+	for i, c := range b {
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return "", fmt.Errorf("want a dash at position %d (8-4-4-4-12 hexadecimal digits)", i+1)
+			}
+		case '0' <= c && c <= '9', 'a' <= c && c <= 'f':
+		case 'A' <= c && c <= 'F':
+			b[i] = c + 'a' - 'A'
+		default:
+			return "", fmt.Errorf("want hexadecimal digits, not the character at position %d", i+1)
+		}
+	}
+	return string(b), nil
 }

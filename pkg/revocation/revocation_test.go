@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/registry"
+	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/testkit/etcd"
 )
 
@@ -18,7 +21,7 @@ func TestWatchSeesRevocationsAcrossAnEtcdRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	got := make(chan string, 10)
-	go Watch(ctx, cli, slog.New(slog.DiscardHandler), func(uuid string, r registry.Revocation) {
+	go Watch(ctx, cli, slog.New(slog.NewTextHandler(t.Output(), nil)), func(uuid string, r registry.Revocation) {
 		got <- uuid + ": " + r.Reason
 	})
 	revoke := func(uuid string) {
@@ -65,4 +68,184 @@ func TestWatchSeesRevocationsAcrossAnEtcdRestart(t *testing.T) {
 	}
 	revoke("uuid-2")
 	expect("uuid-2: the instance was stopped")
+}
+
+func TestWatchReportsTheWritingRevision(t *testing.T) {
+	_, cli := etcd.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	got := make(chan registry.Revocation, 10)
+	go Watch(ctx, cli, slog.New(slog.DiscardHandler), func(uuid string, r registry.Revocation) { got <- r })
+
+	v, _ := json.Marshal(registry.Revocation{Reason: "the instance was stopped", RevokedAt: time.Now()})
+	for {
+		put, err := cli.Put(ctx, registry.RevocationKey("uuid-0"), string(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case r := <-got:
+			if r.Revision != put.Header.Revision {
+				t.Fatalf("revision: got %d, want the put's %d", r.Revision, put.Header.Revision)
+			}
+			return
+		case <-time.After(100 * time.Millisecond): // the watch may not have started yet
+		case <-ctx.Done():
+			t.Fatal("the watch never saw a revocation")
+		}
+	}
+}
+
+// TestWatchRecoversFromACompaction cuts the watcher off from etcd while
+// revocations are written and compacted away: once back, it reports them
+// from what is still in etcd, with their revisions.
+func TestWatchRecoversFromACompaction(t *testing.T) {
+	srv, cli := etcd.Start(t)
+	link := srv.NewLink(t)
+	watchCli, err := etcdclient.New([]string{link.Addr}, tlsconfig.Files{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { watchCli.Close() })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	got := make(chan string, 100)
+	revs := map[string]int64{}
+	var mu sync.Mutex
+	go Watch(ctx, watchCli, slog.New(slog.DiscardHandler), func(uuid string, r registry.Revocation) {
+		mu.Lock()
+		revs[uuid] = r.Revision
+		mu.Unlock()
+		got <- uuid
+	})
+	put := func(uuid string) int64 {
+		t.Helper()
+		v, _ := json.Marshal(registry.Revocation{Reason: "the instance was deleted", RevokedAt: time.Now()})
+		resp, err := cli.Put(ctx, registry.RevocationKey(uuid), string(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	for seen := false; !seen; {
+		put("uuid-0")
+		select {
+		case <-got:
+			seen = true
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatal("the watch never saw a revocation")
+		}
+	}
+	for len(got) > 0 {
+		<-got
+	}
+
+	link.Cut()
+	want := map[string]int64{"uuid-1": put("uuid-1"), "uuid-2": put("uuid-2")}
+	// Compact past both, so that the watch cannot resume where it was.
+	rev := put("filler")
+	if _, err := cli.Compact(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	link.Restore()
+
+	for len(want) > 0 {
+		select {
+		case uuid := <-got:
+			mu.Lock()
+			r := revs[uuid]
+			mu.Unlock()
+			if w, ok := want[uuid]; ok {
+				if r != w {
+					t.Errorf("%s: revision %d, want %d", uuid, r, w)
+				}
+				delete(want, uuid)
+			}
+		case <-ctx.Done():
+			t.Fatalf("not reported after the compaction: %v", want)
+		}
+	}
+	// And the watch goes on.
+	after := put("uuid-3")
+	for {
+		select {
+		case uuid := <-got:
+			if uuid != "uuid-3" {
+				continue
+			}
+			mu.Lock()
+			r := revs[uuid]
+			mu.Unlock()
+			if r != after {
+				t.Errorf("uuid-3: revision %d, want %d", r, after)
+			}
+			return
+		case <-ctx.Done():
+			t.Fatal("no revocation reported after the recovery")
+		}
+	}
+}
+
+// TestWatchUnderTheProxyRole runs the watch as a proxy's etcd user with
+// authentication on: it sees consoleauth's revocations. A user without the
+// grant gets a clear error, logged as such.
+func TestWatchUnderTheProxyRole(t *testing.T) {
+	srv := etcd.StartSecure(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := (etcdclient.Roles{ComputeHosts: []string{"h1"}}).Apply(ctx, srv.ClientAs(t, "root")); err != nil {
+		t.Fatal(err)
+	}
+	consoleauth := srv.ClientAs(t, "consoleauth")
+
+	got := make(chan registry.Revocation, 10)
+	go Watch(ctx, srv.ClientAs(t, "novnc-proxy"), slog.New(slog.DiscardHandler), func(_ string, r registry.Revocation) { got <- r })
+	var logs syncBuffer
+	go Watch(ctx, srv.ClientAs(t, "h1"), slog.New(slog.NewTextHandler(&logs, nil)), func(_ string, r registry.Revocation) {
+		t.Errorf("h1 saw a revocation: %+v", r)
+	})
+
+	v, _ := json.Marshal(registry.Revocation{Reason: "the instance was stopped", RevokedAt: time.Now()})
+	for seen := false; !seen; {
+		put, err := consoleauth.Put(ctx, registry.RevocationKey("uuid-0"), string(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case r := <-got:
+			seen = r.Revision == put.Header.Revision
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatal("the proxy's watch never saw a revocation")
+		}
+	}
+	for !strings.Contains(logs.String(), "level=ERROR") {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no error logged for a user without the grant: %s", logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if out := logs.String(); !strings.Contains(out, "permission denied") || !strings.Contains(out, "the etcd user needs read on /vncgate/revocations/") {
+		t.Errorf("log: got %s, want the permission and what is missing", out)
+	}
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

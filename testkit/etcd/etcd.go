@@ -5,6 +5,13 @@
 // test stop etcd and start it again on the same address and data, to see
 // how a service lives through an outage.
 //
+// StartSecure runs etcd as production runs it for vncgate's least-privilege
+// roles: TLS only, every client showing a certificate of the server's own
+// test CA, whose common name is the client's etcd user once authentication
+// is enabled (--client-cert-auth; --bcrypt-cost 4 so user set-up is fast).
+// ClientAs and ClientFiles give a test a client or a service's etcd_cert,
+// etcd_key and etcd_ca for a user name.
+//
 // The child is built from this module's source with the go command on first
 // use in each test process, into the user's cache directory; the go command
 // relinks it only when its source or dependencies changed. The child ends
@@ -31,6 +38,7 @@ import (
 	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 
+	"github.com/vncgate/vncgate/testkit/certs"
 	"github.com/vncgate/vncgate/testkit/internal/freeport"
 )
 
@@ -41,6 +49,10 @@ type Server struct {
 	Endpoint string
 
 	dir, peer string
+	// With TLS (StartSecure): the CA of server and client certificates,
+	// and the server's certificate files.
+	ca  *certs.CA
+	tls certs.Files
 
 	mu    sync.Mutex
 	stdin *os.File    // the child's stdin (write end); nil while stopped
@@ -66,7 +78,27 @@ func Start(t testing.TB) (*Server, *clientv3.Client) {
 // t.Cleanup.
 func New(t testing.TB, addr string) *Server {
 	t.Helper()
-	s := &Server{dir: t.TempDir()}
+	return newServer(t, addr, nil)
+}
+
+// StartSecure runs etcd for t on a free loopback port, serving TLS only and
+// requiring client certificates of its CA (see the package comment).
+// Authentication is not enabled yet: the test enables it, as an operator
+// would (pkg/etcdclient.Roles).
+func StartSecure(t testing.TB) *Server {
+	t.Helper()
+	return newServer(t, "127.0.0.1:0", certs.TestCA(t))
+}
+
+func newServer(t testing.TB, addr string, ca *certs.CA) *Server {
+	t.Helper()
+	s := &Server{dir: t.TempDir(), ca: ca}
+	if ca != nil {
+		var err error
+		if s.tls, err = ca.WriteIdentityFiles(t.TempDir(), certs.Identity{Name: "etcd"}, "127.0.0.1", "localhost"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var err error
 	if s.Endpoint, err = freeport.Resolve(addr); err != nil {
 		t.Fatal(err)
@@ -120,7 +152,11 @@ func (s *Server) start() error {
 		return err
 	}
 	defer r.Close()
-	cmd := exec.Command(bin, "-dir", s.dir, "-client", s.Endpoint, "-peer", s.peer)
+	args := []string{"-dir", s.dir, "-client", s.Endpoint, "-peer", s.peer}
+	if s.ca != nil {
+		args = append(args, "-cert", s.tls.Cert, "-key", s.tls.Key, "-client-ca", s.tls.CA, "-bcrypt-cost", "4")
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Stdin, cmd.Stderr = r, os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -151,6 +187,34 @@ func (s *Server) start() error {
 	}
 	s.stdin, s.proc, s.done = w, cmd.Process, done
 	return nil
+}
+
+// ClientFiles issues a client certificate whose common name is user, signed
+// by s's CA, into a directory of t's: the etcd_cert, etcd_key and etcd_ca of
+// a service that is to reach s as user. s must have been started by
+// StartSecure.
+func (s *Server) ClientFiles(t testing.TB, user string) tlsconfig.Files {
+	t.Helper()
+	if s.ca == nil {
+		t.Fatal("etcd: ClientFiles needs a server started by StartSecure")
+	}
+	f, err := s.ca.WriteIdentityFiles(t.TempDir(), certs.Identity{Name: user})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tlsconfig.Files{Cert: f.Cert, Key: f.Key, CA: f.CA}
+}
+
+// ClientAs returns a client of s (started by StartSecure) that shows a
+// certificate naming user, closed in t.Cleanup.
+func (s *Server) ClientAs(t testing.TB, user string) *clientv3.Client {
+	t.Helper()
+	cli, err := etcdclient.New([]string{s.Endpoint}, s.ClientFiles(t, user))
+	if err != nil {
+		t.Fatalf("etcd client as %s: %v", user, err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
 }
 
 var child struct {

@@ -3,10 +3,11 @@
 // testkit/etcd, which is what tests use. Production runs a real etcd cluster
 // instead.
 //
-// The server listens on plain HTTP on the address it is given, keeps its
-// data in the directory it is given, logs only fatal errors, and uses short
-// raft ticks so it starts and stops quickly and grants leases as short as
-// one second.
+// The server listens on plain HTTP on the address it is given (or on TLS,
+// optionally requiring client certificates, as production etcd runs for
+// vncgate's least-privilege roles), keeps its data in the directory it is
+// given, logs only fatal errors, and uses short raft ticks so it starts and
+// stops quickly and grants leases as short as one second.
 package etcdserver
 
 import (
@@ -14,6 +15,7 @@ import (
 	"net/url"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/vncgate/vncgate/testkit/internal/freeport"
@@ -31,16 +33,43 @@ type Server struct {
 // (host:port each; with port 0 a free port is chosen). It returns once etcd
 // serves clients.
 func Start(dir, clientAddr, peerAddr string) (*Server, error) {
-	clientAddr, err := freeport.Resolve(clientAddr)
+	return StartConfig(Config{Dir: dir, ClientAddr: clientAddr, PeerAddr: peerAddr})
+}
+
+// Config is how StartConfig runs etcd.
+type Config struct {
+	// Dir, ClientAddr and PeerAddr are Start's arguments.
+	Dir, ClientAddr, PeerAddr string
+	// CertFile and KeyFile, when set, make clients connect over TLS only
+	// (the certificate must name ClientAddr's host, and serves as etcd's
+	// own client certificate towards itself too).
+	CertFile, KeyFile string
+	// ClientCAFile, when set with CertFile, requires every client to show
+	// a certificate it signed (etcd --client-cert-auth): once
+	// authentication is enabled, the certificate's common name is the
+	// client's etcd user.
+	ClientCAFile string
+	// BcryptCost is etcd --bcrypt-cost for user passwords; 0 keeps etcd's
+	// default (10). Tests that add users set 4, the lowest.
+	BcryptCost uint
+}
+
+// StartConfig is Start with the options of cfg.
+func StartConfig(c Config) (*Server, error) {
+	clientAddr, err := freeport.Resolve(c.ClientAddr)
 	if err != nil {
 		return nil, err
 	}
-	if peerAddr, err = freeport.Resolve(peerAddr); err != nil {
+	peerAddr, err := freeport.Resolve(c.PeerAddr)
+	if err != nil {
 		return nil, err
 	}
 	cfg := embed.NewConfig()
 	cfg.Name = "vncgate"
-	cfg.Dir = dir
+	cfg.Dir = c.Dir
+	if c.BcryptCost > 0 {
+		cfg.BcryptCost = c.BcryptCost
+	}
 	// etcd logs expected noise at error level on every start and stop
 	// ("failed to update storage version", "use of closed network
 	// connection"); a dev and test server keeps quiet unless it dies.
@@ -51,6 +80,15 @@ func Start(dir, clientAddr, peerAddr string) (*Server, error) {
 	cfg.TickMs = 10
 	cfg.ElectionMs = 100
 	clientURL := url.URL{Scheme: "http", Host: clientAddr}
+	if c.CertFile != "" {
+		clientURL.Scheme = "https"
+		cfg.ClientTLSInfo = transport.TLSInfo{
+			CertFile:       c.CertFile,
+			KeyFile:        c.KeyFile,
+			TrustedCAFile:  c.ClientCAFile,
+			ClientCertAuth: c.ClientCAFile != "",
+		}
+	}
 	peerURL := url.URL{Scheme: "http", Host: peerAddr}
 	cfg.ListenClientUrls = []url.URL{clientURL}
 	cfg.AdvertiseClientUrls = []url.URL{clientURL}

@@ -18,8 +18,15 @@ func main() {
 	dir := flag.String("dir", "", "data directory")
 	client := flag.String("client", "127.0.0.1:0", "client address, host:port")
 	peer := flag.String("peer", "127.0.0.1:0", "peer address, host:port")
+	cert := flag.String("cert", "", "server certificate: serve clients over TLS")
+	key := flag.String("key", "", "server certificate's key")
+	clientCA := flag.String("client-ca", "", "require client certificates signed by this CA (--client-cert-auth)")
+	bcryptCost := flag.Uint("bcrypt-cost", 0, "bcrypt cost of user passwords (0: etcd's default)")
 	flag.Parse()
-	srv, err := etcdserver.Start(*dir, *client, *peer)
+	srv, err := etcdserver.StartConfig(etcdserver.Config{
+		Dir: *dir, ClientAddr: *client, PeerAddr: *peer,
+		CertFile: *cert, KeyFile: *key, ClientCAFile: *clientCA, BcryptCost: *bcryptCost,
+	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "etcdproc:", err)
 		os.Exit(1)
