@@ -13,6 +13,7 @@ import (
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/testkit/etcd"
+	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
 func TestWatchSeesRevocationsAcrossAnEtcdRestart(t *testing.T) {
@@ -202,7 +203,7 @@ func TestWatchUnderTheProxyRole(t *testing.T) {
 
 	got := make(chan registry.Revocation, 10)
 	go Watch(ctx, srv.ClientAs(t, "novnc-proxy"), slog.New(slog.DiscardHandler), func(_ string, r registry.Revocation) { got <- r })
-	var logs syncBuffer
+	var logs testlog.Buffer
 	go Watch(ctx, srv.ClientAs(t, "h1"), slog.New(slog.NewTextHandler(&logs, nil)), func(_ string, r registry.Revocation) {
 		t.Errorf("h1 saw a revocation: %+v", r)
 	})
@@ -231,21 +232,4 @@ func TestWatchUnderTheProxyRole(t *testing.T) {
 	if out := logs.String(); !strings.Contains(out, "permission denied") || !strings.Contains(out, "the etcd user needs read on /vncgate/revocations/") {
 		t.Errorf("log: got %s, want the permission and what is missing", out)
 	}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

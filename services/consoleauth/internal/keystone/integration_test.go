@@ -11,6 +11,7 @@ import (
 	"time"
 
 	testkeystone "github.com/vncgate/vncgate/testkit/keystone"
+	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
 // ks is one real Keystone for this package's tests, launched by the first
@@ -25,9 +26,9 @@ func TestMain(m *testing.M) {
 
 // realValidator validates with Keystone srv as user u, on a clock the
 // test moves; its log is checked for tokens at the end of the test.
-func realValidator(t *testing.T, srv *testkeystone.Server, u testkeystone.User, c *clock, tokens *[]string) (*Validator, *syncBuffer) {
+func realValidator(t *testing.T, srv *testkeystone.Server, u testkeystone.User, c *clock, tokens *[]string) (*Validator, *testlog.Buffer) {
 	t.Helper()
-	var logs syncBuffer
+	var logs testlog.Buffer
 	v, err := New(Options{AuthURL: srv.AuthURL, Username: u.Name, Password: u.Password, ProjectName: u.Project, CacheTime: DefaultCacheTime},
 		slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/testkit/novaconf"
+	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
 // clock is a test's time, moved by hand; the fake Keystone and the
@@ -225,29 +226,11 @@ func (f *fakeKeystone) options() Options {
 	return Options{AuthURL: f.srv.URL + "/identity", Username: svcUser, Password: svcPassword, ProjectName: svcProject, CacheTime: DefaultCacheTime}
 }
 
-// syncBuffer is a log destination safe for concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // newValidator returns a Validator of o on f's clock, whose log is checked
 // at the end of the test for every token f knows and for the password.
 func newValidator(t *testing.T, f *fakeKeystone, o Options) *Validator {
 	t.Helper()
-	var logs syncBuffer
+	var logs testlog.Buffer
 	v, err := New(o, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatalf("New: %v", err)

@@ -1,7 +1,6 @@
 package tokenstore_test
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -21,6 +20,7 @@ import (
 	"github.com/vncgate/vncgate/services/consoleauth/internal/testworld"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/tokenstore"
 	"github.com/vncgate/vncgate/testkit/etcd"
+	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
 func newStore(t *testing.T, cli *clientv3.Client, opts tokenstore.Options) *tokenstore.Store {
@@ -577,7 +577,7 @@ func TestRecordWithoutALeaseIsRefused(t *testing.T) {
 	t.Parallel()
 	_, cli := etcd.Start(t)
 	ctx := testworld.Ctx(t)
-	var logs syncBuffer
+	var logs testlog.Buffer
 	s := newStore(t, cli, tokenstore.Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 
 	token := strings.Repeat("P", tokenstore.TokenLen)
@@ -610,23 +610,6 @@ func TestRecordWithoutALeaseIsRefused(t *testing.T) {
 	if _, err := s.Lookup(ctx, token); err != nil {
 		t.Errorf("record on a lease: got %v, want it found", err)
 	}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestRevokeTakesAReasonCode(t *testing.T) {
