@@ -14,6 +14,16 @@ import (
 // authn.ErrKeystoneUnavailable (503).
 type keystoneValidator struct{ v *keystone.Validator }
 
+// ownedValidator is the Keystone client restAuth built, which Shutdown
+// closes; nil for a caller's TokenValidator (Config.TokenValidator) or
+// none.
+func ownedValidator(v authn.TokenValidator) *keystone.Validator {
+	if k, ok := v.(keystoneValidator); ok {
+		return k.v
+	}
+	return nil
+}
+
 func (k keystoneValidator) Validate(ctx context.Context, token string) (authn.KeystoneToken, error) {
 	t, err := k.v.Validate(ctx, token)
 	switch {

@@ -104,6 +104,7 @@ type Server struct {
 	httpServer *http.Server
 	agents     *agentclient.Pool
 	etcd       *clientv3.Client
+	keystone   *keystone.Validator // closed on shutdown; nil without rest_auth = keystone
 	draining   atomic.Bool
 	timeout    time.Duration
 	serveErr   chan error
@@ -184,6 +185,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if err != nil {
 		return nil, err
 	}
+	s.keystone = ownedValidator(auth.Keystone)
 	// Both servers guard every call with the same policy: the public one
 	// knows callers by their certificates, the gateway's by what the
 	// gateway authenticated.
@@ -379,6 +381,9 @@ func (s *Server) release() {
 	}
 	if s.etcd != nil {
 		_ = s.etcd.Close()
+	}
+	if s.keystone != nil {
+		s.keystone.Close()
 	}
 }
 
