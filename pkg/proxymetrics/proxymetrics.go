@@ -8,6 +8,10 @@
 //	vncgate_proxy_bytes_total{direction}          counter: bytes relayed, client_to_server or server_to_client
 //	vncgate_proxy_session_setup_seconds           histogram: accept (or upgrade request) to relay start
 //	vncgate_proxy_session_duration_seconds        histogram: relay start to session end
+//	vncgate_proxy_connections_open                gauge: accepted connections open now (pkg/edge)
+//	vncgate_proxy_connections_refused_total{reason} counter: connections refused by a cap
+//	vncgate_proxy_accept_errors_total             counter: failed accepts (out of file descriptors, say)
+//	vncgate_proxy_token_checks_throttled_total    counter: token checks delayed by the failed-token limit
 //
 // It promises bounded label cardinality: label values come only from this
 // package's Refusal and EndReason constants and the two directions, never a
@@ -47,8 +51,6 @@ const (
 	RefusedClientGone
 	// RefusedOriginRefused: the WebSocket's Origin is not one of ours.
 	RefusedOriginRefused
-	// RefusedThrottled: too many failed tokens from the client's address.
-	RefusedThrottled
 	// RefusedTokenInvalid: the token is unknown, expired or revoked.
 	RefusedTokenInvalid
 	// RefusedWrongType: the token was minted for the other console type.
@@ -79,7 +81,6 @@ var refusalNames = [numRefusals]string{
 	RefusedHandshakeTimeout: "handshake_timeout",
 	RefusedClientGone:       "client_gone",
 	RefusedOriginRefused:    "origin_refused",
-	RefusedThrottled:        "throttled",
 	RefusedTokenInvalid:     "token_invalid",
 	RefusedWrongType:        "wrong_type",
 	RefusedConsoleMoved:     "console_moved",
@@ -153,6 +154,33 @@ func (r EndReason) String() string {
 	return endReasonNames[r]
 }
 
+// CapRefusal is why a listener refused a connection before any request:
+// the reason label of vncgate_proxy_connections_refused_total.
+type CapRefusal int
+
+// The connection caps (pkg/edge).
+const (
+	// CapMaxConnections: the proxy had max_connections open.
+	CapMaxConnections CapRefusal = iota
+	// CapPerClient: the client's address had max_connections_per_client open.
+	CapPerClient
+
+	numCapRefusals
+)
+
+var capRefusalNames = [numCapRefusals]string{
+	CapMaxConnections: "max_connections",
+	CapPerClient:      "max_connections_per_client",
+}
+
+// String is the cap's label value.
+func (c CapRefusal) String() string {
+	if c < 0 || c >= numCapRefusals {
+		return "invalid"
+	}
+	return capRefusalNames[c]
+}
+
 // Histogram buckets, in seconds. Setup spans loopback (sub-millisecond; the
 // target is p99 ≤ 5 ms) to the 10 s handshake timeout; duration spans a
 // refused-at-once session to a day.
@@ -170,11 +198,17 @@ type Metrics struct {
 	setup    prometheus.Histogram
 	duration prometheus.Histogram
 
+	connsOpen    prometheus.Gauge
+	connsRefused *prometheus.CounterVec
+	acceptErrors prometheus.Counter
+	throttled    prometheus.Counter
+
 	// Children resolved once, so counting takes no label lookup.
 	relayed              prometheus.Counter
 	refused              [numRefusals]prometheus.Counter
 	endedBy              [numEndReasons]prometheus.Counter
 	toServer, fromServer prometheus.Counter
+	capRefused           [numCapRefusals]prometheus.Counter
 }
 
 // New creates the metrics and registers them with reg (a proxy's own
@@ -210,6 +244,22 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help:    "Time from the start of a relay to the end of its session.",
 			Buckets: durationBuckets,
 		}),
+		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "connections_open",
+			Help: "Accepted client connections open now, sessions and requests not yet upgraded alike.",
+		}),
+		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "connections_refused_total",
+			Help: "Client connections refused by a cap before any request, by cap (max_connections, max_connections_per_client).",
+		}, []string{"reason"}),
+		acceptErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "accept_errors_total",
+			Help: "Failed accepts on the public port (out of file descriptors, say); the listener backs off and goes on.",
+		}),
+		throttled: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "token_checks_throttled_total",
+			Help: "Token checks delayed because their client address and token prefix had too many invalid tokens (checked all the same).",
+		}),
 	}
 	m.relayed = m.sessions.WithLabelValues(resultRelayed)
 	for r := RefusedBadRequest; r < numRefusals; r++ {
@@ -220,8 +270,12 @@ func New(reg prometheus.Registerer) *Metrics {
 	}
 	m.toServer = m.bytes.WithLabelValues("client_to_server")
 	m.fromServer = m.bytes.WithLabelValues("server_to_client")
+	for c := CapMaxConnections; c < numCapRefusals; c++ {
+		m.capRefused[c] = m.connsRefused.WithLabelValues(c.String())
+	}
 	if reg != nil {
-		reg.MustRegister(m.active, m.sessions, m.ended, m.bytes, m.setup, m.duration)
+		reg.MustRegister(m.active, m.sessions, m.ended, m.bytes, m.setup, m.duration,
+			m.connsOpen, m.connsRefused, m.acceptErrors, m.throttled)
 	}
 	return m
 }
@@ -233,6 +287,25 @@ func (m *Metrics) Refused(r Refusal) {
 		m.refused[r].Inc()
 	}
 }
+
+// ConnOpened and ConnClosed count an accepted connection's life.
+func (m *Metrics) ConnOpened() { m.connsOpen.Inc() }
+
+// ConnClosed: see ConnOpened.
+func (m *Metrics) ConnClosed() { m.connsOpen.Dec() }
+
+// ConnRefused counts a connection refused by cap c.
+func (m *Metrics) ConnRefused(c CapRefusal) {
+	if c >= 0 && c < numCapRefusals {
+		m.capRefused[c].Inc()
+	}
+}
+
+// AcceptError counts a failed accept.
+func (m *Metrics) AcceptError() { m.acceptErrors.Inc() }
+
+// TokenCheckThrottled counts a token check the failed-token limit delayed.
+func (m *Metrics) TokenCheckThrottled() { m.throttled.Inc() }
 
 // Start counts a session whose relay starts now, setup after the proxy
 // accepted it, and returns its handle. The caller must call End on it when

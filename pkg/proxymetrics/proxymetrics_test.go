@@ -31,6 +31,13 @@ func TestCountersMove(t *testing.T) {
 	s.End(EndServerClosed, relay.Result{ClientToServer: 10, ServerToClient: 2000})
 	s.End(EndRevoked, relay.Result{ClientToServer: 1, ServerToClient: 1}) // a second End does not count
 	m.Start(time.Millisecond).End(0, relay.Result{ClientToServer: 5})     // no reason: bytes count, no reason does
+	m.ConnOpened()
+	m.ConnOpened()
+	m.ConnClosed()
+	m.ConnRefused(CapPerClient)
+	m.ConnRefused(CapRefusal(7)) // out of range: not counted
+	m.AcceptError()
+	m.TokenCheckThrottled()
 
 	for _, c := range []struct {
 		name   string
@@ -41,13 +48,18 @@ func TestCountersMove(t *testing.T) {
 		{"vncgate_proxy_sessions_total", []string{"result", "relayed"}, 2},
 		{"vncgate_proxy_sessions_total", []string{"result", "token_invalid"}, 2},
 		{"vncgate_proxy_sessions_total", []string{"result", "vnc_unreachable"}, 1},
-		{"vncgate_proxy_sessions_total", []string{"result", "throttled"}, 0},
+		{"vncgate_proxy_sessions_total", []string{"result", "too_many_sessions"}, 0},
 		{"vncgate_proxy_session_ended_total", []string{"reason", "server_closed"}, 1},
 		{"vncgate_proxy_session_ended_total", []string{"reason", "revoked"}, 0},
 		{"vncgate_proxy_bytes_total", []string{"direction", "client_to_server"}, 15},
 		{"vncgate_proxy_bytes_total", []string{"direction", "server_to_client"}, 2000},
 		{"vncgate_proxy_session_setup_seconds", nil, 2},
 		{"vncgate_proxy_session_duration_seconds", nil, 2},
+		{"vncgate_proxy_connections_open", nil, 1},
+		{"vncgate_proxy_connections_refused_total", []string{"reason", "max_connections_per_client"}, 1},
+		{"vncgate_proxy_connections_refused_total", []string{"reason", "max_connections"}, 0},
+		{"vncgate_proxy_accept_errors_total", nil, 1},
+		{"vncgate_proxy_token_checks_throttled_total", nil, 1},
 	} {
 		if got := scrape.Value(t, reg, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%q: got %v, want %v", c.name, c.labels, got, c.want)
@@ -86,6 +98,11 @@ func TestMetricsTextNamesEveryMetricAndLabel(t *testing.T) {
 		"# TYPE vncgate_proxy_bytes_total counter",
 		"# TYPE vncgate_proxy_session_setup_seconds histogram",
 		"# TYPE vncgate_proxy_session_duration_seconds histogram",
+		"# TYPE vncgate_proxy_connections_open gauge",
+		"# TYPE vncgate_proxy_accept_errors_total counter",
+		"# TYPE vncgate_proxy_token_checks_throttled_total counter",
+		`vncgate_proxy_connections_refused_total{reason="max_connections"} 0`,
+		`vncgate_proxy_connections_refused_total{reason="max_connections_per_client"} 0`,
 		`vncgate_proxy_sessions_total{result="relayed"} 0`,
 		`vncgate_proxy_bytes_total{direction="client_to_server"} 0`,
 		`vncgate_proxy_bytes_total{direction="server_to_client"} 0`,
@@ -148,12 +165,12 @@ func TestLint(t *testing.T) {
 func TestRegistriesAreIndependent(t *testing.T) {
 	a, b := prometheus.NewRegistry(), prometheus.NewRegistry()
 	ma, _ := New(a), New(b)
-	New(nil).Refused(RefusedThrottled) // unregistered: counts, exports nothing
-	ma.Refused(RefusedThrottled)
-	if got := scrape.Value(t, a, "vncgate_proxy_sessions_total", "result", "throttled"); got != 1 {
+	New(nil).Refused(RefusedTokenInvalid) // unregistered: counts, exports nothing
+	ma.Refused(RefusedTokenInvalid)
+	if got := scrape.Value(t, a, "vncgate_proxy_sessions_total", "result", "token_invalid"); got != 1 {
 		t.Errorf("registry a: got %v, want 1", got)
 	}
-	if got := scrape.Value(t, b, "vncgate_proxy_sessions_total", "result", "throttled"); got != 0 {
+	if got := scrape.Value(t, b, "vncgate_proxy_sessions_total", "result", "token_invalid"); got != 0 {
 		t.Errorf("registry b: got %v, want 0", got)
 	}
 	if n, err := testutil.GatherAndCount(prometheus.DefaultGatherer, "vncgate_proxy_sessions_total"); err != nil || n != 0 {

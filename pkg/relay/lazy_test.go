@@ -83,3 +83,20 @@ func TestLazyTCPReturnsWhenClosed(t *testing.T) {
 		t.Fatal("copy did not return after Close")
 	}
 }
+
+// accounted wraps a TCP connection the way a listener's accounting wrapper
+// does: reads pass through untouched.
+type accounted struct{ *net.TCPConn }
+
+func (a accounted) TransparentTCP() *net.TCPConn { return a.TCPConn }
+
+func TestLazySeesThroughTransparentWrappers(t *testing.T) {
+	_, b := tcpPair(t)
+	if _, ok := lazy(accounted{b}).(*lazyTCP); !ok {
+		t.Fatal("a TransparentTCP wrapper: got a plain copy, want the lazy TCP reader")
+	}
+	type opaque struct{ net.Conn }
+	if _, ok := lazy(opaque{b}).(*lazyTCP); ok {
+		t.Fatal("a wrapper that does not say it is transparent: got the lazy TCP reader, want the wrapper")
+	}
+}

@@ -17,9 +17,14 @@ type lazyTCP struct {
 	raw syscall.RawConn
 }
 
-// lazy wraps a TCP connection; other connections are returned as is.
+// lazy wraps a TCP connection, or a wrapper that says it is one (see
+// TransparentTCP); other connections are returned as is.
 func lazy(c net.Conn) net.Conn {
 	tc, ok := c.(*net.TCPConn)
+	if t, isT := c.(TransparentTCP); isT && !ok {
+		tc = t.TransparentTCP()
+		ok = tc != nil
+	}
 	if !ok {
 		return c
 	}

@@ -52,9 +52,13 @@ type Result struct {
 // Relay copies between client and server until both directions are done.
 // When one side's read ends, the relay half-closes the other side's write if
 // it can (TCP), so a peer that closes its write half still gets the answer;
-// otherwise it closes both connections. Both connections are closed when Run
-// returns. Back-pressure is TCP's: each direction has one buffer and blocks
-// on write.
+// otherwise it closes both connections. Once half-closed, the session ends
+// (both connections closed) as soon as no byte has moved for Linger: the
+// direction still open may finish what it sends, but RFB has no use for a
+// half-open connection, and a client that never closes its side (or a VNC
+// server that ignores the client's EOF) must not hold both sockets for
+// ever. Both connections are closed when Run returns. Back-pressure is TCP's: each
+// direction has one buffer and blocks on write.
 //
 // Memory is what lets one proxy hold 10,000 consoles, most of them idle: a
 // TCP source is read only once it has bytes waiting, with a buffer borrowed
@@ -62,16 +66,29 @@ type Result struct {
 // It is also why the relay does not splice: Go's splice keeps two pipes (four
 // file descriptors) per session for the session's whole life.
 type Relay struct {
+	// Linger is how long a half-closed session may go without a byte
+	// moved before it is closed; New sets DefaultLinger. Set it before Run.
+	Linger time.Duration
+
 	client, server net.Conn
-	trackIdle      bool
+	trackIdle      bool         // IdleFor reports lastActive
 	lastActive     atomic.Int64 // unix nanoseconds of the last byte moved
+	writing        atomic.Int32 // writes in progress: a slow peer is not idle
 	closeOnce      sync.Once
+
+	lingerMu    sync.Mutex
+	lingerTimer *time.Timer // started by the first half-close, stopped by Close
 }
+
+// DefaultLinger is Relay.Linger's default: time enough for the peer's own
+// close, and for a loaded machine's pauses, short enough that a session
+// whose one side is gone ends promptly.
+const DefaultLinger = 10 * time.Second
 
 // New returns a relay between client and server; call Run to start it.
 // With trackIdle, IdleFor reports how long no byte has moved.
 func New(client, server net.Conn, trackIdle bool) *Relay {
-	r := &Relay{client: client, server: server, trackIdle: trackIdle}
+	r := &Relay{Linger: DefaultLinger, client: client, server: server, trackIdle: trackIdle}
 	r.lastActive.Store(time.Now().UnixNano())
 	return r
 }
@@ -80,6 +97,15 @@ func New(client, server net.Conn, trackIdle bool) *Relay {
 // relay does not track idleness.
 func (r *Relay) IdleFor() time.Duration {
 	if !r.trackIdle {
+		return 0
+	}
+	return r.idleFor()
+}
+
+// idleFor is how long no byte has moved; 0 while a write is in progress
+// (a peer slow to take a large chunk is busy, not idle).
+func (r *Relay) idleFor() time.Duration {
+	if r.writing.Load() > 0 {
 		return 0
 	}
 	return time.Since(time.Unix(0, r.lastActive.Load()))
@@ -110,8 +136,34 @@ func (r *Relay) Run() Result {
 // Close ends the relay at once by closing both connections.
 func (r *Relay) Close() {
 	r.closeOnce.Do(func() {
+		r.lingerMu.Lock()
+		if r.lingerTimer != nil {
+			r.lingerTimer.Stop()
+		}
+		r.lingerMu.Unlock()
 		r.client.Close()
 		r.server.Close()
+	})
+}
+
+// linger closes both connections once no byte has moved for Linger after
+// the first half-close, checking with one timer re-armed for the time left.
+func (r *Relay) linger() {
+	r.lingerMu.Lock()
+	defer r.lingerMu.Unlock()
+	if r.lingerTimer != nil {
+		return
+	}
+	d := max(r.Linger, 0)
+	r.lingerTimer = time.AfterFunc(d, func() {
+		idle := r.idleFor()
+		if idle >= d {
+			r.Close()
+			return
+		}
+		r.lingerMu.Lock()
+		defer r.lingerMu.Unlock()
+		r.lingerTimer.Reset(d - idle)
 	})
 }
 
@@ -122,10 +174,9 @@ type closeReader interface{ CloseRead() error }
 // writes and src no more reads. Without half-close support both connections
 // are closed, which ends the other direction too.
 func (r *Relay) copy(dst, src net.Conn, done func()) (int64, error) {
-	var w io.Writer = dst
-	if r.trackIdle {
-		w = &activityWriter{w: dst, r: r}
-	}
+	// Activity is tracked always: a half-closed session lingers while
+	// bytes move.
+	var w io.Writer = &activityWriter{w: dst, r: r}
 	var n int64
 	var err error
 	if wt, ok := lazy(src).(io.WriterTo); ok {
@@ -141,6 +192,8 @@ func (r *Relay) copy(dst, src net.Conn, done func()) (int64, error) {
 	cr, okR := src.(closeReader)
 	if err != nil || !okW || !okR || cw.CloseWrite() != nil || cr.CloseRead() != nil {
 		r.Close()
+	} else {
+		r.linger()
 	}
 	return n, err
 }
@@ -152,6 +205,19 @@ type activityWriter struct {
 }
 
 func (a *activityWriter) Write(p []byte) (int, error) {
+	a.r.writing.Add(1)
+	defer a.r.writing.Add(-1)
 	a.r.lastActive.Store(time.Now().UnixNano())
-	return a.w.Write(p)
+	n, err := a.w.Write(p)
+	a.r.lastActive.Store(time.Now().UnixNano())
+	return n, err
+}
+
+// TransparentTCP is implemented by connection wrappers whose reads are their
+// TCP connection's reads, untouched and unbuffered (a listener's accounting
+// wrapper, say), so the relay may wait on the TCP connection itself and an
+// idle session still holds no buffer. TransparentTCP returns nil when there
+// is no such connection.
+type TransparentTCP interface {
+	TransparentTCP() *net.TCPConn
 }

@@ -82,3 +82,67 @@ func TestCloseEndsRelay(t *testing.T) {
 		t.Fatal("relay still running 5s after Close")
 	}
 }
+
+// After the VNC server closes, a client that never closes its side must not
+// hold the session: the relay gives it Linger, then closes both.
+func TestHalfClosedSessionEndsAfterLinger(t *testing.T) {
+	for _, first := range []Side{Server, Client} {
+		t.Run(first.String()+" closes first", func(t *testing.T) {
+			user, clientSide := loopback.Pair(t)
+			serverSide, vnc := loopback.Pair(t)
+			r := New(clientSide, serverSide, false)
+			r.Linger = 100 * time.Millisecond
+			done := make(chan Result, 1)
+			go func() { done <- r.Run() }()
+
+			closer, stays := vnc, user // the side that never closes
+			if first == Client {
+				closer, stays = user, vnc
+			}
+			io.WriteString(closer, "bye")
+			closer.(*net.TCPConn).CloseWrite()
+			stays.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(stays) // the goodbye, then the half-close
+			if err != nil || string(got) != "bye" {
+				t.Fatalf("the side left open: got %q (%v), want the goodbye and EOF", got, err)
+			}
+			select {
+			case res := <-done:
+				if res.FirstDone != first {
+					t.Errorf("first done: got %v, want %v", res.FirstDone, first)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("relay still running 10s after one side closed, with the other side open")
+			}
+		})
+	}
+}
+
+// A half-closed session lingers while bytes still move: the open direction
+// finishes what it sends, however long past Linger that takes.
+func TestHalfClosedSessionLingersWhileBytesMove(t *testing.T) {
+	user, clientSide := loopback.Pair(t)
+	serverSide, vnc := loopback.Pair(t)
+	r := New(clientSide, serverSide, false)
+	r.Linger = 200 * time.Millisecond
+	done := make(chan Result, 1)
+	go func() { done <- r.Run() }()
+
+	user.(*net.TCPConn).CloseWrite() // the client is done sending
+	const chunks = 30                // ~10 ms apart: 300 ms, past Linger
+	go func() {
+		for range chunks {
+			vnc.Write([]byte("frame\n"))
+			time.Sleep(10 * time.Millisecond)
+		}
+		vnc.Close()
+	}()
+	user.SetReadDeadline(time.Now().Add(30 * time.Second))
+	got, err := io.ReadAll(user)
+	if err != nil || len(got) != chunks*len("frame\n") {
+		t.Fatalf("got %d bytes (%v), want all %d sent after the half-close", len(got), err, chunks*len("frame\n"))
+	}
+	if res := <-done; res.ServerToClient != int64(len(got)) {
+		t.Errorf("server to client: got %d, want %d", res.ServerToClient, len(got))
+	}
+}

@@ -36,7 +36,8 @@ type Config struct {
 	ConsoleType string
 	Checker     TokenChecker
 	Dialer      backend.Dialer
-	// FailBan limits failed tokens per client address; nil: no limit.
+	// FailBan slows down the token checks of a client address and token
+	// prefix with too many invalid tokens (never refuses them); nil: no limit.
 	FailBan *failban.Limiter
 	// MaxPerInstance caps live sessions per instance; 0: no cap.
 	MaxPerInstance int
@@ -53,6 +54,9 @@ type Config struct {
 	MaxSessionLength time.Duration
 	// EnforceSessionTimeout ends a session when its token expires.
 	EnforceSessionTimeout bool
+	// HalfCloseLinger ends a session whose one side closed once no byte
+	// has moved for that long (relay.Relay.Linger); 0: relay.DefaultLinger.
+	HalfCloseLinger time.Duration
 	// RFB, when set, makes every session RFB-aware: the proxy runs the RFB
 	// handshake with both sides as Nova's security proxy (auth_schemes,
 	// VeNCrypt to the server). Nil relays bytes untouched, except for
@@ -75,7 +79,7 @@ type Core struct {
 	stopping atomic.Bool // live sessions are being ended for shutdown
 
 	mu      sync.Mutex
-	revoked map[string]time.Time // instance -> latest RevokedAt, kept two handshakes long
+	revoked map[string]revocationMark // instance -> latest revocation, kept two handshakes long
 }
 
 // New returns a Core; a zero HandshakeTimeout means 10 s.
@@ -92,7 +96,7 @@ func New(cfg Config) *Core {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Core{cfg: cfg, log: cfg.Log, table: NewTable(cfg.MaxPerInstance), revoked: map[string]time.Time{}}
+	return &Core{cfg: cfg, log: cfg.Log, table: NewTable(cfg.MaxPerInstance), revoked: map[string]revocationMark{}}
 }
 
 // Refusal is why a console attempt was not relayed. Each proxy answers it in
@@ -102,8 +106,6 @@ type Refusal struct {
 	Why proxymetrics.Refusal
 	// Message is safe to show the user: never an internal address.
 	Message string
-	// RetryAfter is when a throttled client may try again.
-	RetryAfter time.Duration
 	// Err is the cause, for the log.
 	Err error
 }
@@ -142,7 +144,8 @@ func (c *Core) Refuse(log *slog.Logger, r *Refusal) {
 }
 
 // Admit runs every step of a console attempt that can fail, in order:
-// shutdown, the client's failed-token limit, the token check, the
+// shutdown, the client's failed-token limit (a wait, never a refusal), the
+// token check, the
 // instance's session cap, revocations seen during the handshake, and the
 // dial. On success the session is registered and holds the VNC server's
 // connection: the edge must end it with Run or Abort. ctx bounds the check
@@ -162,10 +165,15 @@ func (c *Core) Admit(ctx context.Context, a Attempt) (*Session, *Refusal) {
 	if c.draining.Load() {
 		return refuse(&Refusal{Why: proxymetrics.RefusedShutdown, Message: "proxy shutting down", Err: errors.New("draining")})
 	}
-	if ok, wait := c.cfg.FailBan.Allowed(a.ClientIP); !ok {
-		return refuse(&Refusal{Why: proxymetrics.RefusedThrottled, RetryAfter: wait,
-			Message: "too many failed console tokens from your address; retry in " + strconv.Itoa(int(wait.Seconds())+1) + " s",
-			Err:     errors.New("client throttled after failed tokens")})
+	// A throttled client is slowed down, never refused: its token is
+	// checked all the same, so a valid one behind a guesser's NAT connects.
+	waited, err := c.cfg.FailBan.Wait(ctx, a.ClientIP, a.Token)
+	if waited > 0 {
+		c.cfg.Metrics.TokenCheckThrottled()
+		log.Info("token check throttled after invalid tokens from this address", "waited", waited.String())
+	}
+	if err != nil {
+		return refuse(&Refusal{Why: proxymetrics.RefusedClientGone, Message: "handshake ended while throttled", Err: err})
 	}
 
 	// A revocation stamped after this instant must end the session even if
@@ -173,18 +181,18 @@ func (c *Core) Admit(ctx context.Context, a Attempt) (*Session, *Refusal) {
 	checked := time.Now()
 	info, err := c.cfg.Checker.Check(ctx, a.Token, c.cfg.ConsoleType)
 	if err != nil {
-		return refuse(c.tokenRefusal(a.ClientIP, err))
+		return refuse(c.tokenRefusal(a.ClientIP, a.Token, err))
 	}
 	log = log.With("instance", info.GetInstanceUuid(), "session", newID())
 
 	s := &Session{core: c, Info: info, Log: log, start: a.Start}
-	entry, err := c.table.AddAt(info.GetInstanceUuid(), checked, func(reason string) { s.end(c.endedBy(), reason) })
+	entry, err := c.table.AddAt(info.GetInstanceUuid(), checked, info.GetTokenRevision(), func(reason string) { s.end(c.endedBy(), reason) })
 	if err != nil {
 		return refuse(&Refusal{Why: proxymetrics.RefusedTooManySessions, Message: ErrTooMany.Error(), Err: err})
 	}
 	s.entry = entry
-	if at, ok := c.revokedAfter(info.GetInstanceUuid(), checked); ok {
-		s.end(proxymetrics.EndRevoked, "revoked during the handshake at "+at.UTC().Format(time.RFC3339Nano))
+	if r, ok := c.revokedDuring(info.GetInstanceUuid(), info.GetTokenRevision(), checked); ok {
+		s.end(proxymetrics.EndRevoked, r.Reason)
 	}
 	if r := s.endedEarly(); r != nil {
 		c.table.Remove(entry)
@@ -210,14 +218,15 @@ func (c *Core) Admit(ctx context.Context, a Attempt) (*Session, *Refusal) {
 	return s, nil
 }
 
-// tokenRefusal sorts a failed check; guesses count against the client.
-func (c *Core) tokenRefusal(ip string, err error) *Refusal {
+// tokenRefusal sorts a failed check. Only an invalid token counts against
+// the client and token prefix (failban): a token of the other console type
+// is a real one, and an outage is nobody's guess.
+func (c *Core) tokenRefusal(ip, token string, err error) *Refusal {
 	switch {
 	case errors.Is(err, tokencheck.ErrInvalid):
-		c.cfg.FailBan.Fail(ip)
+		c.cfg.FailBan.Fail(ip, token)
 		return &Refusal{Why: proxymetrics.RefusedTokenInvalid, Message: tokencheck.ErrInvalid.Error(), Err: err}
 	case errors.Is(err, tokencheck.ErrWrongType):
-		c.cfg.FailBan.Fail(ip)
 		return &Refusal{Why: proxymetrics.RefusedWrongType, Message: tokencheck.ErrWrongType.Error(), Err: err}
 	case errors.Is(err, tokencheck.ErrMoved):
 		return &Refusal{Why: proxymetrics.RefusedConsoleMoved, Message: tokencheck.ErrMoved.Error(), Err: err}
@@ -225,30 +234,56 @@ func (c *Core) tokenRefusal(ip string, err error) *Refusal {
 	return &Refusal{Why: proxymetrics.RefusedUnavailable, Message: tokencheck.ErrUnavailable.Error(), Err: err}
 }
 
-// Revoke ends the live sessions of instance whose token was checked before
-// r.RevokedAt, and remembers the revocation for handshakes in flight whose
-// check preceded it but whose session is not registered yet.
+// Revoke ends the live sessions of instance that r revokes (see Revokes),
+// and remembers r for handshakes in flight whose token check preceded it
+// but whose session is not registered yet.
 func (c *Core) Revoke(instance string, r registry.Revocation) {
 	c.mu.Lock()
 	now := time.Now()
-	for id, at := range c.revoked {
-		if now.Sub(at) > 2*c.cfg.HandshakeTimeout {
+	for id, m := range c.revoked {
+		if now.Sub(m.seen) > 2*c.cfg.HandshakeTimeout {
 			delete(c.revoked, id)
 		}
 	}
-	if r.RevokedAt.After(c.revoked[instance]) {
-		c.revoked[instance] = r.RevokedAt
+	m := c.revoked[instance]
+	m.seen = now
+	m.r.Reason = r.Reason
+	m.r.Revision = max(m.r.Revision, r.Revision)
+	if r.RevokedAt.After(m.r.RevokedAt) {
+		m.r.RevokedAt = r.RevokedAt
 	}
+	c.revoked[instance] = m
 	c.mu.Unlock()
-	n := c.table.EndInstance(instance, r.RevokedAt, r.Reason)
-	c.log.Info("console tokens revoked", "instance", instance, "reason", r.Reason, "sessions_ended", n)
+	n := c.table.EndInstance(instance, r)
+	c.log.Info("console tokens revoked", "instance", instance, "reason", r.Reason, "revision", r.Revision, "sessions_ended", n)
 }
 
-func (c *Core) revokedAfter(instance string, t time.Time) (time.Time, bool) {
+// revokedDuring returns the remembered revocation of instance that
+// revokes a token of revision tokenRev checked at checked.
+func (c *Core) revokedDuring(instance string, tokenRev int64, checked time.Time) (registry.Revocation, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	at, ok := c.revoked[instance]
-	return at, ok && at.After(t)
+	m, ok := c.revoked[instance]
+	return m.r, ok && Revokes(m.r, tokenRev, checked)
+}
+
+// Revokes reports whether revocation r ends a session whose token record
+// has etcd revision tokenRev (ConnectInfo.token_revision) and was checked at
+// checked. With both revisions known it is etcd's order, which no clock can
+// upset: the token was created before the revocation was written. Without
+// one of them it falls back to the clocks: the check came before r.RevokedAt.
+func Revokes(r registry.Revocation, tokenRev int64, checked time.Time) bool {
+	if tokenRev > 0 && r.Revision > 0 {
+		return tokenRev < r.Revision
+	}
+	return checked.Before(r.RevokedAt)
+}
+
+// revocationMark is a revocation remembered for handshakes in flight: the
+// highest revision and latest time seen for the instance.
+type revocationMark struct {
+	r    registry.Revocation
+	seen time.Time // local clock, for forgetting it
 }
 
 // endedBy is why the table ends a session: shutdown, else a revocation.
@@ -398,6 +433,9 @@ func (s *Session) Run(client net.Conn, goodbye func(why proxymetrics.EndReason, 
 		"setup", setup.Round(time.Microsecond).String())
 
 	rl := relay.New(client, s.vnc, cfg.IdleTimeout > 0)
+	if cfg.HalfCloseLinger > 0 {
+		rl.Linger = cfg.HalfCloseLinger
+	}
 	s.mu.Lock()
 	s.relay, s.goodbye = rl, goodbye
 	why, message := s.why, s.message

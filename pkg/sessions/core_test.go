@@ -27,6 +27,7 @@ import (
 	"github.com/vncgate/vncgate/pkg/tokencheck"
 	"github.com/vncgate/vncgate/testkit/loopback"
 	"github.com/vncgate/vncgate/testkit/rfb"
+	"github.com/vncgate/vncgate/testkit/scrape"
 	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
@@ -205,7 +206,7 @@ func TestAdmitRefusals(t *testing.T) {
 		{"wrong console type", func(_ *testing.T, w *coreWorld) string {
 			w.auth.set(tok, fmt.Errorf("%w: minted for xvpvnc", tokencheck.ErrWrongType))
 			return tok
-		}, proxymetrics.RefusedWrongType, true},
+		}, proxymetrics.RefusedWrongType, false},
 		{"console moved", func(_ *testing.T, w *coreWorld) string {
 			w.auth.set(tok, fmt.Errorf("%w: port changed", tokencheck.ErrMoved))
 			return tok
@@ -227,10 +228,6 @@ func TestAdmitRefusals(t *testing.T) {
 			return tok
 		}, proxymetrics.RefusedTooManySessions, false},
 		{"draining", func(_ *testing.T, w *coreWorld) string { w.core.Drain(); return w.token(tok, "i") }, proxymetrics.RefusedShutdown, false},
-		{"throttled, even with a good token", func(_ *testing.T, w *coreWorld) string {
-			w.admit("guess")
-			return w.token(tok, "i")
-		}, proxymetrics.RefusedThrottled, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ban := failban.New(1, time.Minute) // one failed token throttles
@@ -241,17 +238,14 @@ func TestAdmitRefusals(t *testing.T) {
 			if s != nil || r == nil || r.Why != tc.want {
 				t.Fatalf("got session %v refusal %v, want refused %s", s, r, tc.want)
 			}
-			if r.Message == "" || strings.ContainsAny(r.Message, ":0123456789") && tc.want != proxymetrics.RefusedThrottled {
+			if r.Message == "" || strings.ContainsAny(r.Message, ":0123456789") {
 				t.Errorf("message %q: want a sentence without internal details", r.Message)
-			}
-			if tc.want == proxymetrics.RefusedThrottled && r.RetryAfter <= 0 {
-				t.Errorf("throttled without a retry time")
 			}
 			if got := w.counted(t, "vncgate_proxy_sessions_total", "result", tc.want.String()); got != before+1 {
 				t.Errorf("sessions_total{result=%s}: got %v, want %v", tc.want, got, before+1)
 			}
-			if ok, _ := ban.Allowed("192.0.2.1"); ok == tc.counts {
-				t.Errorf("counted as a failed token: got %v, want %v", !ok, tc.counts)
+			if got := ban.Throttled("192.0.2.1", token); got != tc.counts {
+				t.Errorf("counted as an invalid token: got %v, want %v", got, tc.counts)
 			}
 			if token != "" && strings.Contains(w.logs.String(), token) {
 				t.Errorf("the token reached the log:\n%s", w.logs)
@@ -543,4 +537,81 @@ func TestRFBAwareSessions(t *testing.T) {
 			t.Errorf("sessions_total{result=relayed}: got %v, want 0", got)
 		}
 	})
+}
+
+// A throttled address is slowed down, never refused: a valid token that
+// shares the guesser's address and token prefix still connects, within the
+// handshake.
+func TestThrottledClientIsCheckedNotRefused(t *testing.T) {
+	ban := failban.New(1, time.Minute)
+	w := newCoreWorld(t, func(c *Config) { c.FailBan = ban })
+	if _, r := w.admit("guess"); r == nil || r.Why != proxymetrics.RefusedTokenInvalid {
+		t.Fatalf("guess: got %v, want token_invalid", r)
+	}
+	// A valid token in the guess's key: throttled.
+	tok := ""
+	for i := 0; tok == ""; i++ {
+		if c := fmt.Sprintf("valid-%d", i); ban.Throttled("192.0.2.1", c) {
+			tok = c
+		}
+	}
+	w.token(tok, "i")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	s, r := w.core.Admit(ctx, Attempt{Start: time.Now(), ClientIP: "192.0.2.1", Token: tok})
+	if r != nil {
+		t.Fatalf("a valid token from a throttled address: got %v, want a session", r)
+	}
+	run(t, s).echo(t, "connected")
+	if got := scrape.Value(t, w.metrics, "vncgate_proxy_token_checks_throttled_total"); got != 1 {
+		t.Errorf("token_checks_throttled_total: got %v, want 1", got)
+	}
+	if !strings.Contains(w.logs.String(), "token check throttled") {
+		t.Errorf("no log line for the throttled check:\n%s", w.logs)
+	}
+	if strings.Contains(w.logs.String(), tok) {
+		t.Errorf("the token reached the log:\n%s", w.logs)
+	}
+}
+
+// Revocations are ordered by etcd revision when both sides have one: a
+// handshake in flight whose token is older than the revocation is refused
+// even when the revocation's clock says otherwise, and a newer token is not.
+func TestRevocationDuringTheHandshakeByRevision(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		tokenRev  int64
+		revokedAt time.Time
+		revoked   bool
+	}{
+		{"older token, consoleauth's clock behind", 10, time.Now().Add(-time.Hour), true},
+		{"newer token, consoleauth's clock ahead", 30, time.Now().Add(time.Hour), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newCoreWorld(t, nil)
+			tok := w.token("t", "inst")
+			w.auth.tokens[tok].(*consoleauthv1.ConnectInfo).TokenRevision = tc.tokenRev
+			w.auth.entered, w.auth.gate = make(chan struct{}, 1), make(chan struct{})
+			type result struct {
+				s *Session
+				r *Refusal
+			}
+			admitted := make(chan result, 1)
+			go func() { s, r := w.admit(tok); admitted <- result{s, r} }()
+			<-w.auth.entered
+			w.core.Revoke("inst", registry.Revocation{Reason: "the instance was stopped", RevokedAt: tc.revokedAt, Revision: 20})
+			close(w.auth.gate)
+			got := <-admitted
+			if tc.revoked {
+				if got.r == nil || got.r.Why != proxymetrics.RefusedRevoked || got.r.Message != "the instance was stopped" {
+					t.Fatalf("got %v %v, want refused as revoked with the reason", got.s, got.r)
+				}
+				return
+			}
+			if got.r != nil {
+				t.Fatalf("got %v, want a session", got.r)
+			}
+			run(t, got.s).echo(t, "a newer token's session")
+		})
+	}
 }

@@ -1,10 +1,13 @@
 // Package sessions is the one session core of both console proxies
 // (novnc-proxy, xvp-proxy): everything about a console session except the
 // client's protocol. Core admits an attempt (shutdown, failed-token limit,
-// token check, per-instance cap, revocations seen during the handshake, dial)
-// or returns one Refusal that each proxy answers in its protocol; Session
-// runs the relay with its limits (idle, maximum length, token expiry),
-// revocation and shutdown, and counts and logs its end once. Table tracks the
+// which slows a check down and never refuses it, token check, per-instance
+// cap, revocations seen during the handshake, dial) or returns one Refusal
+// that each proxy answers in its protocol; Session runs the relay with its
+// limits (idle, maximum length, token expiry, a half-closed session's
+// linger), revocation and shutdown, and counts and logs its end once.
+// Revocations are ordered by etcd revision (token record against revocation
+// write), by the clocks only when a revision is unknown. Table tracks the
 // live sessions, so a proxy can end an instance's sessions when its tokens are
 // revoked, cap sessions per instance, and wait for them on shutdown (an
 // http.Server does not track hijacked connections).
@@ -17,6 +20,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/vncgate/vncgate/pkg/registry"
 )
 
 // ErrTooMany is returned by Add when an instance has its maximum of sessions.
@@ -25,9 +30,13 @@ var ErrTooMany = errors.New("too many console sessions for this instance")
 // Entry is one live session in a Table.
 type Entry struct {
 	Instance string
-	Started  time.Time
-	end      func(reason string)
-	once     sync.Once
+	// Started is when the session's token was checked.
+	Started time.Time
+	// TokenRevision is the etcd revision of the session's token record
+	// (ConnectInfo.token_revision); 0 when unknown.
+	TokenRevision int64
+	end           func(reason string)
+	once          sync.Once
 }
 
 // End asks the session's owner to end it, once; reason is shown to the user.
@@ -53,13 +62,14 @@ func NewTable(maxPerInstance int) *Table {
 // Add registers a session of instance. end is called at most once, from any
 // goroutine, to end it early; the owner must still call Remove when done.
 func (t *Table) Add(instance string, end func(reason string)) (*Entry, error) {
-	return t.AddAt(instance, time.Now(), end)
+	return t.AddAt(instance, time.Now(), 0, end)
 }
 
-// AddAt is Add for a session whose start is started, the moment its token
-// was checked: EndInstance ends it for any revocation stamped after that.
-// A revocation handled before AddAt cannot reach it; Core remembers those.
-func (t *Table) AddAt(instance string, started time.Time, end func(reason string)) (*Entry, error) {
+// AddAt is Add for a session whose token, of etcd revision tokenRevision
+// (0: unknown), was checked at started: EndInstance ends it for any
+// revocation that Revokes it. A revocation handled before AddAt cannot
+// reach it; Core remembers those.
+func (t *Table) AddAt(instance string, started time.Time, tokenRevision int64, end func(reason string)) (*Entry, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	set := t.byInstance[instance]
@@ -70,7 +80,7 @@ func (t *Table) AddAt(instance string, started time.Time, end func(reason string
 		set = map[*Entry]struct{}{}
 		t.byInstance[instance] = set
 	}
-	s := &Entry{Instance: instance, Started: started, end: end}
+	s := &Entry{Instance: instance, Started: started, TokenRevision: tokenRevision, end: end}
 	set[s] = struct{}{}
 	t.count++
 	return s, nil
@@ -100,19 +110,19 @@ func (t *Table) Len() int {
 	return t.count
 }
 
-// EndInstance ends the sessions of instance that started before before, and
-// returns how many it asked to end.
-func (t *Table) EndInstance(instance string, before time.Time, reason string) int {
+// EndInstance ends the sessions of instance that r revokes (see Revokes),
+// with r's reason, and returns how many it asked to end.
+func (t *Table) EndInstance(instance string, r registry.Revocation) int {
 	t.mu.Lock()
 	var victims []*Entry
 	for s := range t.byInstance[instance] {
-		if s.Started.Before(before) {
+		if Revokes(r, s.TokenRevision, s.Started) {
 			victims = append(victims, s)
 		}
 	}
 	t.mu.Unlock()
 	for _, s := range victims {
-		s.End(reason)
+		s.End(r.Reason)
 	}
 	return len(victims)
 }

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vncgate/vncgate/pkg/registry"
 )
 
 func TestEndInstanceEndsOnlyOlderSessionsOfThatInstance(t *testing.T) {
@@ -30,7 +32,7 @@ func TestEndInstanceEndsOnlyOlderSessionsOfThatInstance(t *testing.T) {
 	time.Sleep(time.Millisecond)
 	add("a3", "A")
 
-	if n := tab.EndInstance("A", cut, "the instance was stopped"); n != 2 {
+	if n := tab.EndInstance("A", registry.Revocation{Reason: "the instance was stopped", RevokedAt: cut}); n != 2 {
 		t.Fatalf("ended %d sessions, want 2", n)
 	}
 	mu.Lock()
@@ -82,12 +84,41 @@ func TestAddAtEndsSessionsCheckedBeforeARevocation(t *testing.T) {
 	revokedAt := checked.Add(time.Millisecond) // revoked after the check, before the Add
 	time.Sleep(2 * time.Millisecond)
 	var got []string
-	tab.AddAt("A", checked, func(reason string) { got = append(got, "checked before: "+reason) })
+	tab.AddAt("A", checked, 0, func(reason string) { got = append(got, "checked before: "+reason) })
 	tab.Add("A", func(reason string) { got = append(got, "added now: "+reason) })
-	if n := tab.EndInstance("A", revokedAt, "revoked"); n != 1 {
+	if n := tab.EndInstance("A", registry.Revocation{Reason: "revoked", RevokedAt: revokedAt}); n != 1 {
 		t.Fatalf("ended %d sessions, want 1", n)
 	}
 	if len(got) != 1 || got[0] != "checked before: revoked" {
 		t.Fatalf("got %q, want only the session checked before the revocation ended", got)
+	}
+}
+
+// With etcd revisions on both sides the order is etcd's, whatever the
+// clocks say; without one of them it is the clocks'.
+func TestEndInstanceOrdersByRevision(t *testing.T) {
+	now := time.Now()
+	past, future := now.Add(-time.Hour), now.Add(time.Hour) // consoleauth's clock behind, or ahead
+	for _, tc := range []struct {
+		name     string
+		tokenRev int64
+		r        registry.Revocation
+		ended    bool
+	}{
+		{"older token, revocation stamped by a clock behind", 10, registry.Revocation{Revision: 20, RevokedAt: past}, true},
+		{"newer token, revocation stamped by a clock ahead", 30, registry.Revocation{Revision: 20, RevokedAt: future}, false},
+		{"the revocation's own revision", 20, registry.Revocation{Revision: 20, RevokedAt: future}, false},
+		{"token without a revision: the clocks", 0, registry.Revocation{Revision: 20, RevokedAt: future}, true},
+		{"revocation without a revision: the clocks", 10, registry.Revocation{RevokedAt: past}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tab := NewTable(0)
+			ended := false
+			tab.AddAt("A", now, tc.tokenRev, func(string) { ended = true })
+			tc.r.Reason = "stopped"
+			if n := tab.EndInstance("A", tc.r); (n == 1) != tc.ended || ended != tc.ended {
+				t.Fatalf("got ended=%v (%d), want %v", ended, n, tc.ended)
+			}
+		})
 	}
 }

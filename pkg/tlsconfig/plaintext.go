@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 )
 
 // CheckPlaintext refuses a listener or a link that would carry plaintext
@@ -16,6 +17,20 @@ func CheckPlaintext(name, addr string, allowed bool) error {
 		return nil
 	}
 	return fmt.Errorf("%s %s: plaintext off loopback; configure TLS for it, or set [vncgate] allow_plaintext = true (e.g. behind a TLS-terminating load balancer on a private network)", name, addr)
+}
+
+// CheckPlaintextEndpoints is CheckPlaintext for a list of endpoints, each
+// host:port or a URL (etcd's "http://host:port").
+func CheckPlaintextEndpoints(name string, endpoints []string, allowed bool) error {
+	for _, ep := range endpoints {
+		if u, err := url.Parse(ep); err == nil && u.Host != "" {
+			ep = u.Host
+		}
+		if err := CheckPlaintext(name, ep, allowed); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // IsLoopback reports whether addr (host:port or a bare host) names only

@@ -26,13 +26,12 @@ func (p Public) Enabled() bool { return p.Cert != "" }
 
 // Check validates the settings without reading a file. It returns
 // warnings for the caller to log: ssl_ciphers words that select nothing Go
-// implements, and TLS 1.1 allowed.
+// implements.
 func (p Public) Check() (warnings []string, err error) {
 	if p.Key != "" && p.Cert == "" {
 		return nil, errors.New("key is set but cert is not")
 	}
-	min, err := MinVersion(p.MinimumVersion)
-	if err != nil {
+	if _, err := MinVersion(p.MinimumVersion); err != nil {
 		return nil, err
 	}
 	_, ignored, err := CipherSuites(p.Ciphers)
@@ -41,9 +40,6 @@ func (p Public) Check() (warnings []string, err error) {
 	}
 	if !p.Enabled() {
 		return nil, nil
-	}
-	if min < tls.VersionTLS12 {
-		warnings = append(warnings, "ssl_minimum_version "+p.MinimumVersion+" allows TLS 1.1, deprecated by RFC 8996")
 	}
 	if len(ignored) > 0 {
 		warnings = append(warnings, "ssl_ciphers: ignored, nothing Go implements: "+strings.Join(ignored, ":"))
@@ -79,19 +75,19 @@ func (p Public) Config(nextProtos ...string) (*tls.Config, error) {
 
 // MinVersion reads Nova's ssl_minimum_version, the same set of values in
 // every service: "default" (or empty) is TLS 1.2, Go's own floor for
-// servers, as Nova's "default" is the TLS library's; "tlsv1_1", "tlsv1_2"
-// and "tlsv1_3" require that version or newer. tlsv1_1 is accepted because
-// Nova accepts it, although RFC 8996 deprecates TLS 1.1.
+// servers, as Nova's "default" is the TLS library's; "tlsv1_2" and
+// "tlsv1_3" require that version or newer. Nova's "tlsv1_1" is refused:
+// every vncgate listener speaks TLS 1.2 or newer (RFC 8996 deprecates 1.1).
 func MinVersion(name string) (uint16, error) {
 	switch strings.ToLower(strings.TrimSpace(name)) {
 	case "", "default", "tlsv1_2":
 		return tls.VersionTLS12, nil
 	case "tlsv1_1":
-		return tls.VersionTLS11, nil
+		return 0, fmt.Errorf("ssl_minimum_version %s: TLS 1.1 is refused (deprecated by RFC 8996); use default (TLS 1.2), tlsv1_2 or tlsv1_3", name)
 	case "tlsv1_3":
 		return tls.VersionTLS13, nil
 	}
-	return 0, fmt.Errorf("ssl_minimum_version %q: want default, tlsv1_1, tlsv1_2 or tlsv1_3", name)
+	return 0, fmt.Errorf("ssl_minimum_version %q: want default, tlsv1_2 or tlsv1_3", name)
 }
 
 // suite is what an OpenSSL cipher string can select a TLS 1.2 suite by.

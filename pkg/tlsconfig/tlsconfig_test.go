@@ -137,7 +137,7 @@ func TestMinVersion(t *testing.T) {
 	}{
 		{"", tls.VersionTLS12, false},
 		{"default", tls.VersionTLS12, false},
-		{"tlsv1_1", tls.VersionTLS11, false},
+		{"tlsv1_1", 0, true},
 		{"tlsv1_2", tls.VersionTLS12, false},
 		{"TLSv1_3", tls.VersionTLS13, false},
 		{"tlsv1_0", 0, true},
@@ -258,11 +258,11 @@ func TestPublic(t *testing.T) {
 }
 
 func TestPublicWarnings(t *testing.T) {
-	w, err := Public{Cert: "c.pem", MinimumVersion: "tlsv1_1", Ciphers: "ECDHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES128-GCM-SHA256"}.Check()
-	if err != nil || len(w) != 2 || !strings.Contains(w[0], "RFC 8996") || !strings.Contains(w[1], "DHE-RSA-AES128-GCM-SHA256") {
-		t.Errorf("got %q, %v; want the TLS 1.1 and the cipher warnings", w, err)
+	w, err := Public{Cert: "c.pem", Ciphers: "ECDHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES128-GCM-SHA256"}.Check()
+	if err != nil || len(w) != 1 || !strings.Contains(w[0], "DHE-RSA-AES128-GCM-SHA256") {
+		t.Errorf("got %q, %v; want the cipher warning", w, err)
 	}
-	if w, err := (Public{MinimumVersion: "tlsv1_1"}).Check(); err != nil || len(w) != 0 {
-		t.Errorf("without TLS: got %q, %v; want no warning", w, err)
+	if _, err := (Public{Cert: "c.pem", MinimumVersion: "tlsv1_1"}).Check(); err == nil || !strings.Contains(err.Error(), "RFC 8996") {
+		t.Errorf("tlsv1_1: got %v, want TLS 1.1 refused", err)
 	}
 }

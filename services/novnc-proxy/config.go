@@ -3,9 +3,11 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"time"
 
 	"github.com/vncgate/vncgate/pkg/config"
@@ -24,6 +26,14 @@ type Config struct {
 	AllowedOrigins []string // [console] allowed_origins
 	TrustedProxies []string
 	SourceIsIPv6   bool // [DEFAULT] source_is_ipv6
+	// AllowPlaintext ([vncgate] allow_plaintext) lets the public port, the
+	// consoleauth link and the etcd link be plaintext off loopback.
+	AllowPlaintext bool
+
+	// MaxConnections and MaxConnectionsPerClient cap open connections on
+	// the public port, in all and per client address (0: no cap).
+	MaxConnections          int
+	MaxConnectionsPerClient int
 
 	SSLOnly           bool   // [DEFAULT] ssl_only
 	Cert, Key         string // [DEFAULT] cert and key (key may be inside cert)
@@ -76,10 +86,13 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.String(&c.Web, config.SectionDefault, "web", "", "serve this noVNC build (e.g. /usr/share/novnc) instead of the vncgate console page")
 	s.Bool(&c.EnforceSessionTimeout, config.SectionConsoleAuth, "enforce_session_timeout", false, "end a session when its token expires")
 	s.List(&c.TrustedProxies, config.SectionVNCGate, "trusted_proxies", nil, "addresses or CIDRs of reverse proxies whose X-Forwarded-For/-Proto are believed")
+	s.Bool(&c.AllowPlaintext, config.SectionVNCGate, "allow_plaintext", false, "allow plain HTTP on the public port, and plaintext links to consoleauth and etcd, off loopback (e.g. behind a TLS-terminating load balancer on a private network)")
+	s.Int(&c.MaxConnections, config.SectionVNCGate, "max_connections", DefaultMaxConnections, "open connections allowed on the public port, sessions and requests alike; past it new ones get 503 (0: no cap)")
+	s.Int(&c.MaxConnectionsPerClient, config.SectionVNCGate, "max_connections_per_client", DefaultMaxConnectionsPerClient, "open connections allowed per client address (an IPv6 client is its /64; behind trusted_proxies, the forwarded address); past it new ones get 503 (0: no cap)")
 	s.String(&c.NoVNCDir, config.SectionVNCGate, "novnc_core_dir", "", "directory of the @novnc/novnc package (holding core/rfb.js) for the console page; empty: look next to the binary and in the working directory")
 	s.String(&c.ConsoleAuthAddress, config.SectionVNCGate, "consoleauth_address", "127.0.0.1:6090", "consoleauth gRPC address")
 	s.TLS(&c.GRPC, config.SectionVNCGate, "grpc", "the client of consoleauth")
-	s.List(&c.EtcdEndpoints, config.SectionVNCGate, "etcd_endpoints", nil, "etcd endpoints, to end sessions when tokens are revoked; empty: no revocation watch")
+	s.List(&c.EtcdEndpoints, config.SectionVNCGate, "etcd_endpoints", []string{DefaultEtcdEndpoint}, "etcd endpoints, to end sessions when tokens are revoked; empty: no revocation watch (warned at start)")
 	s.TLS(&c.Etcd, config.SectionVNCGate, "etcd", "the etcd client")
 	s.Seconds(&c.HandshakeTimeout, config.SectionVNCGate, "handshake_timeout", 10*time.Second, "limit for TLS, the HTTP request head, and the token check and dial of an upgrade")
 	s.Seconds(&c.DialTimeout, config.SectionVNCGate, "dial_timeout", 5*time.Second, "limit for connecting to the VNC server")
@@ -88,7 +101,7 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Seconds(&c.MaxSessionLength, config.SectionVNCGate, "max_session_length", 0, "end sessions after this long (0: never)")
 	s.Seconds(&c.RevocationGrace, config.SectionVNCGate, "revocation_grace", 3*time.Second, "when a VM's VNC server closes, wait this long for a revocation to tell the user why (hypervisors close the socket before they report the stop)")
 	s.Int(&c.MaxSessionsPerInstance, config.SectionVNCGate, "max_sessions_per_instance", 0, "concurrent sessions allowed per instance on this proxy (0: no cap)")
-	s.Int(&c.FailedTokenLimit, config.SectionVNCGate, "failed_token_limit", 10, "failed tokens allowed per client address per window (0: no limit)")
+	s.Int(&c.FailedTokenLimit, config.SectionVNCGate, "failed_token_limit", 10, "invalid tokens per client address and token prefix per window before that key's checks are slowed down, never refused (0: no limit)")
 	s.Seconds(&c.FailedTokenWindow, config.SectionVNCGate, "failed_token_window", time.Minute, "window of failed_token_limit")
 	s.Seconds(&c.DrainTimeout, config.SectionVNCGate, "drain_timeout", 30*time.Second, "on shutdown, how long live sessions may go on before they are ended")
 	s.Seconds(&c.ShutdownDelay, config.SectionVNCGate, "shutdown_delay", 0, "on shutdown, how long /healthz answers 503 before the port closes")
@@ -100,6 +113,20 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	}
 	return c, notes, c.validate()
 }
+
+// Defaults of the connection caps and the revocation watch.
+const (
+	// DefaultMaxConnections: an idle session costs about 40 KiB and two
+	// file descriptors (client and VNC server), so 16,384 is some 650 MiB
+	// and needs LimitNOFILE above 32,768.
+	DefaultMaxConnections = 16384
+	// DefaultMaxConnectionsPerClient: a browser console is one WebSocket;
+	// 100 leaves room for an office behind one NAT.
+	DefaultMaxConnectionsPerClient = 100
+	// DefaultEtcdEndpoint is where make run's (and a compute host's) etcd
+	// listens.
+	DefaultEtcdEndpoint = "127.0.0.1:2379"
+)
 
 // public is the TLS of the public port.
 func (c Config) public() tlsconfig.Public {
@@ -122,6 +149,9 @@ func (c Config) validate() error {
 	if c.FailedTokenLimit < 0 || c.MaxSessionsPerInstance < 0 {
 		return fmt.Errorf("failed_token_limit and max_sessions_per_instance must not be negative")
 	}
+	if c.MaxConnections < 0 || c.MaxConnectionsPerClient < 0 {
+		return fmt.Errorf("max_connections and max_connections_per_client must not be negative (0: no cap)")
+	}
 	if err := c.GRPC.Check(); err != nil {
 		return fmt.Errorf("grpc_key: %w", err)
 	}
@@ -130,6 +160,26 @@ func (c Config) validate() error {
 	}
 	if _, err := c.RFB.Config(); err != nil {
 		return err
+	}
+	return nil
+}
+
+// checkPlaintext refuses plaintext off loopback unless allow_plaintext:
+// the public port without cert, and the consoleauth and etcd links
+// without TLS. It is checked when the proxy starts.
+func (c Config) checkPlaintext() error {
+	if c.Cert == "" {
+		if err := tlsconfig.CheckPlaintext("novncproxy_host", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)), c.AllowPlaintext); err != nil {
+			return err
+		}
+	}
+	if !c.GRPC.Enabled() {
+		if err := tlsconfig.CheckPlaintext("consoleauth_address", c.ConsoleAuthAddress, c.AllowPlaintext); err != nil {
+			return err
+		}
+	}
+	if !c.Etcd.Enabled() {
+		return tlsconfig.CheckPlaintextEndpoints("etcd_endpoints", c.EtcdEndpoints, c.AllowPlaintext)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/config"
+	"github.com/vncgate/vncgate/pkg/edge"
 	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/failban"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
@@ -24,20 +25,20 @@ import (
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/web"
 )
 
-const (
-	// maxHeaderBytes caps a request head (Go adds 4 KiB of slack).
-	maxHeaderBytes = 32 << 10
-	// pageWriteTimeout bounds writing a page response; sessions clear it.
-	pageWriteTimeout = time.Minute
-	// endGrace is how long ended sessions get for their close handshakes.
-	endGrace = 10 * time.Second
-)
+// endGrace is how long ended sessions get for their close handshakes.
+const endGrace = 10 * time.Second
 
 // run serves until ctx ends, then shuts down in two phases: readiness goes
 // red and the port closes; live sessions get cfg.DrainTimeout to end, then
 // are closed with 1001 "proxy shutting down". listening, if not nil, is told
 // the bound address once the port is open.
 func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.Addr)) error {
+	if err := cfg.checkPlaintext(); err != nil {
+		return err
+	}
+	if cfg.Cert != "" && !cfg.SSLOnly {
+		log.Warn("cert is set but ssl_only is not: plain HTTP is served on the same port, so console tokens may travel unencrypted; set ssl_only = true")
+	}
 	pages, pagesFrom, err := webHandler(cfg)
 	if err != nil {
 		return err
@@ -65,6 +66,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 	defer conn.Close()
 
 	metrics := proxymetrics.NewRegistry()
+	counted := proxymetrics.New(metrics)
+	caps := edge.NewCaps(cfg.MaxConnections, cfg.MaxConnectionsPerClient, counted)
 	revocationGrace := cfg.RevocationGrace
 	if len(cfg.EtcdEndpoints) == 0 {
 		revocationGrace = 0 // no revocation can come
@@ -79,7 +82,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 		Dialer:                backend.Dialer{Timeout: cfg.DialTimeout},
 		FailBan:               failban.New(cfg.FailedTokenLimit, cfg.FailedTokenWindow),
 		MaxPerInstance:        cfg.MaxSessionsPerInstance,
-		Metrics:               proxymetrics.New(metrics),
+		Metrics:               counted,
 		Log:                   log,
 		HandshakeTimeout:      cfg.HandshakeTimeout,
 		IdleTimeout:           cfg.IdleTimeout,
@@ -94,6 +97,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 		Web:              pages,
 		Log:              log,
 		MetricsHandler:   proxymetrics.Handler(metrics),
+		Caps:             caps,
 		HandshakeTimeout: cfg.HandshakeTimeout,
 		PingInterval:     cfg.PingInterval,
 		RevocationGrace:  revocationGrace,
@@ -108,24 +112,20 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 		}
 		defer cli.Close()
 		go revocation.Watch(watchCtx, cli, log, core.Revoke)
+	} else {
+		log.Warn("etcd_endpoints is empty: revocations will not end live sessions")
 	}
 
-	ln, scheme, err := listen(cfg, publicTLS)
+	ln, scheme, err := listen(cfg, publicTLS, edge.Options{Caps: caps, Trusted: trust.Trust, Metrics: counted, Log: log})
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           px,
-		ReadHeaderTimeout: cfg.HandshakeTimeout,
-		WriteTimeout:      pageWriteTimeout,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
+	srv := px.HTTPServer(log)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("novnc-proxy listening", "addr", ln.Addr().String(), "scheme", scheme,
-		"base_url", cfg.BaseURL, "pages", pagesFrom, "consoleauth", cfg.ConsoleAuthAddress, "revocation_watch", len(cfg.EtcdEndpoints) > 0)
+		"base_url", cfg.BaseURL, "pages", pagesFrom, "consoleauth", cfg.ConsoleAuthAddress, "revocation_watch", len(cfg.EtcdEndpoints) > 0,
+		"max_connections", cfg.MaxConnections, "max_connections_per_client", cfg.MaxConnectionsPerClient)
 	if listening != nil {
 		listening(ln.Addr())
 	}
@@ -182,11 +182,15 @@ func webHandler(cfg Config) (http.Handler, string, error) {
 }
 
 // listen opens the public port: plain HTTP, TLS only (ssl_only), or both
-// on one port as websockify does. scheme says which.
-func listen(cfg Config, publicTLS *tls.Config) (ln net.Listener, scheme string, err error) {
+// on one port as websockify does. scheme says which. Under TLS, an accept
+// loop that survives running out of file descriptors and caps connections
+// (package edge), answering one over a cap with 503.
+func listen(cfg Config, publicTLS *tls.Config, opts edge.Options) (ln net.Listener, scheme string, err error) {
 	if ln, err = net.Listen(config.ListenAddr(cfg.Host, cfg.Port, cfg.SourceIsIPv6)); err != nil {
 		return nil, "", err
 	}
+	opts.Refuse = refuseOverCap(publicTLS, cfg.SSLOnly)
+	ln = edge.NewListener(ln, opts)
 	switch {
 	case publicTLS != nil && cfg.SSLOnly:
 		return tls.NewListener(ln, publicTLS), "https", nil
@@ -194,6 +198,26 @@ func listen(cfg Config, publicTLS *tls.Config) (ln net.Listener, scheme string, 
 		return tlssniff.New(ln, publicTLS, cfg.HandshakeTimeout), "https+http", nil
 	}
 	return ln, "http", nil
+}
+
+// refuseOverCap answers a connection over a cap with HTTP 503, over TLS
+// when the client speaks it (a handshake within edge.RefuseTimeout), or
+// closes it when ssl_only refuses its plain HTTP.
+func refuseOverCap(publicTLS *tls.Config, sslOnly bool) func(net.Conn, error) {
+	return func(c net.Conn, why error) {
+		if publicTLS != nil {
+			conn, isTLS, err := tlssniff.Sniff(c, publicTLS, edge.RefuseTimeout)
+			if err != nil || (!isTLS && sslOnly) {
+				return
+			}
+			c = conn
+			c.SetDeadline(time.Now().Add(edge.RefuseTimeout))
+			if tc, ok := c.(*tls.Conn); ok && tc.Handshake() != nil {
+				return
+			}
+		}
+		proxy.WriteOverCap(c, why)
+	}
 }
 
 // publicTLSConfig is the TLS of the public port (HTTP/1.1 only: WebSocket

@@ -57,6 +57,7 @@ func testConfig(t *testing.T, auth *fakeconsoleauth.Server) Config {
 	cfg.NoVNCDir = fakeNoVNC(t)
 	cfg.ConsoleAuthAddress = auth.Addr
 	cfg.DrainTimeout = 2 * time.Second
+	cfg.EtcdEndpoints = nil // tests that watch revocations start an etcd
 	return cfg
 }
 
@@ -300,6 +301,12 @@ func TestRunTLS(t *testing.T) {
 				t.Errorf("plain HTTP: got ok=%v (%v), want ok=%v", plainOK, err, tc.plainOK)
 			}
 
+			tls11 := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}}}
+			if resp, err := tls11.Get("https://" + s.addr + "/healthz"); err == nil {
+				resp.Body.Close()
+				t.Errorf("TLS 1.1 client: got %d, want a failed handshake", resp.StatusCode)
+			}
+
 			tls12 := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MaxVersion: tls.VersionTLS12}}}
 			resp, err = tls12.Get("https://" + s.addr + "/healthz")
 			if resp != nil {
@@ -375,6 +382,7 @@ func TestRunRefusesToStartWithoutTheNoVNCLibrary(t *testing.T) {
 func defaults() Config {
 	return Config{
 		Host: "0.0.0.0", Port: 6080, BaseURL: "http://127.0.0.1:6080/vnc_lite.html", VNCEnabled: true,
+		MaxConnections: 16384, MaxConnectionsPerClient: 100, EtcdEndpoints: []string{"127.0.0.1:2379"},
 		SSLMinimumVersion: "default", ConsoleAuthAddress: "127.0.0.1:6090",
 		HandshakeTimeout: 10 * time.Second, DialTimeout: 5 * time.Second, PingInterval: 20 * time.Second,
 		RevocationGrace: 3 * time.Second, FailedTokenLimit: 10, FailedTokenWindow: time.Minute, DrainTimeout: 30 * time.Second,
@@ -419,6 +427,12 @@ func TestOptions(t *testing.T) {
 				c.GRPC, c.EtcdEndpoints, c.Etcd = tlsconfig.Files{Cert: "g.pem", CA: "ca.pem"}, []string{"e:2379"}, tlsconfig.Files{CA: "eca.pem"}
 				c.MaxSessionsPerInstance, c.FailedTokenLimit, c.Log.Format = 2, 0, "text"
 			}},
+		{Name: "[vncgate] allow_plaintext, connection caps", File: "[vncgate]\nallow_plaintext = true\nmax_connections = 500\nmax_connections_per_client = 0\n",
+			Want: func(c *Config) { c.AllowPlaintext, c.MaxConnections, c.MaxConnectionsPerClient = true, 500, 0 }},
+		{Name: "[vncgate] etcd_endpoints empty turns the revocation watch off", File: "[vncgate]\netcd_endpoints =\n",
+			Want: func(c *Config) { c.EtcdEndpoints = nil }},
+		{Name: "negative connection cap", Args: []string{"--max_connections_per_client=-1"}, Err: "max_connections_per_client must not be negative"},
+		{Name: "TLS 1.1 refused", File: "[console]\nssl_minimum_version = tlsv1_1\n", Err: "ssl_minimum_version tlsv1_1: TLS 1.1 is refused"},
 		{Name: "environment and flags over files", File: "[vnc]\nnovncproxy_port = 7000\n[vncgate]\nidle_timeout = 60\n",
 			Env: map[string]string{"VNCGATE_NOVNCPROXY_PORT": "7080", "VNCGATE_LOG_LEVEL": "debug"}, Args: []string{"--idle_timeout=1m30s"},
 			Want: func(c *Config) { c.Port, c.Log.Level, c.IdleTimeout = 7080, slog.LevelDebug, 90*time.Second }},
@@ -485,6 +499,17 @@ func TestNovaConf(t *testing.T) {
 	}
 	if len(notes.Files) != 2 || len(notes.Unsupported) != 0 {
 		t.Errorf("notes: got %+v", notes)
+	}
+
+	// Nova's sample alone listens on 0.0.0.0 without a cert: plain HTTP
+	// off loopback, refused unless allow_plaintext says so.
+	alone, _, err := loadConfig([]string{"--config-file", sample, "--novnc_core_dir", core})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = run(context.Background(), alone, slog.New(slog.DiscardHandler), nil)
+	if err == nil || !strings.Contains(err.Error(), "novncproxy_host 0.0.0.0:6080: plaintext off loopback") {
+		t.Fatalf("Nova's sample nova.conf alone: got %v, want a refusal of plain HTTP on 0.0.0.0", err)
 	}
 
 	s := startRun(t, cfg)

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"time"
 
 	"github.com/vncgate/vncgate/pkg/config"
+	"github.com/vncgate/vncgate/pkg/edge"
 	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
@@ -24,6 +26,17 @@ type Config struct {
 	// TLS on the listener; SSLMinimumVersion and SSLCiphers are [console]
 	// ssl_minimum_version and ssl_ciphers.
 	Cert, Key, SSLMinimumVersion, SSLCiphers string
+
+	// TrustedProxies ([vncgate] trusted_proxies) are the load balancers
+	// whose connections begin with a PROXY protocol header.
+	TrustedProxies []string
+	// AllowPlaintext ([vncgate] allow_plaintext) lets the listener and the
+	// links to consoleauth and etcd be plaintext off loopback.
+	AllowPlaintext bool
+	// MaxConnections and MaxConnectionsPerClient cap open connections on
+	// the listener, in all and per client address (0: no cap).
+	MaxConnections          int
+	MaxConnectionsPerClient int
 
 	ConsoleAuthAddress string
 	GRPC               tlsconfig.Files // mTLS to consoleauth
@@ -67,9 +80,13 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Bool(&c.SourceIsIPv6, config.SectionDefault, "source_is_ipv6", false, "resolve xvpvncproxy_host to its IPv6 addresses")
 	s.String(&c.SSLMinimumVersion, config.SectionConsole, "ssl_minimum_version", "default", "minimum TLS version on the listener: default (TLS 1.2), tlsv1_1, tlsv1_2 or tlsv1_3")
 	s.String(&c.SSLCiphers, config.SectionConsole, "ssl_ciphers", "", "OpenSSL cipher string for TLS 1.2 (empty: Go's defaults)")
+	s.List(&c.TrustedProxies, config.SectionVNCGate, "trusted_proxies", nil, "addresses or CIDRs of load balancers (HAProxy send-proxy/send-proxy-v2) whose connections must begin with a PROXY protocol v1/v2 header naming the client")
+	s.Bool(&c.AllowPlaintext, config.SectionVNCGate, "allow_plaintext", false, "allow a plaintext listener, and plaintext links to consoleauth and etcd, off loopback (e.g. behind a TLS-terminating load balancer on a private network)")
+	s.Int(&c.MaxConnections, config.SectionVNCGate, "max_connections", DefaultMaxConnections, "open connections allowed on the listener; past it new ones get 503 (0: no cap)")
+	s.Int(&c.MaxConnectionsPerClient, config.SectionVNCGate, "max_connections_per_client", DefaultMaxConnectionsPerClient, "open connections allowed per client address (an IPv6 client is its /64; behind trusted_proxies, the PROXY header's); past it new ones get 503 (0: no cap)")
 	s.String(&c.ConsoleAuthAddress, config.SectionVNCGate, "consoleauth_address", "127.0.0.1:6090", "consoleauth gRPC address")
 	s.TLS(&c.GRPC, config.SectionVNCGate, "grpc", "the client of consoleauth")
-	s.List(&c.EtcdEndpoints, config.SectionVNCGate, "etcd_endpoints", nil, "etcd endpoints for revocation watching; empty turns it off")
+	s.List(&c.EtcdEndpoints, config.SectionVNCGate, "etcd_endpoints", []string{DefaultEtcdEndpoint}, "etcd endpoints for revocation watching; empty turns it off (warned at start)")
 	s.TLS(&c.Etcd, config.SectionVNCGate, "etcd", "the etcd client")
 	s.String(&c.MetricsListen, config.SectionVNCGate, "metrics_listen", "", "host:port of a plain HTTP listener serving /metrics (Prometheus) and /healthz, e.g. 127.0.0.1:9181; empty turns it off")
 	s.Seconds(&c.HandshakeTimeout, config.SectionVNCGate, "handshake_timeout", 10*time.Second, "time from accept to the 200 answer: request head, token check, VNC dial")
@@ -77,7 +94,7 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Seconds(&c.MaxSessionLength, config.SectionVNCGate, "max_session_length", 0, "end a session after this long (0: never)")
 	s.Seconds(&keepAlive, config.SectionVNCGate, "tcp_keepalive", 30*time.Second, "TCP keep-alive period on client and VNC connections (0: off)")
 	s.Seconds(&c.DrainTimeout, config.SectionVNCGate, "drain_timeout", 30*time.Second, "on shutdown, how long live sessions may continue before they are closed")
-	s.Int(&c.FailedTokenLimit, config.SectionVNCGate, "failed_token_limit", 10, "failed tokens allowed per client IP within failed_token_window before 429 (0: no limit)")
+	s.Int(&c.FailedTokenLimit, config.SectionVNCGate, "failed_token_limit", 10, "invalid tokens per client address and token prefix within failed_token_window before that key's checks are slowed down, never refused (0: no limit)")
 	s.Seconds(&c.FailedTokenWindow, config.SectionVNCGate, "failed_token_window", time.Minute, "window of failed_token_limit")
 	s.Int(&c.MaxSessionsPerInstance, config.SectionVNCGate, "max_sessions_per_instance", 0, "live sessions allowed per instance (0: no limit)")
 	c.RFB.Declare(s)
@@ -92,6 +109,14 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	}
 	return c, notes, c.validate()
 }
+
+// Defaults of the connection caps and the revocation watch (see
+// novnc-proxy's for the reasoning).
+const (
+	DefaultMaxConnections          = 16384
+	DefaultMaxConnectionsPerClient = 100
+	DefaultEtcdEndpoint            = "127.0.0.1:2379"
+)
 
 // public is the TLS of the listener.
 func (c Config) public() tlsconfig.Public {
@@ -114,6 +139,11 @@ func (c Config) validate() error {
 		return fmt.Errorf("failed_token_limit and max_sessions_per_instance: want >= 0")
 	case c.FailedTokenLimit > 0 && c.FailedTokenWindow <= 0:
 		return fmt.Errorf("failed_token_window %v: want > 0", c.FailedTokenWindow)
+	case c.MaxConnections < 0 || c.MaxConnectionsPerClient < 0:
+		return fmt.Errorf("max_connections and max_connections_per_client: want >= 0 (0: no cap)")
+	}
+	if _, err := edge.ParseTrust(c.TrustedProxies); err != nil {
+		return err
 	}
 	if c.MetricsListen != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
@@ -131,4 +161,25 @@ func (c Config) validate() error {
 	}
 	_, err := c.public().Check()
 	return err
+}
+
+// checkPlaintext refuses plaintext off loopback unless allow_plaintext:
+// the listener without cert, and the consoleauth and etcd links without
+// TLS. (metrics_listen carries no token nor credential.) It is checked
+// when the proxy starts.
+func (c Config) checkPlaintext() error {
+	if c.Cert == "" {
+		if err := tlsconfig.CheckPlaintext("xvpvncproxy_host", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)), c.AllowPlaintext); err != nil {
+			return err
+		}
+	}
+	if !c.GRPC.Enabled() {
+		if err := tlsconfig.CheckPlaintext("consoleauth_address", c.ConsoleAuthAddress, c.AllowPlaintext); err != nil {
+			return err
+		}
+	}
+	if !c.Etcd.Enabled() {
+		return tlsconfig.CheckPlaintextEndpoints("etcd_endpoints", c.EtcdEndpoints, c.AllowPlaintext)
+	}
+	return nil
 }

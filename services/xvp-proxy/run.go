@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/config"
+	"github.com/vncgate/vncgate/pkg/edge"
 	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/failban"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
@@ -31,6 +31,24 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 	if err := cfg.validate(); err != nil {
 		return err
 	}
+	if err := cfg.checkPlaintext(); err != nil {
+		return err
+	}
+	trusted, err := edge.ParseTrust(cfg.TrustedProxies)
+	if err != nil {
+		return err
+	}
+	warnings, err := cfg.public().Check()
+	if err != nil {
+		return err
+	}
+	for _, w := range warnings {
+		log.Warn(w)
+	}
+	listenerTLS, err := cfg.public().Config()
+	if err != nil {
+		return fmt.Errorf("listener tls: %w", err)
+	}
 	grpcTLS, err := cfg.GRPC.Client()
 	if err != nil {
 		return fmt.Errorf("consoleauth tls: %w", err)
@@ -42,6 +60,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 	defer caConn.Close()
 
 	metrics := proxymetrics.NewRegistry()
+	counted := proxymetrics.New(metrics)
+	caps := edge.NewCaps(cfg.MaxConnections, cfg.MaxConnectionsPerClient, counted)
 	rfbCfg, err := cfg.RFB.Config()
 	if err != nil {
 		return err
@@ -52,7 +72,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 		Dialer:           backend.Dialer{Timeout: cfg.HandshakeTimeout, KeepAlive: cfg.TCPKeepAlive},
 		FailBan:          failban.New(cfg.FailedTokenLimit, cfg.FailedTokenWindow),
 		MaxPerInstance:   cfg.MaxSessionsPerInstance,
-		Metrics:          proxymetrics.New(metrics),
+		Metrics:          counted,
 		Log:              log,
 		HandshakeTimeout: cfg.HandshakeTimeout,
 		IdleTimeout:      cfg.IdleTimeout,
@@ -64,6 +84,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 		Log:              log,
 		HandshakeTimeout: cfg.HandshakeTimeout,
 		DrainTimeout:     cfg.DrainTimeout,
+		TLS:              listenerTLS,
+		Trusted:          trusted,
+		Caps:             caps,
 	})
 
 	if len(cfg.EtcdEndpoints) > 0 {
@@ -92,11 +115,12 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 		log.Info("metrics listening", "addr", metricsAddr.String())
 	}
 
-	l, err := listen(ctx, cfg, log)
+	l, err := listen(ctx, cfg, edge.Options{Caps: caps, Trusted: trusted, Refuse: srv.RefuseOverCap, Metrics: counted, Log: log})
 	if err != nil {
 		return err
 	}
-	log.Info("listening", "addr", l.Addr().String(), "tls", cfg.Cert != "", "consoleauth", cfg.ConsoleAuthAddress)
+	log.Info("listening", "addr", l.Addr().String(), "tls", cfg.Cert != "", "consoleauth", cfg.ConsoleAuthAddress,
+		"trusted_proxies", cfg.TrustedProxies, "max_connections", cfg.MaxConnections, "max_connections_per_client", cfg.MaxConnectionsPerClient)
 	if ready != nil {
 		ready(l.Addr(), metricsAddr)
 	}
@@ -133,27 +157,15 @@ func serveMetrics(l net.Listener, reg *prometheus.Registry, srv *proxy.Server, l
 	}
 }
 
-// listen opens the client listener, with TLS when a certificate is given.
-func listen(ctx context.Context, cfg Config, log *slog.Logger) (net.Listener, error) {
-	warnings, err := cfg.public().Check()
-	if err != nil {
-		return nil, err
-	}
-	for _, w := range warnings {
-		log.Warn(w)
-	}
-	tlsCfg, err := cfg.public().Config()
-	if err != nil {
-		return nil, fmt.Errorf("listener tls: %w", err)
-	}
+// listen opens the client listener: raw TCP (the proxy reads a PROXY
+// header, then runs TLS), under an accept loop that survives running out of
+// file descriptors and caps connections (package edge).
+func listen(ctx context.Context, cfg Config, opts edge.Options) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: cfg.TCPKeepAlive}
 	network, addr := config.ListenAddr(cfg.Host, cfg.Port, cfg.SourceIsIPv6)
 	l, err := lc.Listen(ctx, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
-	if tlsCfg == nil {
-		return l, nil
-	}
-	return tls.NewListener(l, tlsCfg), nil
+	return edge.NewListener(l, opts), nil
 }

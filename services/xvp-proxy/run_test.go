@@ -32,7 +32,7 @@ import (
 // testConfig is the default configuration on loopback, port 0.
 func testConfig(t *testing.T, authAddr string) Config {
 	t.Helper()
-	cfg, _, err := loadConfig([]string{"-xvpvncproxy_host=127.0.0.1", "-xvpvncproxy_port=0", "-consoleauth_address=" + authAddr, "-drain_timeout=1s"})
+	cfg, _, err := loadConfig([]string{"-xvpvncproxy_host=127.0.0.1", "-xvpvncproxy_port=0", "-consoleauth_address=" + authAddr, "-drain_timeout=1s", "-etcd_endpoints="})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,6 +203,7 @@ func TestTLSListener(t *testing.T) {
 func defaults() Config {
 	return Config{
 		Host: "0.0.0.0", Port: 6081, VNCEnabled: true, SSLMinimumVersion: "default", ConsoleAuthAddress: "127.0.0.1:6090",
+		MaxConnections: 16384, MaxConnectionsPerClient: 100, EtcdEndpoints: []string{"127.0.0.1:2379"},
 		HandshakeTimeout: 10 * time.Second, TCPKeepAlive: 30 * time.Second, DrainTimeout: 30 * time.Second,
 		FailedTokenLimit: 10, FailedTokenWindow: time.Minute,
 		RFB: rfbproxy.Options{VerifyHostname: true},
@@ -224,10 +225,21 @@ func TestOptions(t *testing.T) {
 		{Name: "[vnc] auth_schemes of a scheme vncgate does not speak", File: "[vnc]\nauth_schemes = vnc\n", Err: `"vnc" is not a scheme`},
 		{Name: "[DEFAULT] cert holding its key, source_is_ipv6", File: "[DEFAULT]\ncert = /etc/nova/self.pem\nsource_is_ipv6 = true\n",
 			Want: func(c *Config) { c.Cert, c.SourceIsIPv6 = "/etc/nova/self.pem", true }},
-		{Name: "[DEFAULT] cert and key, [console] TLS version and ciphers", File: "[DEFAULT]\ncert = c.pem\nkey = k.pem\n[console]\nssl_minimum_version = tlsv1_1\nssl_ciphers = kEECDH+AES\n",
+		{Name: "[DEFAULT] cert and key, [console] TLS version and ciphers", File: "[DEFAULT]\ncert = c.pem\nkey = k.pem\n[console]\nssl_minimum_version = tlsv1_2\nssl_ciphers = kEECDH+AES\n",
 			Want: func(c *Config) {
-				c.Cert, c.Key, c.SSLMinimumVersion, c.SSLCiphers = "c.pem", "k.pem", "tlsv1_1", "kEECDH+AES"
+				c.Cert, c.Key, c.SSLMinimumVersion, c.SSLCiphers = "c.pem", "k.pem", "tlsv1_2", "kEECDH+AES"
 			}},
+		{Name: "[console] ssl_minimum_version = tlsv1_1 refused", File: "[DEFAULT]\ncert = c.pem\n[console]\nssl_minimum_version = tlsv1_1\n",
+			Err: "ssl_minimum_version tlsv1_1: TLS 1.1 is refused"},
+		{Name: "[vncgate] trusted_proxies, allow_plaintext, connection caps", File: "[vncgate]\ntrusted_proxies = 10.0.0.0/8, 192.0.2.1\nallow_plaintext = true\nmax_connections = 1000\nmax_connections_per_client = 0\n",
+			Want: func(c *Config) {
+				c.TrustedProxies, c.AllowPlaintext = []string{"10.0.0.0/8", "192.0.2.1"}, true
+				c.MaxConnections, c.MaxConnectionsPerClient = 1000, 0
+			}},
+		{Name: "[vncgate] etcd_endpoints empty turns the revocation watch off", File: "[vncgate]\netcd_endpoints =\n",
+			Want: func(c *Config) { c.EtcdEndpoints = nil }},
+		{Name: "bad trusted proxy", Args: []string{"-trusted_proxies=haproxy.example"}, Err: `trusted_proxies entry "haproxy.example"`},
+		{Name: "negative connection cap", Args: []string{"-max_connections=-1"}, Err: "max_connections"},
 		{Name: "[vncgate] idle_timeout = 300 is five minutes (Nova's unit)", File: "[vncgate]\nidle_timeout = 300\n",
 			Want: func(c *Config) { c.IdleTimeout = 5 * time.Minute }},
 		{Name: "[vncgate] durations", File: "[vncgate]\nhandshake_timeout = 4\nmax_session_length = 2h\ndrain_timeout = 0\nfailed_token_window = 30\n",
@@ -302,6 +314,17 @@ func TestNovaConf(t *testing.T) {
 	}
 	if len(notes.Files) != 2 || len(notes.Unsupported) != 0 {
 		t.Errorf("notes: got %+v", notes)
+	}
+
+	// Nova's sample alone listens on 0.0.0.0 without a cert: plaintext off
+	// loopback, refused unless allow_plaintext says so.
+	alone, _, err := loadConfig([]string{"--config-file", sample})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = run(context.Background(), alone, slog.New(slog.DiscardHandler), nil)
+	if err == nil || !strings.Contains(err.Error(), "xvpvncproxy_host 0.0.0.0:6081: plaintext off loopback") {
+		t.Fatalf("Nova's sample nova.conf alone: got %v, want a refusal of plaintext on 0.0.0.0", err)
 	}
 
 	addr := startRun(t, cfg, slog.New(slog.DiscardHandler))

@@ -48,8 +48,8 @@ const (
 	// TokenExpired: enforce_session_timeout ended the session when its token
 	// expired.
 	TokenExpired Code = 4419
-	// Throttled: too many failed tokens from this address, or too many
-	// sessions on this instance.
+	// Throttled: too many sessions on this instance (max_sessions_per_instance).
+	// Failed tokens never refuse a console: they only slow its check down.
 	Throttled Code = 4429
 	// Unreachable: the VNC server could not be reached.
 	Unreachable Code = 4502

@@ -5,54 +5,31 @@
 package forwarded
 
 import (
-	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
 	"strings"
+
+	"github.com/vncgate/vncgate/pkg/edge"
 )
 
-// Trust lists the proxies whose forwarding headers are believed. The zero
-// value trusts nobody. It is immutable and safe for concurrent use.
+// Trust lists the proxies whose forwarding headers are believed
+// (trusted_proxies, parsed by package edge). The zero value trusts nobody.
+// It is immutable and safe for concurrent use.
 type Trust struct {
-	prefixes []netip.Prefix
+	edge.Trust
 }
 
 // ParseTrust reads addresses ("10.0.0.5") and networks ("10.0.0.0/8").
 func ParseTrust(list []string) (Trust, error) {
-	var t Trust
-	for _, s := range list {
-		s = strings.TrimSpace(s)
-		if s == "" {
-			continue
-		}
-		if strings.Contains(s, "/") {
-			p, err := netip.ParsePrefix(s)
-			if err != nil {
-				return Trust{}, fmt.Errorf("trusted_proxies entry %q: %w", s, err)
-			}
-			t.prefixes = append(t.prefixes, p.Masked())
-			continue
-		}
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return Trust{}, fmt.Errorf("trusted_proxies entry %q: %w", s, err)
-		}
-		a = a.Unmap()
-		t.prefixes = append(t.prefixes, netip.PrefixFrom(a, a.BitLen()))
-	}
-	return t, nil
+	t, err := edge.ParseTrust(list)
+	return Trust{t}, err
 }
 
-func (t Trust) trusts(a netip.Addr) bool {
-	a = a.Unmap()
-	for _, p := range t.prefixes {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
+func (t Trust) trusts(a netip.Addr) bool { return t.Contains(a) }
+
+// Peer is the address of the TCP peer of r.
+func Peer(r *http.Request) netip.Addr { return peer(r) }
 
 // peer is the address of the TCP peer of r.
 func peer(r *http.Request) netip.Addr {

@@ -123,7 +123,6 @@ func TestCloseCodeOfEveryRefusalAndEnd(t *testing.T) {
 		why  proxymetrics.Refusal
 		want closecode.Code
 	}{
-		{proxymetrics.RefusedThrottled, closecode.Throttled},
 		{proxymetrics.RefusedTokenInvalid, closecode.TokenInvalid},
 		{proxymetrics.RefusedWrongType, closecode.WrongType},
 		{proxymetrics.RefusedConsoleMoved, closecode.Moved},

@@ -14,7 +14,7 @@
 //     nor learns whether a token is valid.
 //   - Failures the user must understand (token invalid or expired, wrong
 //     console type, console moved, VM unreachable, console service
-//     unavailable, throttled, proxy shutting down) accept the upgrade and close
+//     unavailable, too many sessions, proxy shutting down) accept the upgrade and close
 //     at once with a 4xxx code and a reason: a browser cannot read the HTTP
 //     status of a failed upgrade, it only sees 1006. A client that sent no
 //     Origin is not a browser: it gets Nova's answer, the upgrade and then
@@ -23,25 +23,38 @@
 //
 // The Origin is checked first, so a cross-origin page learns nothing about
 // a token and its guesses do not count against the client's address; then
-// the session core (pkg/sessions) checks the token, the instance's cap and
-// dials. Sessions are run, limited, revoked, counted and logged by the core;
+// the session core (pkg/sessions) checks the token (slowing down, never
+// refusing, an address and token prefix with too many invalid tokens), the
+// instance's cap and dials.
+//
+// Request heads and bodies are bounded by HandshakeTimeout (HTTPServer's
+// ReadHeaderTimeout and ReadTimeout), cleared once a WebSocket is upgraded;
+// a session then lives as long as its limits say. Connections are capped
+// by the listener (package edge) per TCP peer; a client behind a trusted
+// proxy is capped here, per forwarded address, for its upgrade. Sessions are run, limited, revoked, counted and logged by the core;
 // this package keeps only the WebSocket edge: the upgrade, pings, and the
 // close code and sentence of every way a console fails or ends. GET /metrics
 // serves Options.MetricsHandler.
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/vncgate/vncgate/pkg/edge"
 
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/sessions"
@@ -64,8 +77,12 @@ type Options struct {
 	Log *slog.Logger
 	// MetricsHandler, when set, answers GET /metrics.
 	MetricsHandler http.Handler
+	// Caps, when set, caps the upgrades of each client behind a trusted
+	// proxy (the listener caps direct clients).
+	Caps *edge.Caps
 
-	// HandshakeTimeout bounds the token check and the dial of one upgrade.
+	// HandshakeTimeout bounds reading a request (head and body), and the
+	// token check and the dial of one upgrade.
 	HandshakeTimeout time.Duration
 	// PingInterval is how often the proxy pings the browser; 0 disables it.
 	// A ping not answered within the interval ends the session.
@@ -124,6 +141,74 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) serveHealth(w http.ResponseWriter) { s.core.WriteHealth(w) }
+
+// HTTPServer is the http.Server of the public port: request heads and
+// bodies within HandshakeTimeout (a body sent a byte at a time cannot hold
+// a connection), page responses within a minute, idle keep-alive
+// connections for two minutes, heads of at most 32 KiB. An upgrade clears
+// the read and write deadlines of its connection.
+func (s *Server) HTTPServer(errorLog *slog.Logger) *http.Server {
+	if errorLog == nil {
+		errorLog = s.log
+	}
+	return &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: s.opts.HandshakeTimeout,
+		ReadTimeout:       s.opts.HandshakeTimeout,
+		WriteTimeout:      pageWriteTimeout,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(errorLog.Handler(), slog.LevelDebug),
+	}
+}
+
+const (
+	// maxHeaderBytes caps a request head (Go adds 4 KiB of slack).
+	maxHeaderBytes = 32 << 10
+	// pageWriteTimeout bounds writing a page response; sessions clear it.
+	pageWriteTimeout = time.Minute
+)
+
+// WriteOverCap answers a connection the listener refused for a cap (err is
+// edge.ErrTooMany or edge.ErrTooManyFromClient) with a complete HTTP 503
+// response and the JSON body of every refusal, once it has read the
+// request head (HTTP clients take an answer before their request for a
+// broken connection; one that sends nothing in time is closed unanswered);
+// then it half-closes and reads what the client still sends for a moment,
+// so the client sees the answer rather than a reset. c's deadline bounds it.
+func WriteOverCap(c net.Conn, err error) {
+	if !readHead(c, maxHeaderBytes) {
+		return
+	}
+	body, _ := json.Marshal(struct {
+		Error string `json:"error"`
+		Code  int    `json:"code"`
+	}{err.Error(), http.StatusServiceUnavailable})
+	fmt.Fprintf(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"+
+		"X-Content-Type-Options: nosniff\r\nRetry-After: 1\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n", len(body)+1, body)
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	io.CopyN(io.Discard, c, 64<<10)
+}
+
+// readHead reads up to the blank line that ends a request head, at most
+// limit bytes; it reports whether it got there (or past limit).
+func readHead(c net.Conn, limit int) bool {
+	buf := make([]byte, 0, 1024)
+	chunk := make([]byte, 1024)
+	for len(buf) < limit {
+		n, err := c.Read(chunk)
+		buf = append(buf, chunk[:n]...)
+		if bytes.Contains(buf, []byte("\r\n\r\n")) || bytes.Contains(buf, []byte("\n\n")) {
+			return true
+		}
+		if err != nil {
+			return false
+		}
+	}
+	return true
+}
 
 // writeError answers with an HTTP status and a JSON body.
 func writeError(w http.ResponseWriter, status int, msg string) {
@@ -201,6 +286,17 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	ip := s.opts.Trust.ClientIP(r)
 	log := s.log.With("client", ip)
+	if peer := forwarded.Peer(r); s.opts.Trust.Contains(peer) {
+		// The listener could not tell this client from the proxy's others.
+		client, _ := netip.ParseAddr(ip)
+		release, err := s.opts.Caps.Client(client)
+		if err != nil {
+			log.Debug("console refused", "reason", "max_connections_per_client", "error", err) // counted; a flood must not flood the log
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		defer release()
+	}
 	if err := checkUpgrade(r); err != nil {
 		s.core.Refuse(log, &sessions.Refusal{Why: proxymetrics.RefusedBadRequest, Message: err.Error(), Err: err})
 		writeError(w, http.StatusBadRequest, err.Error())
@@ -275,11 +371,7 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, log *slog.Logger
 		ws.CloseNow()
 		return
 	}
-	reason := ref.Message
-	if ref.Why == proxymetrics.RefusedThrottled {
-		reason = fmt.Sprintf("too many failed console tokens from your address; retry in %d s", int(ref.RetryAfter.Seconds())+1)
-	}
-	ws.Close(websocket.StatusCode(refusalCode(ref.Why)), closeReason(reason))
+	ws.Close(websocket.StatusCode(refusalCode(ref.Why)), closeReason(ref.Message))
 }
 
 // refusalCode is the close code of a refusal after the upgrade.
@@ -291,7 +383,7 @@ func refusalCode(why proxymetrics.Refusal) closecode.Code {
 		return closecode.WrongType
 	case proxymetrics.RefusedConsoleMoved:
 		return closecode.Moved
-	case proxymetrics.RefusedThrottled, proxymetrics.RefusedTooManySessions:
+	case proxymetrics.RefusedTooManySessions:
 		return closecode.Throttled
 	case proxymetrics.RefusedVNCUnreachable:
 		return closecode.Unreachable

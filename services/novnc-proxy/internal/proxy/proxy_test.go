@@ -17,6 +17,7 @@ import (
 	"github.com/coder/websocket"
 	"google.golang.org/grpc/codes"
 
+	"github.com/vncgate/vncgate/pkg/edge"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/relay"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/closecode"
@@ -196,7 +197,7 @@ func TestOriginCheck(t *testing.T) {
 		c.allowedOrigins = []string{"dashboard.example.com"}
 		c.trusted = []string{"127.0.0.1"}
 	})
-	upper := strings.Replace(w.origin, "127.0.0.1", "127.0.0.1", 1)
+	otherPort := w.origin[:strings.LastIndex(w.origin, ":")] + ":1"
 	for _, tc := range []struct {
 		name   string
 		origin string
@@ -207,8 +208,9 @@ func TestOriginCheck(t *testing.T) {
 		{"no origin (not a browser)", "", "", "", true},
 		{"our page", w.origin, "", "", true},
 		{"host compared case-insensitively", "http://DASHBOARD.Example.com", "", "", true},
-		{"allowed origin", "http://dashboard.example.com:8443", "", "", true},
-		{"port does not matter", upper[:strings.LastIndex(upper, ":")] + ":1", "", "", true},
+		{"allowed host at its default port", "http://dashboard.example.com:80", "", "", true},
+		{"allowed host at another port", "http://dashboard.example.com:8443", "", "", false},
+		{"our host at another port is another site", otherPort, "", "", false},
 		{"other site", "http://evil.example", "", "", false},
 		{"other site with a bad token is still 403", "http://evil.example", "", "bad", false},
 		{"https page over plain ws", "https://dashboard.example.com", "", "", false},
@@ -336,46 +338,67 @@ func TestBadHandshakesAreClosedWhileSessionsGoOn(t *testing.T) {
 	}
 }
 
-func TestRepeatedBadTokensFromOneAddressAreThrottled(t *testing.T) {
+// A client address with too many invalid tokens is slowed down, never
+// refused: a valid token that shares its address and token prefix (people
+// behind one NAT as a guesser) still gets its console. Only invalid tokens
+// count: Origin refusals and consoleauth outages do not.
+func TestThrottledAddressStillConnectsWithAValidToken(t *testing.T) {
 	w := newWorld(t, func(c *worldConfig) {
 		c.failLimit = 3
 		c.trusted = []string{"127.0.0.0/8"}
 	})
-	from := func(ip, token string) websocket.CloseError {
-		opts := w.dialOpts()
-		opts.HTTPHeader.Set("X-Forwarded-For", ip)
-		c, _, err := w.dial(w.wsURL("/", token), opts)
+	from := func(ip, origin, token string) (*websocket.Conn, *http.Response, error) {
+		opts := &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {origin}, "X-Forwarded-For": {ip}}}
+		return w.dial(w.wsURL("/", token), opts)
+	}
+	for i := 0; i < 3; i++ {
+		c, _, err := from("192.0.2.1", w.origin, "guess")
 		if err != nil {
 			t.Fatalf("dial: %v", err)
 		}
-		return wsclose.Read(t, c)
-	}
-	for i := 0; i < 3; i++ {
-		if ce := from("192.0.2.1", "guess"); ce.Code != websocket.StatusCode(closecode.TokenInvalid) {
+		if ce := wsclose.Read(t, c); ce.Code != websocket.StatusCode(closecode.TokenInvalid) {
 			t.Fatalf("bad token %d: got close %d, want %d", i, ce.Code, closecode.TokenInvalid)
 		}
 	}
-	checks := w.auth.Checks()
-	for _, tok := range []string{"guess", w.token()} {
-		ce := from("192.0.2.1", tok)
-		if ce.Code != websocket.StatusCode(closecode.Throttled) || !strings.Contains(ce.Reason, "retry in") {
-			t.Fatalf("after 3 failures: got close %d %q, want %d with a retry time", ce.Code, ce.Reason, closecode.Throttled)
+	// A valid token whose prefix the guesses throttled.
+	tok := w.token()
+	for !w.ban.Throttled("192.0.2.1", tok) {
+		tok = w.token()
+	}
+	c, _, err := from("192.0.2.1", w.origin, tok)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	nc := newClientStream(t, c)
+	if _, err := rfb.Handshake(nc); err != nil {
+		t.Fatalf("a valid token from a throttled address: %v, want its console", err)
+	}
+	if got := scrape.Value(t, w.metrics, "vncgate_proxy_token_checks_throttled_total"); got != 1 {
+		t.Errorf("token_checks_throttled_total: got %v, want 1", got)
+	}
+
+	// Cross-origin guesses are refused before the token: they do not count.
+	for i := 0; i < 10; i++ {
+		_, resp, err := from("192.0.2.2", "http://evil.example", "guess")
+		if err == nil {
+			t.Fatal("a cross-origin upgrade: got a WebSocket, want 403")
+		}
+		wantJSONError(t, resp, http.StatusForbidden)
+	}
+	// Nor does an unavailable consoleauth.
+	w.auth.SetUnavailable(true)
+	for i := 0; i < 5; i++ {
+		c, _, err := from("192.0.2.2", w.origin, "guess")
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		if ce := wsclose.Read(t, c); ce.Code != websocket.StatusCode(closecode.Unavailable) {
+			t.Fatalf("during the outage: got close %d, want %d", ce.Code, closecode.Unavailable)
 		}
 	}
-	if got := w.auth.Checks(); got != checks {
-		t.Errorf("a throttled client reached consoleauth %d times, want 0", got-checks)
-	}
-	// Another client is not affected.
-	opts := w.dialOpts()
-	opts.HTTPHeader.Set("X-Forwarded-For", "192.0.2.2")
-	c, _, err := w.dial(w.wsURL("/", w.token()), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc := websocket.NetConn(context.Background(), c, websocket.MessageBinary)
-	nc.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := rfb.Handshake(nc); err != nil {
-		t.Fatalf("another client's console: %v", err)
+	w.auth.SetUnavailable(false)
+	if w.ban.Throttled("192.0.2.2", "guess") {
+		t.Error("Origin refusals and an outage throttled the address")
 	}
 }
 
@@ -733,4 +756,138 @@ func TestClientWithoutOriginGetsNovasAnswer(t *testing.T) {
 	if status, rest := upgrade(w.token()); status != "101 Switching Protocols" || rest[0] != 0x82 || !strings.HasPrefix(string(rest[2:]), "RFB 003.") {
 		t.Errorf("good token: got %q then %q, want 101 and the RFB version in a binary frame", status, rest)
 	}
+}
+
+// A request body sent a byte every 2 s must not hold a connection past the
+// handshake timeout, whatever the handler does with the body.
+func TestSlowBodiesAreCutAtTheHandshakeTimeout(t *testing.T) {
+	w := newWorld(t, func(c *worldConfig) { c.opts.HandshakeTimeout = time.Second })
+	addr := w.http.Listener.Addr().String()
+	for _, head := range []string{
+		"POST /vnc_lite.html HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", // refused with 405
+		"GET /vnc_lite.html HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",  // served a page
+		"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+	} {
+		t.Run(strings.Fields(head)[0]+" "+strings.Fields(head)[1], func(t *testing.T) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			io.WriteString(c, head)
+			stop := make(chan struct{})
+			defer close(stop)
+			go func() {
+				for {
+					select {
+					case <-stop:
+						return
+					case <-time.After(2 * time.Second):
+					}
+					if _, err := c.Write([]byte("a")); err != nil {
+						return
+					}
+				}
+			}()
+			start := time.Now()
+			c.SetReadDeadline(time.Now().Add(30 * time.Second)) // bounds a hang
+			_, err = io.Copy(io.Discard, c)
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatalf("connection still open after %s of a slow body, want it closed at the 1s handshake timeout", time.Since(start).Round(time.Second))
+			}
+			t.Logf("closed after %s (%v)", time.Since(start).Round(time.Millisecond), err)
+		})
+	}
+}
+
+// After the VNC server closes, a session whose client never answers (nor
+// closes) must still end: the proxy sends its close frame and, without an
+// answer, closes the connection.
+func TestSessionEndsWhenTheVNCServerClosesAndTheClientDoesNot(t *testing.T) {
+	w := newWorld(t, nil)
+	vnc := loopbackOnce(t, func(c net.Conn) { c.Write([]byte("RFB 003.008\n")) }) // then closes
+	tok := w.auth.Mint(w.instance, "novnc", "127.0.0.1", vnc, time.Minute)
+	c, err := net.Dial("tcp", w.http.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /?token="+tok+" HTTP/1.1\r\nHost: x\r\nOrigin: "+w.origin+"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(30 * time.Second)) // bounds a hang
+	br := bufio.NewReader(c)
+	status, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(status, "HTTP/1.1 101 ") {
+		t.Fatalf("upgrade: got %q (%v), want 101", status, err)
+	}
+	// The client reads nothing more, sends nothing, closes nothing.
+	waitFor(t, "the session to end", func() bool { return w.core.Len() == 0 })
+	if got := scrape.Value(t, w.metrics, "vncgate_proxy_session_ended_total", "reason", "server_closed"); got != 1 {
+		t.Errorf("session_ended_total{reason=server_closed}: got %v, want 1", got)
+	}
+	if _, err := io.Copy(io.Discard, br); err != nil {
+		t.Errorf("the proxy did not close the client's connection: %v", err)
+	}
+}
+
+// loopbackOnce serves one connection on loopback with handle, closing it
+// when handle returns, and returns the port.
+func loopbackOnce(t *testing.T, handle func(net.Conn)) int32 {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			handle(c)
+			c.Close()
+		}
+	}()
+	return int32(l.Addr().(*net.TCPAddr).Port)
+}
+
+// Behind a trusted proxy the listener sees one peer: each forwarded client
+// is capped on its upgrades.
+func TestForwardedClientsAreCappedPerAddress(t *testing.T) {
+	w := newWorld(t, func(c *worldConfig) {
+		c.trusted = []string{"127.0.0.0/8"}
+		c.opts.Caps = edge.NewCaps(0, 1, nil)
+	})
+	from := func(ip string) (*websocket.Conn, *http.Response, error) {
+		opts := w.dialOpts()
+		opts.HTTPHeader.Set("X-Forwarded-For", ip)
+		return w.dial(w.wsURL("/", w.token()), opts)
+	}
+	c, _, err := from("192.0.2.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rfb.Handshake(newClientStream(t, c)); err != nil {
+		t.Fatalf("first console of 192.0.2.1: %v", err)
+	}
+	_, resp, err := from("192.0.2.1")
+	if err == nil {
+		t.Fatal("a second console of 192.0.2.1 past its cap of 1: got it, want 503")
+	}
+	if msg := wantJSONError(t, resp, http.StatusServiceUnavailable); msg != "too many connections from this address" {
+		t.Errorf("got %q, want too many connections from this address", msg)
+	}
+	c2, _, err := from("192.0.2.2")
+	if err != nil {
+		t.Fatalf("another client behind the same proxy: %v", err)
+	}
+	c2.CloseNow()
+	c.Close(websocket.StatusNormalClosure, "")
+	// Its place comes back once the proxy has seen the console end.
+	waitFor(t, "a console of 192.0.2.1 after its first ended", func() bool {
+		c3, _, err := from("192.0.2.1")
+		if err != nil {
+			return false
+		}
+		c3.CloseNow()
+		return true
+	})
 }

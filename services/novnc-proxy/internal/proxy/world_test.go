@@ -48,6 +48,7 @@ type world struct {
 	origin   string // the Origin a page of ours sends
 	instance string
 	metrics  *prometheus.Registry
+	ban      *failban.Limiter
 }
 
 // worldConfig adjusts a world before it starts: the session core's and the
@@ -113,13 +114,13 @@ func newWorld(t *testing.T, adjust func(*worldConfig)) *world {
 		t.Fatal(err)
 	}
 	cfg.core.MaxPerInstance = cfg.maxPerInstance
-	cfg.core.FailBan = failban.New(cfg.failLimit, time.Minute)
+	w.ban = failban.New(cfg.failLimit, time.Minute)
+	cfg.core.FailBan = w.ban
 	w.core = sessions.New(cfg.core)
 	cfg.opts.Core = w.core
 	w.srv = New(cfg.opts)
-	w.http.Config.Handler = w.srv
+	w.http.Config = w.srv.HTTPServer(log) // the run's server, with the test's head timeout
 	w.http.Config.ReadHeaderTimeout = cfg.headerTimeout
-	w.http.Config.MaxHeaderBytes = 32 << 10
 	w.http.Start()
 	t.Cleanup(func() {
 		w.srv.EndSessions()

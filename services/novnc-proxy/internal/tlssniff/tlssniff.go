@@ -3,6 +3,11 @@
 // first byte of each connection (0x16 starts a TLS handshake) under a
 // deadline, then hands the connection on as a *tls.Conn (so net/http sees
 // TLS) or as the plain connection, with that byte put back.
+//
+// Only closing the inner listener ends the Listener: any other accept error
+// (out of file descriptors, say) is retried after a backoff from 5 ms to 1 s,
+// as net/http does. (Package edge, under it in novnc-proxy, already does
+// that and logs; this keeps the port alive whatever it wraps.)
 package tlssniff
 
 import (
@@ -42,17 +47,22 @@ func (l *Listener) acceptLoop() {
 	for {
 		c, err := l.inner.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				l.mu.Lock()
+				l.err = err
+				l.mu.Unlock()
+				l.Close()
+				return
 			}
-			l.mu.Lock()
-			l.err = err
-			l.mu.Unlock()
-			l.Close()
-			return
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-l.done:
+				t.Stop()
+				return
+			}
+			continue
 		}
 		delay = 0
 		go l.sniff(c)
@@ -60,22 +70,33 @@ func (l *Listener) acceptLoop() {
 }
 
 func (l *Listener) sniff(c net.Conn) {
-	var b [1]byte
-	c.SetReadDeadline(time.Now().Add(l.timeout))
-	if _, err := c.Read(b[:]); err != nil {
+	conn, _, err := Sniff(c, l.cfg, l.timeout)
+	if err != nil {
 		c.Close()
 		return
-	}
-	c.SetReadDeadline(time.Time{})
-	var conn net.Conn = &prefixConn{Conn: c, first: b[0], pending: true}
-	if b[0] == recordTypeHandshake {
-		conn = tls.Server(conn, l.cfg)
 	}
 	select {
 	case l.conns <- conn:
 	case <-l.done:
 		c.Close()
 	}
+}
+
+// Sniff reads c's first byte under timeout and returns c as a TLS server
+// connection of cfg (not yet handshaken) when it starts a TLS handshake, or
+// as the plain connection, with the byte put back either way.
+func Sniff(c net.Conn, cfg *tls.Config, timeout time.Duration) (conn net.Conn, isTLS bool, err error) {
+	var b [1]byte
+	c.SetReadDeadline(time.Now().Add(timeout))
+	if _, err := c.Read(b[:]); err != nil {
+		return nil, false, err
+	}
+	c.SetReadDeadline(time.Time{})
+	conn = &prefixConn{Conn: c, first: b[0], pending: true}
+	if b[0] == recordTypeHandshake {
+		return tls.Server(conn, cfg), true, nil
+	}
+	return conn, false, nil
 }
 
 // Accept returns the next sniffed connection.
@@ -129,3 +150,6 @@ func (c *prefixConn) CloseWrite() error {
 	}
 	return errors.ErrUnsupported
 }
+
+// NetConn is the sniffed connection under c.
+func (c *prefixConn) NetConn() net.Conn { return c.Conn }

@@ -5,6 +5,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -81,5 +84,54 @@ func TestCloseEndsAccept(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Accept did not return after Close")
+	}
+}
+
+// flaky fails its first accepts as a process out of file descriptors does.
+type flaky struct {
+	net.Listener
+	fails atomic.Int32
+}
+
+func (f *flaky) Accept() (net.Conn, error) {
+	if f.fails.Add(-1) >= 0 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return f.Listener.Accept()
+}
+
+// An accept error other than a closed listener (EMFILE) must not stop the
+// port for good: the listener backs off and serves again.
+func TestAcceptErrorsDoNotStopTheListener(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &flaky{Listener: inner}
+	f.fails.Store(3)
+	l := New(f, &tls.Config{}, time.Second)
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		if c, err := net.Dial("tcp", l.Addr().String()); err == nil {
+			defer c.Close()
+			io.WriteString(c, "GET / HTTP/1.1\r\n\r\n")
+			io.Copy(io.Discard, c)
+		}
+	}()
+	accepted := make(chan error, 1)
+	go func() {
+		c, err := l.Accept()
+		if c != nil {
+			c.Close()
+		}
+		accepted <- err
+	}()
+	select {
+	case err := <-accepted:
+		if err != nil {
+			t.Fatalf("after 3 EMFILE failures: got %v, want the connection", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no connection 10s after the accept errors")
 	}
 }

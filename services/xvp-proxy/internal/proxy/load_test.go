@@ -126,8 +126,13 @@ func TestConcurrentSessionsRelayEveryByte(t *testing.T) {
 	}{{"splice", 0}, {"idle tracked", time.Minute}} {
 		t.Run(tc.name, func(t *testing.T) {
 			// A burst under the race detector on a loaded machine takes
-			// long: the limit only bounds a hang.
-			w := newWorld(t, func(c *worldConfig) { c.proxy.HandshakeTimeout = 2 * time.Minute; c.core.IdleTimeout = tc.idle })
+			// long: the limit only bounds a hang. Each client half-closes
+			// long before the server's stream is through, and a session
+			// may then wait for the CPU longer than the default linger.
+			w := newWorld(t, func(c *worldConfig) {
+				c.proxy.HandshakeTimeout, c.core.HalfCloseLinger = 2*time.Minute, 2*time.Minute
+				c.core.IdleTimeout = tc.idle
+			})
 			backendAddr := checksumServer(t)
 			for i := range loadSessions {
 				w.auth.add(fmt.Sprintf("tok-%d", i), fmt.Sprintf("inst-%d", i), backendAddr)

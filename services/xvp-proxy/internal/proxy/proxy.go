@@ -3,7 +3,7 @@
 // the token names, answers "HTTP/1.1 200 OK\r\n\r\n" and relays raw RFB.
 //
 // It promises:
-//   - every step that can fail (head, throttle, token, session cap, dial)
+//   - every step that can fail (head, token, session cap, dial)
 //     runs before the 200, and each failure gets its own status line (see
 //     replies.go) and one log line;
 //   - the whole handshake, from accept to the 200, is bounded by
@@ -18,21 +18,39 @@
 //     the TCP connection and logs the reason;
 //   - every accepted connection is counted once by the core: as relayed, or
 //     under the reason it was refused; a relayed session's end is counted
-//     with its reason and bytes.
+//     with its reason and bytes. (Connections over a cap are counted by
+//     the listener, package edge; HAProxy's health checks are not counted.)
+//
+// Behind a load balancer: a connection from one of Config.Trusted (the
+// operator's trusted_proxies) must begin with a PROXY protocol v1 or v2
+// header (HAProxy's send-proxy or send-proxy-v2), read with
+// github.com/pires/go-proxyproto under the handshake deadline, before TLS.
+// The client address it carries is the one in logs, the failed-token limit
+// and the per-client cap (Config.Caps). A LOCAL header (HAProxy's health
+// checks) is closed without a word. Connections from other addresses are
+// served as direct clients: a PROXY header from them is not parsed, so it
+// is a malformed request (400), and nobody else can claim an address.
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
 
+	"github.com/pires/go-proxyproto"
+
+	"github.com/vncgate/vncgate/pkg/edge"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/sessions"
 	"github.com/vncgate/vncgate/services/xvp-proxy/internal/xvphead"
@@ -64,6 +82,15 @@ type Config struct {
 	// DrainTimeout is how long Serve waits for live sessions after its
 	// context ends before it closes them.
 	DrainTimeout time.Duration
+
+	// TLS, when set, is the listener's TLS, run by the proxy after a PROXY
+	// header (so the listener must hand over raw connections).
+	TLS *tls.Config
+	// Trusted are the load balancers that send a PROXY protocol header.
+	Trusted edge.Trust
+	// Caps caps the clients behind Trusted (the listener caps the others);
+	// nil: no cap.
+	Caps *edge.Caps
 }
 
 // Server serves XVP clients. Create it with New.
@@ -103,27 +130,16 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 
 	var wg sync.WaitGroup
 	var serveErr error
-	backoff := time.Duration(0)
 	for {
+		// The listener (package edge) retries failed accepts itself: an
+		// error means it was closed.
 		conn, err := l.Accept()
 		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			if errors.Is(err, net.ErrClosed) {
+			if ctx.Err() == nil {
 				serveErr = err
-				break
 			}
-			// Out of file descriptors, say: wait, as net/http does.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Warn("accept failed", "error", err, "retry_in", backoff.String())
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-			}
-			continue
+			break
 		}
-		backoff = 0
 		wg.Go(func() {
 			stop := context.AfterFunc(hard, func() { conn.Close() })
 			defer stop()
@@ -150,12 +166,30 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 func (s *Server) ServeHealth(w http.ResponseWriter, _ *http.Request) { s.core.WriteHealth(w) }
 
 // handle serves one client connection from accept to close.
-func (s *Server) handle(ctx context.Context, conn net.Conn) {
+func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	start := time.Now()
-	ip := clientIP(conn)
-	log := s.log.With("client", ip)
 	deadline := start.Add(s.cfg.HandshakeTimeout)
-	conn.SetDeadline(deadline)
+	raw.SetDeadline(deadline)
+	conn, client, err := s.open(raw)
+	if err != nil {
+		if !errors.Is(err, errHealthCheck) {
+			s.core.Refuse(s.log.With("client", clientIP(raw)), &sessions.Refusal{Why: proxymetrics.RefusedClientGone, Message: "no session", Err: err})
+		}
+		raw.Close()
+		return
+	}
+	ip := client.String()
+	log := s.log.With("client", ip)
+	if s.cfg.Trusted.Contains(edge.AddrOf(raw.RemoteAddr())) {
+		// The listener counted the load balancer; this is its client.
+		release, err := s.cfg.Caps.Client(client)
+		if err != nil {
+			log.Debug("connection refused", "reason", "max_connections_per_client", "error", err) // counted; a flood must not flood the log
+			refuse(conn, replyTooManyFrom)
+			return
+		}
+		defer release()
+	}
 
 	head, rest, err := xvphead.Read(conn)
 	if err != nil {
@@ -173,13 +207,13 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	}
 	server := sess.Server()
 	server.SetDeadline(deadline)
-	client := conn
+	relayed := drained(conn)
 	switch {
 	case len(rest) > 0 && sess.RFBAware():
 		// The proxy speaks RFB with the client first: what it sent ahead
 		// is its side of that handshake (never the VM's, or a view-only
 		// client could type).
-		client = &prefixedConn{Conn: conn, prefix: rest}
+		relayed = &prefixedConn{Conn: relayed, prefix: rest}
 	case len(rest) > 0:
 		if _, err := server.Write(rest); err != nil {
 			sess.Abort(proxymetrics.RefusedVNCUnreachable, fmt.Errorf("writing pipelined bytes to the vnc server: %w", err))
@@ -195,9 +229,81 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	conn.SetDeadline(time.Time{})
 	server.SetDeadline(time.Time{})
 	sess.Log = sess.Log.With("method", head.Method)
-	if sess.Run(client, nil) != nil { // the RFB handshake failed; the client was told in RFB
+	if sess.Run(drained(relayed), nil) != nil { // the RFB handshake failed; the client was told in RFB
 		conn.Close()
 	}
+}
+
+// errHealthCheck is a load balancer's health check (a PROXY LOCAL header).
+var errHealthCheck = errors.New("health check")
+
+// open reads a trusted load balancer's PROXY header and runs the TLS
+// handshake, under raw's deadline. It returns the connection to read the
+// XVP head from and the client's address.
+func (s *Server) open(raw net.Conn) (net.Conn, netip.Addr, error) {
+	conn, client := raw, edge.AddrOf(raw.RemoteAddr())
+	if s.cfg.Trusted.Contains(client) {
+		br := bufio.NewReaderSize(raw, proxyHeaderBuffer)
+		h, err := proxyproto.Read(br)
+		if err != nil {
+			return nil, client, fmt.Errorf("PROXY protocol header from trusted proxy %s: %w", client, err)
+		}
+		if h.Command.IsLocal() {
+			s.log.Debug("health check", "proxy", client.String())
+			return nil, client, errHealthCheck
+		}
+		src, ok := h.SourceAddr.(*net.TCPAddr)
+		if !ok {
+			return nil, client, fmt.Errorf("PROXY protocol header from trusted proxy %s: no TCP source address", client)
+		}
+		client = src.AddrPort().Addr().Unmap()
+		if n := br.Buffered(); n > 0 {
+			b, _ := br.Peek(n)
+			conn = &prefixedConn{Conn: raw, prefix: bytes.Clone(b)}
+		}
+	}
+	if s.cfg.TLS != nil {
+		tc := tls.Server(conn, s.cfg.TLS)
+		if err := tc.Handshake(); err != nil {
+			return nil, client, fmt.Errorf("TLS handshake: %w", err)
+		}
+		conn = tc
+	}
+	return conn, client, nil
+}
+
+// proxyHeaderBuffer holds a PROXY v1 line (at most 107 bytes) or a v2
+// header with a few TLVs; longer v2 headers are read in several parts.
+const proxyHeaderBuffer = 256
+
+// RefuseOverCap answers a connection the listener refused for a cap (err
+// is edge.ErrTooMany or edge.ErrTooManyFromClient): after the PROXY header,
+// TLS and the request head, as for any client, with a 503. A health check,
+// or a client that sends nothing in time (raw's deadline), is just closed.
+func (s *Server) RefuseOverCap(raw net.Conn, err error) {
+	conn, client, oerr := s.open(raw)
+	if oerr != nil {
+		return
+	}
+	if _, _, herr := xvphead.Read(conn); errors.Is(herr, xvphead.ErrEmpty) || errors.Is(herr, os.ErrDeadlineExceeded) {
+		return
+	}
+	s.log.Debug("connection refused", "client", client.String(), "error", err) // counted by the listener
+	reply := replyTooManyConns
+	if errors.Is(err, edge.ErrTooManyFromClient) {
+		reply = replyTooManyFrom
+	}
+	refuse(conn, reply)
+}
+
+// drained is c without the prefixedConn around it once its prefix is
+// read, so the relay reads the connection itself (and an idle session
+// holds no copy buffer).
+func drained(c net.Conn) net.Conn {
+	if pc, ok := c.(*prefixedConn); ok && len(pc.prefix) == 0 {
+		return pc.Conn
+	}
+	return c
 }
 
 // prefixedConn reads prefix before the connection's own bytes.
@@ -234,8 +340,6 @@ func (c *prefixedConn) CloseRead() error {
 // replyTo is the status line of a refusal after the head was read.
 func replyTo(r *sessions.Refusal) []byte {
 	switch r.Why {
-	case proxymetrics.RefusedThrottled:
-		return replyThrottled(r.RetryAfter)
 	case proxymetrics.RefusedTokenInvalid, proxymetrics.RefusedWrongType, proxymetrics.RefusedRevoked:
 		return replyInvalidToken
 	case proxymetrics.RefusedConsoleMoved:

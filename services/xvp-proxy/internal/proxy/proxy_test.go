@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -16,6 +15,9 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/pires/go-proxyproto"
+
+	"github.com/vncgate/vncgate/pkg/edge"
 	"github.com/vncgate/vncgate/pkg/failban"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/testkit/loopback"
@@ -50,6 +52,35 @@ func TestSessionRelaysBothWaysWithHalfClose(t *testing.T) {
 		})
 	}
 	w.waitSessions(t, 0)
+}
+
+// After the VNC server closes, the session must not hold both sockets until
+// the client closes: a client that never closes its side is cut once the
+// half-closed session has been quiet for the linger.
+func TestSessionEndsWhenTheVNCServerClosesAndTheClientDoesNot(t *testing.T) {
+	w := newWorld(t, func(c *worldConfig) { c.core.HalfCloseLinger = 200 * time.Millisecond })
+	vncClosed := make(chan struct{})
+	w.auth.add("tok", "inst-1", loopback.Serve(t, func(c net.Conn) {
+		io.CopyN(io.Discard, c, 5)
+		io.WriteString(c, "bye")
+		close(vncClosed) // then the handler returns: the VNC server closes
+	}))
+	c, br := w.session(t, "tok")
+	io.WriteString(c, "hello")
+	got := make([]byte, 3)
+	if _, err := io.ReadFull(br, got); err != nil || string(got) != "bye" {
+		t.Fatalf("got %q (%v), want the server's goodbye", got, err)
+	}
+	<-vncClosed
+	// The client keeps its side open and says nothing more.
+	w.waitSessions(t, 0)
+	if got := scrape.Value(t, w.metrics, "vncgate_proxy_session_ended_total", "reason", "server_closed"); got != 1 {
+		t.Errorf("session_ended_total{reason=server_closed}: got %v, want 1", got)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := br.ReadByte(); err == nil {
+		t.Error("the client's connection still gives bytes after the session ended")
+	}
 }
 
 // TestBadInputWhileOthersAreServed sends every kind of bad request at once
@@ -267,9 +298,11 @@ func TestInternalAccessPath(t *testing.T) {
 	}
 }
 
-func TestFailedTokensAreThrottledPerIP(t *testing.T) {
-	w := newWorld(t, func(c *worldConfig) { c.core.FailBan = failban.New(3, time.Minute) })
-	w.auth.add("good", "inst-1", echoServer(t))
+// An address and token prefix with too many invalid tokens is slowed down,
+// never refused: a valid token sharing them still gets its session.
+func TestThrottledAddressStillConnectsWithAValidToken(t *testing.T) {
+	ban := failban.New(3, time.Minute)
+	w := newWorld(t, func(c *worldConfig) { c.core.FailBan = ban })
 	request := func(target string) string {
 		t.Helper()
 		c := w.dial(t)
@@ -282,19 +315,22 @@ func TestFailedTokensAreThrottledPerIP(t *testing.T) {
 		}
 	}
 	for i := range 3 {
-		if got := request(fmt.Sprintf("/console?token=guess-%d", i)); got != golden(t, "invalid-token") {
+		if got := request("/console?token=guess"); got != golden(t, "invalid-token") {
 			t.Fatalf("guess %d: got %q, want invalid-token", i, got)
 		}
 	}
-	retry := regexp.MustCompile(`^HTTP/1\.1 429 Too Many Requests\r\nRetry-After: (5[0-9]|60)\r\n`)
-	for _, target := range []string{"/console?token=guess-4", "/console?token=good"} {
-		got := request(target)
-		if !retry.MatchString(got) || !strings.HasSuffix(got, "\r\n\r\ntoo many failed console tokens from this address: retry later\n") {
-			t.Fatalf("%s after 3 failures: got %q, want 429 with Retry-After of about 60", target, got)
-		}
+	good := "good"
+	for i := 0; !ban.Throttled("127.0.0.1", good); i++ {
+		good = fmt.Sprintf("good-%d", i)
 	}
-	if !strings.Contains(w.logs.String(), "reason=throttled") {
-		t.Errorf("no log line for the throttled client")
+	w.auth.add(good, "inst-1", echoServer(t))
+	c, br := w.session(t, good)
+	echo(t, c, br, "a valid token from a throttled address")
+	if got := scrape.Value(t, w.metrics, "vncgate_proxy_token_checks_throttled_total"); got != 1 {
+		t.Errorf("token_checks_throttled_total: got %v, want 1", got)
+	}
+	if !strings.Contains(w.logs.String(), "token check throttled") {
+		t.Errorf("no log line for the throttled check")
 	}
 }
 
@@ -428,7 +464,7 @@ func TestTokenIsNeverLogged(t *testing.T) {
 	c.Close()
 	for _, req := range []string{
 		"CONNECT /console?token=" + bad + " HTTP/1.1\r\n\r\n", // 401
-		"CONNECT /console?token=" + bad + " HTTP/1.1\r\n\r\n", // 429
+		"CONNECT /console?token=" + bad + " HTTP/1.1\r\n\r\n", // 401 again, after a wait
 		"POST /console?token=" + bad + " HTTP/1.1\r\n\r\n",    // 405
 		"CONNECT /console?token=" + bad + "%00 HTTP/1.1\r\n\r\n",
 		"CONNECT /console?token=" + bad + " HTTP/1.1\r\nX: " + strings.Repeat("y", 5000),
@@ -491,5 +527,58 @@ func TestNoGoroutineLeak(t *testing.T) {
 			t.Fatalf("goroutines: got %d, want at most %d\n%s", runtime.NumGoroutine(), base+2, buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A trusted load balancer's PROXY v1 and v2 headers name the client: its
+// address is the one logged and throttled. A malformed header, or none,
+// from the load balancer closes the connection unanswered.
+func TestProxyProtocolFromTrustedProxies(t *testing.T) {
+	trusted, err := edge.ParseTrust([]string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t, func(c *worldConfig) { c.proxy.Trusted = trusted })
+	w.auth.add("tok", "inst-1", echoServer(t))
+	v2 := func(client string) string {
+		h := proxyproto.HeaderProxyFromAddrs(2, &net.TCPAddr{IP: net.ParseIP(client), Port: 40000}, &net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 6081})
+		b, err := h.Format()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	for _, tc := range []struct {
+		name, header, client string
+	}{
+		{"v1", "PROXY TCP4 198.51.100.7 127.0.0.1 40000 6081\r\n", "198.51.100.7"},
+		{"v1 IPv6", "PROXY TCP6 2001:db8::7 ::1 40000 6081\r\n", "2001:db8::7"},
+		{"v2", v2("203.0.113.9"), "203.0.113.9"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := w.dial(t)
+			io.WriteString(c, tc.header+"CONNECT /console?token=tok HTTP/1.1\r\n\r\n") // in one segment, as HAProxy sends it
+			br := bufio.NewReader(c)
+			if line, err := br.ReadString('\n'); err != nil || line != "HTTP/1.1 200 OK\r\n" {
+				t.Fatalf("got %q (%v), want the 200", line, err)
+			}
+			br.ReadString('\n')
+			echo(t, c, br, "hello through the load balancer")
+			if !strings.Contains(w.logs.String(), `msg="session started" client=`+tc.client) {
+				t.Errorf("no session logged for client %s:\n%s", tc.client, w.logs)
+			}
+		})
+	}
+	for _, tc := range []struct{ name, raw string }{
+		{"no header", "CONNECT /console?token=tok HTTP/1.1\r\n\r\n"},
+		{"malformed v1", "PROXY TCP4 not-an-address 127.0.0.1 1 2\r\nCONNECT /console?token=tok HTTP/1.1\r\n\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := w.dial(t)
+			io.WriteString(c, tc.raw)
+			if got := readAnswer(t, c); got != "" {
+				t.Fatalf("got %q, want the connection closed unanswered", got)
+			}
+		})
 	}
 }

@@ -3,9 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
-	"time"
 )
 
 // The proxy's answers, byte for byte (testdata/replies/*.golden). Only the
@@ -18,9 +16,9 @@ import (
 //	401 Not Authorized       unknown, expired, revoked (also during the handshake) or wrong-type token, or the console moved (Nova's reason phrase)
 //	405 Method Not Allowed   a method other than CONNECT or GET
 //	408 Request Timeout      no complete head within the handshake timeout
-//	429 Too Many Requests    too many failed tokens from this client IP; Retry-After says when to try again
 //	502 Bad Gateway          the VNC server is unreachable or refused the internal CONNECT
-//	503 Service Unavailable  consoleauth cannot answer, the instance has its maximum of sessions, or the proxy is shutting down
+//	503 Service Unavailable  consoleauth cannot answer, the instance has its maximum of sessions, the proxy has
+//	                         max_connections open or the client max_connections_per_client, or the proxy is shutting down
 var (
 	replyOK           = []byte("HTTP/1.1 200 OK\r\n\r\n")
 	replyNoToken      = refusal(http.StatusBadRequest, "Invalid Request", "no token: connect with CONNECT /console?token=TOKEN HTTP/1.1")
@@ -35,14 +33,9 @@ var (
 	replyUnavailable  = refusal(http.StatusServiceUnavailable, "Service Unavailable", "console service unavailable: retry later")
 	replyTooMany      = refusal(http.StatusServiceUnavailable, "Service Unavailable", "too many console sessions for this instance")
 	replyShuttingDown = refusal(http.StatusServiceUnavailable, "Service Unavailable", "proxy shutting down: reconnect")
+	replyTooManyConns = refusal(http.StatusServiceUnavailable, "Service Unavailable", "too many connections: retry later", "Retry-After: 1")
+	replyTooManyFrom  = refusal(http.StatusServiceUnavailable, "Service Unavailable", "too many connections from this address: retry later", "Retry-After: 1")
 )
-
-// replyThrottled is the 429 answer; retry is rounded up to whole seconds.
-func replyThrottled(retry time.Duration) []byte {
-	secs := int((retry + time.Second - 1) / time.Second)
-	return refusal(http.StatusTooManyRequests, "Too Many Requests", "too many failed console tokens from this address: retry later",
-		"Retry-After: "+strconv.Itoa(max(secs, 1)))
-}
 
 // refusal builds a complete response with a text body and no keep-alive.
 func refusal(code int, reason, body string, headers ...string) []byte {

@@ -5,27 +5,27 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/replies/*.golden from the code")
 
 // goldenReplies names every answer the proxy can send.
 var goldenReplies = map[string][]byte{
-	"ok":            replyOK,
-	"no-token":      replyNoToken,
-	"malformed":     replyMalformed,
-	"too-long":      replyTooLong,
-	"incomplete":    replyIncomplete,
-	"invalid-token": replyInvalidToken,
-	"moved":         replyMoved,
-	"method":        replyMethod,
-	"timeout":       replyTimeout,
-	"throttled":     replyThrottled(42*time.Second + time.Millisecond), // rounds up to 43
-	"bad-gateway":   replyBadGateway,
-	"unavailable":   replyUnavailable,
-	"too-many":      replyTooMany,
-	"shutting-down": replyShuttingDown,
+	"ok":             replyOK,
+	"no-token":       replyNoToken,
+	"malformed":      replyMalformed,
+	"too-long":       replyTooLong,
+	"incomplete":     replyIncomplete,
+	"invalid-token":  replyInvalidToken,
+	"moved":          replyMoved,
+	"method":         replyMethod,
+	"timeout":        replyTimeout,
+	"bad-gateway":    replyBadGateway,
+	"unavailable":    replyUnavailable,
+	"too-many":       replyTooMany,
+	"shutting-down":  replyShuttingDown,
+	"too-many-conns": replyTooManyConns,
+	"too-many-from":  replyTooManyFrom,
 }
 
 // TestRepliesMatchGoldenFiles pins every answer byte for byte; run with
