@@ -43,6 +43,10 @@ build: ## build every service and the dev stack into bin/
 	for s in $(SERVICES); do (cd services/$$s && go build -o $(BIN)/$$s .) || exit 1; done
 	cd deploy && go build -o $(BIN)/devstack ./cmd/devstack
 
+.PHONY: images
+images: deps ## build one OCI image tar per service into bin/images (offline, reproducible; SOURCE_DATE_EPOCH, IMAGE_TAG)
+	cd deploy && go run ./cmd/images -root $(CURDIR) -out $(BIN)/images -tag $(or $(IMAGE_TAG),latest)
+
 .PHONY: vet
 vet: ## go vet every module
 	for m in $(MODULES); do (cd $$m && go vet ./...) || exit 1; done

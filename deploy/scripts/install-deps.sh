@@ -15,6 +15,7 @@ command -v websockify >/dev/null || need+=(websockify)
 /usr/bin/python3 -c 'import tempest' 2>/dev/null || need+=(python3-tempest) # OpenStack's console tests
 command -v stress-ng >/dev/null || need+=(stress-ng)                 # load beside the suite
 command -v haproxy >/dev/null || need+=(haproxy)                     # PROXY protocol in front of xvp-proxy
+command -v systemd-analyze >/dev/null || need+=(systemd)            # checks the units in deploy/systemd
 if ((${#need[@]})); then
 	echo "install-deps: apt-get install ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive
