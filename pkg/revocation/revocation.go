@@ -11,6 +11,10 @@
 // their leases, and reports those written after the last one seen). Only
 // the reader's read permission on registry.RevocationsPrefix is needed
 // (the proxies' etcd role).
+//
+// It logs once per change of state, not once per attempt: a warning when
+// the watch is lost (an error when etcd refuses the permission), and a note
+// when it is back, with how long it was away.
 package revocation
 
 import (
@@ -27,12 +31,13 @@ import (
 	"github.com/vncgate/vncgate/pkg/registry"
 )
 
-// Waits between watch attempts after a failure: short after an outage, up
-// to maxRetry when etcd keeps refusing (a missing permission would
-// otherwise log twice a second).
+// Waits between watch attempts after a failure: short through an outage,
+// so that the watch is back within a second of etcd, up to maxDeniedRetry
+// while etcd refuses the permission (an operator's fix takes longer).
 const (
-	minRetry = 500 * time.Millisecond
-	maxRetry = 30 * time.Second
+	minRetry       = 250 * time.Millisecond
+	maxRetry       = time.Second
+	maxDeniedRetry = 30 * time.Second
 	// readTimeout bounds the read that recovers from a compaction.
 	readTimeout = 5 * time.Second
 )
@@ -51,6 +56,10 @@ type watcher struct {
 	// rev is the revision up to which every revocation was reported (0:
 	// before the first watch was created; watch from now).
 	rev int64
+	// lost is the kind of failure last logged ("" while the watch is up),
+	// since when it lasts.
+	lost  string
+	since time.Time
 }
 
 func (w *watcher) run(ctx context.Context) {
@@ -69,19 +78,45 @@ func (w *watcher) run(ctx context.Context) {
 		if err == nil {
 			continue
 		}
+		denied := isPermissionDenied(err)
 		delay := min(minRetry<<min(failures, 10), maxRetry)
-		failures++
-		level := slog.LevelWarn
-		if isPermissionDenied(err) {
-			level = slog.LevelError
-			err = fmt.Errorf("%w (the etcd user needs read on %s)", err, registry.RevocationsPrefix)
+		if denied {
+			delay = min(minRetry<<min(failures, 10), maxDeniedRetry)
 		}
-		w.log.Log(ctx, level, "revocation watch interrupted", "error", err, "attempt", failures, "retry_in", delay)
+		failures++
+		w.interrupted(ctx, err, denied, failures, delay)
 		select {
 		case <-ctx.Done():
 		case <-time.After(delay):
 		}
 	}
+}
+
+// interrupted logs a failed watch, once per kind of failure in a row: a
+// warning for the first, an error when etcd refuses the permission; the
+// attempts after it at debug level.
+func (w *watcher) interrupted(ctx context.Context, err error, denied bool, attempt int, delay time.Duration) {
+	kind, level, msg := "unavailable", slog.LevelWarn, "revocation watch lost: etcd unavailable; retrying until it is back"
+	if denied {
+		kind, level, msg = "denied", slog.LevelError, "revocation watch refused by etcd"
+		err = fmt.Errorf("%w (the etcd user needs read on %s)", err, registry.RevocationsPrefix)
+	}
+	if w.lost == kind {
+		level = slog.LevelDebug
+	} else if w.lost == "" {
+		w.since = time.Now()
+	}
+	w.lost = kind
+	w.log.Log(ctx, level, msg, "error", err, "attempt", attempt, "retry_in", delay)
+}
+
+// resumed logs, once, that the watch is back after a failure.
+func (w *watcher) resumed() {
+	if w.lost == "" {
+		return
+	}
+	w.log.Info("revocation watch resumed", "lost_for", time.Since(w.since).Round(time.Millisecond))
+	w.lost = ""
 }
 
 // watch reports revocations until the watch ends: with the revision etcd
@@ -106,6 +141,7 @@ func (w *watcher) watch(ctx context.Context) (created bool, compacted int64, err
 		}
 		if resp.Created {
 			created = true
+			w.resumed()
 			if w.rev == 0 {
 				// A watch "from now" starts after this revision:
 				// resuming from it after an outage misses nothing

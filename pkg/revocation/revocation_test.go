@@ -233,3 +233,73 @@ func TestWatchUnderTheProxyRole(t *testing.T) {
 		t.Errorf("log: got %s, want the permission and what is missing", out)
 	}
 }
+
+// TestQuorumLossIsLoggedOnce takes the quorum away from a 3-member cluster
+// under the watch: it logs one warning when the watch is lost, however many
+// attempts follow, one note when it is back, and reports what is written
+// after that.
+func TestQuorumLossIsLoggedOnce(t *testing.T) {
+	cluster, cli := etcd.StartCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var logs testlog.Buffer
+	got := make(chan string, 100)
+	go Watch(ctx, cli, slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		func(uuid string, _ registry.Revocation) { got <- uuid })
+	put := func(uuid string) {
+		t.Helper()
+		v, _ := json.Marshal(registry.Revocation{Reason: "the instance was stopped", RevokedAt: time.Now()})
+		if _, err := cli.Put(ctx, registry.RevocationKey(uuid), string(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for seen := false; !seen; {
+		put("uuid-0")
+		select {
+		case <-got:
+			seen = true
+		case <-time.After(100 * time.Millisecond): // the watch may not have started yet
+		case <-ctx.Done():
+			t.Fatal("the watch never saw a revocation")
+		}
+	}
+
+	cluster.Kill(0, 1)
+	// Several attempts fail while the quorum is away.
+	awaitLog(ctx, t, &logs, `"attempt":3`)
+	if err := cluster.Start(0, 1); err != nil {
+		t.Fatal(err)
+	}
+	awaitLog(ctx, t, &logs, "revocation watch resumed")
+	put("uuid-1")
+	for uuid := ""; uuid != "uuid-1"; {
+		select {
+		case uuid = <-got:
+		case <-ctx.Done():
+			t.Fatal("no revocation reported after the quorum came back")
+		}
+	}
+
+	out := logs.String()
+	if n := strings.Count(out, `"level":"WARN"`); n != 1 || !strings.Contains(out, "revocation watch lost") {
+		t.Errorf("warnings: got %d, want one saying the watch was lost:\n%s", n, out)
+	}
+	if n := strings.Count(out, "revocation watch resumed"); n != 1 {
+		t.Errorf("recoveries logged: got %d, want 1:\n%s", n, out)
+	}
+	if strings.Contains(out, `"level":"ERROR"`) {
+		t.Errorf("an error logged:\n%s", out)
+	}
+}
+
+// awaitLog waits until logs contain s.
+func awaitLog(ctx context.Context, t *testing.T, logs *testlog.Buffer, s string) {
+	t.Helper()
+	for !strings.Contains(logs.String(), s) {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("never logged %q:\n%s", s, logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

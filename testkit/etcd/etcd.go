@@ -12,6 +12,10 @@
 // ClientAs and ClientFiles give a test a client or a service's etcd_cert,
 // etcd_key and etcd_ca for a user name.
 //
+// StartCluster runs several members, each in a child process, as
+// production runs etcd, so that a test can take the leader or the quorum
+// away and give it back (Cluster.Stop, Cluster.Start).
+//
 // The child is built from this module's source with the go command on first
 // use in each test process, into the user's cache directory; the go command
 // relinks it only when its source or dependencies changed. The child ends
@@ -24,6 +28,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,6 +54,10 @@ type Server struct {
 	Endpoint string
 
 	dir, peer string
+	// In a cluster (StartCluster): the member's name, every member's
+	// name=peer URL, and the election timeout.
+	name, cluster string
+	electionMs    uint
 	// With TLS (StartSecure): the CA of server and client certificates,
 	// and the server's certificate files.
 	ca  *certs.CA
@@ -99,18 +108,37 @@ func newServer(t testing.TB, addr string, ca *certs.CA) *Server {
 			t.Fatal(err)
 		}
 	}
-	var err error
-	if s.Endpoint, err = freeport.Resolve(addr); err != nil {
-		t.Fatal(err)
-	}
-	if s.peer, err = freeport.Resolve("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.start(); err != nil {
-		t.Fatal(err)
+	// A port picked free may be taken by another process before etcd binds
+	// it (tests run in parallel): then pick again, with a fresh directory.
+	for attempt := 1; ; attempt++ {
+		var err error
+		if s.Endpoint, err = freeport.Resolve(addr); err != nil {
+			t.Fatal(err)
+		}
+		if s.peer, err = freeport.Resolve("127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		err = s.start()
+		if err == nil {
+			break
+		}
+		if attempt == startAttempts || !pickedPort(addr) {
+			t.Fatal(err)
+		}
+		t.Logf("etcd: %v; trying other ports", err)
+		s.dir = t.TempDir()
 	}
 	t.Cleanup(s.Stop)
 	return s
+}
+
+// startAttempts bounds the starts on ports picked free.
+const startAttempts = 3
+
+// pickedPort reports whether addr leaves the port to be picked (port 0).
+func pickedPort(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	return err == nil && port == "0"
 }
 
 // Stop ends etcd and returns once its process has exited, so its port is
@@ -128,6 +156,21 @@ func (s *Server) Stop() {
 		s.proc.Kill()
 		<-s.done
 	}
+	s.stdin, s.proc, s.done = nil, nil, nil
+}
+
+// Kill ends etcd the way a crash would (SIGKILL: no leadership handed
+// over, nothing closed) and returns once its process has exited. Its data
+// stays for Restart. It does nothing on a stopped server.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stdin == nil {
+		return
+	}
+	s.proc.Kill()
+	<-s.done
+	s.stdin.Close()
 	s.stdin, s.proc, s.done = nil, nil, nil
 }
 
@@ -155,6 +198,9 @@ func (s *Server) start() error {
 	args := []string{"-dir", s.dir, "-client", s.Endpoint, "-peer", s.peer}
 	if s.ca != nil {
 		args = append(args, "-cert", s.tls.Cert, "-key", s.tls.Key, "-client-ca", s.tls.CA, "-bcrypt-cost", "4")
+	}
+	if s.name != "" {
+		args = append(args, "-name", s.name, "-initial-cluster", s.cluster, "-election-ms", fmt.Sprint(s.electionMs))
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdin, cmd.Stderr = r, os.Stderr

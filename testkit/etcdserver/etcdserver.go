@@ -52,6 +52,13 @@ type Config struct {
 	// BcryptCost is etcd --bcrypt-cost for user passwords; 0 keeps etcd's
 	// default (10). Tests that add users set 4, the lowest.
 	BcryptCost uint
+	// Name and InitialCluster (etcd --name, --initial-cluster:
+	// "name=http://peer,...") make this a member of a cluster; empty: a
+	// single member. ElectionMs (0: 100) is the election timeout, with a
+	// tick of a tenth of it: a cluster on a busy test machine wants more
+	// than one member's 100 ms.
+	Name, InitialCluster string
+	ElectionMs           uint
 }
 
 // StartConfig is Start with the options of cfg.
@@ -79,6 +86,9 @@ func StartConfig(c Config) (*Server, error) {
 	// timeout).
 	cfg.TickMs = 10
 	cfg.ElectionMs = 100
+	if c.ElectionMs > 0 {
+		cfg.TickMs, cfg.ElectionMs = c.ElectionMs/10, c.ElectionMs
+	}
 	clientURL := url.URL{Scheme: "http", Host: clientAddr}
 	if c.CertFile != "" {
 		clientURL.Scheme = "https"
@@ -95,6 +105,9 @@ func StartConfig(c Config) (*Server, error) {
 	cfg.ListenPeerUrls = []url.URL{peerURL}
 	cfg.AdvertisePeerUrls = []url.URL{peerURL}
 	cfg.InitialCluster = cfg.Name + "=" + peerURL.String()
+	if c.Name != "" {
+		cfg.Name, cfg.InitialCluster = c.Name, c.InitialCluster
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("start embedded etcd: %w", err)

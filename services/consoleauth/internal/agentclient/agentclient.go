@@ -2,6 +2,12 @@
 // where its VNC server listens and whether a host and port still belong to
 // it. It keeps one gRPC connection per agent address, and turns the agent's
 // gRPC codes into sentinel errors for consoleauth's RPC edge.
+//
+// An agent that restarts is used again at once: a connection that failed
+// is dialed anew as soon as the agent registers again in etcd (a newer
+// Agent.Registration), rather than after the reconnect backoff it reached
+// while the agent was down; without a new registration, reconnects back off
+// from 100 ms to at most MaxReconnectDelay.
 package agentclient
 
 import (
@@ -15,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -38,6 +45,20 @@ var (
 // DefaultTimeout bounds each agent call when Options.Timeout is zero.
 const DefaultTimeout = 5 * time.Second
 
+// MaxReconnectDelay caps the wait between attempts to reach an agent again
+// (gRPC's default grows to two minutes).
+const MaxReconnectDelay = time.Second
+
+// Agent is the compute agent to call, as registered in etcd.
+type Agent struct {
+	// Host is the compute host's name, Address the agent's gRPC address.
+	Host, Address string
+	// Registration tells the agent's registrations apart: the etcd
+	// revision of its registry.ComputeKey (0: unknown). When it grows, the
+	// agent registered again, so a failed connection is dialed anew.
+	Registration int64
+}
+
 // Options configures a Pool.
 type Options struct {
 	// Timeout bounds every call to an agent.
@@ -54,8 +75,16 @@ type Pool struct {
 	creds   credentials.TransportCredentials
 
 	mu     sync.Mutex
-	conns  map[string]*grpc.ClientConn
+	conns  map[string]*agentConn
 	closed bool
+}
+
+// agentConn is the connection to one agent address, and the newest
+// registration seen for it.
+type agentConn struct {
+	conn         *grpc.ClientConn
+	client       computeagentv1.ComputeAgentServiceClient
+	registration int64
 }
 
 // New returns an empty pool.
@@ -67,7 +96,7 @@ func New(opts Options) *Pool {
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
-	return &Pool{timeout: opts.Timeout, creds: creds, conns: map[string]*grpc.ClientConn{}}
+	return &Pool{timeout: opts.Timeout, creds: creds, conns: map[string]*agentConn{}}
 }
 
 // Console is where an instance's VNC server listens.
@@ -77,10 +106,9 @@ type Console struct {
 	InternalAccessPath string
 }
 
-// GetConsole asks the agent at address (of compute host computeHost) where
-// the VNC server of an instance listens.
-func (p *Pool) GetConsole(ctx context.Context, computeHost, address, uuid, consoleType string) (Console, error) {
-	client, err := p.client(address)
+// GetConsole asks the agent where the VNC server of an instance listens.
+func (p *Pool) GetConsole(ctx context.Context, agent Agent, uuid, consoleType string) (Console, error) {
+	client, err := p.client(agent)
 	if err != nil {
 		return Console{}, err
 	}
@@ -88,15 +116,15 @@ func (p *Pool) GetConsole(ctx context.Context, computeHost, address, uuid, conso
 	defer cancel()
 	resp, err := client.GetConsole(cctx, &computeagentv1.GetConsoleRequest{InstanceUuid: uuid, ConsoleType: consoleType})
 	if err != nil {
-		return Console{}, p.fail(ctx, err, computeHost, address, uuid, consoleType)
+		return Console{}, p.fail(ctx, err, agent, uuid, consoleType)
 	}
 	return Console{Host: resp.GetHost(), Port: resp.GetPort(), InternalAccessPath: resp.GetInternalAccessPath()}, nil
 }
 
 // ValidateConsolePort asks the agent whether host and port are still the
 // instance's VNC server. When not, reason says why.
-func (p *Pool) ValidateConsolePort(ctx context.Context, computeHost, address, uuid, consoleType, host string, port int32) (valid bool, reason string, err error) {
-	client, err := p.client(address)
+func (p *Pool) ValidateConsolePort(ctx context.Context, agent Agent, uuid, consoleType, host string, port int32) (valid bool, reason string, err error) {
+	client, err := p.client(agent)
 	if err != nil {
 		return false, "", err
 	}
@@ -106,7 +134,7 @@ func (p *Pool) ValidateConsolePort(ctx context.Context, computeHost, address, uu
 		InstanceUuid: uuid, ConsoleType: consoleType, Host: host, Port: port,
 	})
 	if err != nil {
-		return false, "", p.fail(ctx, err, computeHost, address, uuid, consoleType)
+		return false, "", p.fail(ctx, err, agent, uuid, consoleType)
 	}
 	return resp.GetValid(), resp.GetReason(), nil
 }
@@ -117,43 +145,62 @@ func (p *Pool) Close() error {
 	defer p.mu.Unlock()
 	p.closed = true
 	var errs []error
-	for addr, conn := range p.conns {
-		errs = append(errs, conn.Close())
+	for addr, c := range p.conns {
+		errs = append(errs, c.conn.Close())
 		delete(p.conns, addr)
 	}
 	return errors.Join(errs...)
 }
 
-// client returns the cached connection to address, creating it (lazily
-// connected) on first use.
-func (p *Pool) client(address string) (computeagentv1.ComputeAgentServiceClient, error) {
+// client returns the cached connection to the agent's address, creating it
+// (lazily connected) on first use, and again when the agent registered
+// anew while the connection is failing.
+func (p *Pool) client(agent Agent) (computeagentv1.ComputeAgentServiceClient, error) {
+	var stale *grpc.ClientConn
+	defer func() {
+		if stale != nil {
+			stale.Close() // nothing waits on it: its calls fail at once
+		}
+	}()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return nil, fmt.Errorf("%w: client pool closed", ErrUnreachable)
 	}
-	conn, ok := p.conns[address]
+	c, ok := p.conns[agent.Address]
+	if ok && agent.Registration > c.registration {
+		// In TRANSIENT_FAILURE every call fails at once until the next
+		// attempt, up to MaxReconnectDelay away; a new connection tries
+		// now. Other states are kept: READY works, IDLE connects on the
+		// next call, CONNECTING is trying already.
+		if c.conn.GetState() == connectivity.TransientFailure {
+			stale = c.conn
+			delete(p.conns, agent.Address)
+			ok = false
+		} else {
+			c.registration = agent.Registration
+		}
+	}
 	if !ok {
-		var err error
-		conn, err = grpc.NewClient(address,
+		conn, err := grpc.NewClient(agent.Address,
 			grpc.WithTransportCredentials(p.creds),
-			// An agent that restarts should be usable again within
-			// seconds, not after gRPC's default backoff of up to 2 min.
 			grpc.WithConnectParams(grpc.ConnectParams{
-				Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
+				Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: MaxReconnectDelay},
 				MinConnectTimeout: 2 * time.Second,
 			}))
 		if err != nil {
-			return nil, fmt.Errorf("%w: agent address %q: %v", ErrUnreachable, address, err)
+			return nil, fmt.Errorf("%w: agent address %q: %v", ErrUnreachable, agent.Address, err)
 		}
-		p.conns[address] = conn
+		c = &agentConn{conn: conn, client: computeagentv1.NewComputeAgentServiceClient(conn), registration: agent.Registration}
+		p.conns[agent.Address] = c
 	}
-	return computeagentv1.NewComputeAgentServiceClient(conn), nil
+	return c.client, nil
 }
 
 // fail maps an agent's gRPC error to a sentinel, with a message that names
 // the instance and the compute host.
-func (p *Pool) fail(ctx context.Context, err error, computeHost, address, uuid, consoleType string) error {
+func (p *Pool) fail(ctx context.Context, err error, agent Agent, uuid, consoleType string) error {
+	computeHost, address := agent.Host, agent.Address
 	if ctx.Err() != nil {
 		return fmt.Errorf("compute agent call: %w", ctx.Err())
 	}

@@ -45,7 +45,7 @@ func TestGetConsoleMapsAgentCodes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := pool.GetConsole(ctx, agent.Host, agent.Addr, tt.uuid, "novnc")
+			got, err := pool.GetConsole(ctx, agentclient.Agent{Host: agent.Host, Address: agent.Addr}, tt.uuid, "novnc")
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("error: got %v, want %v", err, tt.wantErr)
 			}
@@ -80,7 +80,7 @@ func TestValidateConsolePort(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			valid, reason, err := pool.ValidateConsolePort(ctx, agent.Host, agent.Addr, "vm", "novnc", tt.host, tt.port)
+			valid, reason, err := pool.ValidateConsolePort(ctx, agentclient.Agent{Host: agent.Host, Address: agent.Addr}, "vm", "novnc", tt.host, tt.port)
 			if err != nil {
 				t.Fatalf("validate: %v", err)
 			}
@@ -104,7 +104,7 @@ func TestUnreachableAgent(t *testing.T) {
 
 	pool := agentclient.New(agentclient.Options{Timeout: time.Second})
 	start := time.Now()
-	_, err = pool.GetConsole(ctx, "c9", addr, "vm", "novnc")
+	_, err = pool.GetConsole(ctx, agentclient.Agent{Host: "c9", Address: addr}, "vm", "novnc")
 	if !errors.Is(err, agentclient.ErrUnreachable) {
 		t.Errorf("dead agent: got %v, want ErrUnreachable", err)
 	}
@@ -114,7 +114,7 @@ func TestUnreachableAgent(t *testing.T) {
 	if err := pool.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pool.GetConsole(ctx, "c9", addr, "vm", "novnc"); !errors.Is(err, agentclient.ErrUnreachable) {
+	if _, err := pool.GetConsole(ctx, agentclient.Agent{Host: "c9", Address: addr}, "vm", "novnc"); !errors.Is(err, agentclient.ErrUnreachable) {
 		t.Errorf("closed pool: got %v, want ErrUnreachable", err)
 	}
 }

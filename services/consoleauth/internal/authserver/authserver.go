@@ -3,7 +3,11 @@
 // after asking its compute agent where the VNC server listens, checks tokens
 // for the proxies (re-validating with the instance's current agent), and
 // revokes an instance's tokens. Domain errors become gRPC codes in one
-// table (errors.go); the REST gateway maps those codes to HTTP.
+// table (errors.go); the REST gateway maps those codes to HTTP. No answer
+// carries etcd's own errors or key paths: while etcd cannot serve (the
+// token store's health probe says so within a second) every call is
+// answered UNAVAILABLE with UnavailableMessage at once, and an unexpected
+// fault INTERNAL with InternalMessage, its detail logged.
 //
 // Input is bounded before it is used (input.go): instance ids must be UUIDs,
 // tokens must have the one shape this service mints, console types,
@@ -81,19 +85,19 @@ func New(cfg Config, store *tokenstore.Store, agents *agentclient.Pool, log *slo
 func (s *Server) GetConsoleURL(ctx context.Context, req *consoleauthv1.GetConsoleURLRequest) (*consoleauthv1.GetConsoleURLResponse, error) {
 	rc := req.GetRemoteConsole()
 	if rc == nil {
-		return nil, toStatus(detail(ErrInvalidArgument, `missing "remote_console" in request body`))
+		return nil, s.answer(ctx, detail(ErrInvalidArgument, `missing "remote_console" in request body`))
 	}
 	if err := checkProtocol(rc.GetProtocol()); err != nil {
-		return nil, toStatus(err)
+		return nil, s.answer(ctx, err)
 	}
 	uuid, err := parseUUID("server_id", req.GetServerId())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.answer(ctx, err)
 	}
 	viewOnly := rc.GetViewOnly()
 	consoleURL, err := s.consoleURL(ctx, uuid, rc.GetType(), viewOnly)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.answer(ctx, err)
 	}
 	answer := &consoleauthv1.RemoteConsole{Protocol: rc.GetProtocol(), Type: rc.GetType(), Url: consoleURL}
 	if viewOnly {
@@ -106,15 +110,15 @@ func (s *Server) GetConsoleURL(ctx context.Context, req *consoleauthv1.GetConsol
 func (s *Server) GetVNCConsole(ctx context.Context, req *consoleauthv1.GetVNCConsoleRequest) (*consoleauthv1.GetVNCConsoleResponse, error) {
 	action := req.GetOsGetVncConsole()
 	if action == nil {
-		return nil, toStatus(detail(ErrInvalidArgument, `missing "os-getVNCConsole" in request body: it is the only action served`))
+		return nil, s.answer(ctx, detail(ErrInvalidArgument, `missing "os-getVNCConsole" in request body: it is the only action served`))
 	}
 	uuid, err := parseUUID("server_id", req.GetServerId())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.answer(ctx, err)
 	}
 	consoleURL, err := s.consoleURL(ctx, uuid, action.GetType(), action.GetViewOnly())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.answer(ctx, err)
 	}
 	return &consoleauthv1.GetVNCConsoleResponse{Console: &consoleauthv1.Console{Type: action.GetType(), Url: consoleURL}}, nil
 }
@@ -130,7 +134,7 @@ func (s *Server) consoleURL(ctx context.Context, uuid, consoleType string, viewO
 	if err != nil {
 		return "", err
 	}
-	console, err := s.agents.GetConsole(ctx, agent.ComputeHost, agent.Address, uuid, consoleType)
+	console, err := s.agents.GetConsole(ctx, agentOf(agent), uuid, consoleType)
 	if errors.Is(err, agentclient.ErrUnreachable) {
 		// Nova answers 409 when the instance's compute host is down.
 		err = detail(tokenstore.ErrComputeDown,
@@ -164,7 +168,7 @@ func (s *Server) consoleURL(ctx context.Context, uuid, consoleType string, viewO
 // current agent confirmed the host and port.
 func (s *Server) CheckToken(ctx context.Context, req *consoleauthv1.CheckTokenRequest) (*consoleauthv1.CheckTokenResponse, error) {
 	resp, err := s.checkToken(ctx, req)
-	err = toStatus(err)
+	err = s.answer(ctx, err)
 	s.metrics.checked.WithLabelValues(status.Code(err).String()).Inc()
 	return resp, err
 }
@@ -220,7 +224,7 @@ func (s *Server) revalidate(ctx context.Context, rec registry.Token) error {
 	case err != nil:
 		return err
 	}
-	valid, reason, err := s.agents.ValidateConsolePort(ctx, agent.ComputeHost, agent.Address,
+	valid, reason, err := s.agents.ValidateConsolePort(ctx, agentOf(agent),
 		rec.InstanceUUID, rec.ConsoleType, rec.Host, rec.Port)
 	switch {
 	case errors.Is(err, agentclient.ErrUnreachable):
@@ -244,15 +248,15 @@ func (s *Server) revalidate(ctx context.Context, rec registry.Token) error {
 // console, so it never vouches for a stale address.
 func (s *Server) GetConsoleAuthToken(ctx context.Context, req *consoleauthv1.GetConsoleAuthTokenRequest) (*consoleauthv1.GetConsoleAuthTokenResponse, error) {
 	if err := checkTokenShape("console_token", req.GetConsoleToken()); err != nil {
-		return nil, toStatus(err)
+		return nil, s.answer(ctx, err)
 	}
 	entry, err := s.store.Lookup(ctx, req.GetConsoleToken())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.answer(ctx, err)
 	}
 	rec := entry.Record
 	if err := s.revalidate(ctx, rec); err != nil {
-		return nil, toStatus(err)
+		return nil, s.answer(ctx, err)
 	}
 	answer := &consoleauthv1.ConsoleAuthToken{
 		InstanceUuid:       rec.InstanceUUID,
@@ -272,23 +276,23 @@ func (s *Server) GetConsoleAuthToken(ctx context.Context, req *consoleauthv1.Get
 func (s *Server) RevokeInstanceTokens(ctx context.Context, req *consoleauthv1.RevokeInstanceTokensRequest) (*consoleauthv1.RevokeInstanceTokensResponse, error) {
 	uuid, err := parseUUID("instance_uuid", req.GetInstanceUuid())
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.answer(ctx, err)
 	}
 	reason := req.GetReason()
 	if reason == "" {
 		reason = registry.DefaultRevocationReason
 	}
 	if _, ok := registry.RevocationSentence(reason); !ok {
-		return nil, toStatus(detail(ErrInvalidArgument, fmt.Sprintf("unknown reason %s: want one of %s",
+		return nil, s.answer(ctx, detail(ErrInvalidArgument, fmt.Sprintf("unknown reason %s: want one of %s",
 			quoteShort(reason), strings.Join(registry.RevocationCodes(), ", "))))
 	}
 	if err := s.mayRevoke(ctx, uuid); err != nil {
-		return nil, toStatus(err)
+		return nil, s.answer(ctx, err)
 	}
 	n, err := s.store.Revoke(ctx, uuid, reason)
 	s.metrics.revoked.Add(float64(n))
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.answer(ctx, err)
 	}
 	s.log.InfoContext(ctx, "instance console tokens revoked", "instance", uuid, "revoked", n, "reason", reason)
 	return &consoleauthv1.RevokeInstanceTokensResponse{RevokedCount: int32(n)}, nil
@@ -313,6 +317,11 @@ func (s *Server) mayRevoke(ctx context.Context, uuid string) error {
 	s.log.WarnContext(ctx, "revocation refused: not the instance's compute host",
 		"caller", id.Name, "compute_host", id.Host, "instance", uuid, "owner", owner)
 	return detail(ErrNotOwner, fmt.Sprintf("compute host %s may only revoke its own instances", quoteShort(id.Host)))
+}
+
+// agentOf is the agent client's view of an instance's agent.
+func agentOf(a tokenstore.Agent) agentclient.Agent {
+	return agentclient.Agent{Host: a.ComputeHost, Address: a.Address, Registration: a.Registration}
 }
 
 func checkProtocol(protocol string) error {

@@ -81,15 +81,19 @@ func TestToStatus(t *testing.T) {
 		{name: "token not found", err: fmt.Errorf("check: %w", tokenstore.ErrNotFound), want: codes.NotFound},
 		{name: "unknown instance", err: tokenstore.ErrUnknownInstance, want: codes.NotFound},
 		{name: "compute down", err: tokenstore.ErrComputeDown, want: codes.FailedPrecondition},
-		{name: "etcd down", err: fmt.Errorf("%w: get: timeout", tokenstore.ErrStoreUnavailable),
-			want: codes.Unavailable, wantMsg: "token store (etcd) unavailable: get: timeout"},
+		{name: "etcd down: no key path, no etcd error",
+			err:  fmt.Errorf("%w: get /vncgate/tokens/x: context deadline exceeded", tokenstore.ErrStoreUnavailable),
+			want: codes.Unavailable, wantMsg: "the console service is temporarily unavailable"},
+		{name: "agent fault", err: fmt.Errorf("compute agent of host h1 failed: Internal: boom: %w", agentclient.ErrFailed),
+			want: codes.Internal, wantMsg: "compute agent of host h1 failed: Internal: boom: compute agent failed"},
 		{name: "agent not found", err: agentclient.ErrNotFound, want: codes.NotFound},
 		{name: "agent not ready", err: agentclient.ErrNotReady, want: codes.FailedPrecondition},
 		{name: "no console", err: agentclient.ErrNoConsole, want: codes.InvalidArgument},
 		{name: "agent unreachable", err: agentclient.ErrUnreachable, want: codes.Unavailable},
 		{name: "canceled", err: fmt.Errorf("x: %w", context.Canceled), want: codes.Canceled},
 		{name: "status kept", err: status.Error(codes.Aborted, "a"), want: codes.Aborted},
-		{name: "other", err: errors.New("boom"), want: codes.Internal},
+		{name: "other: its text is not sent", err: errors.New("decode /vncgate/computes/h1: boom"),
+			want: codes.Internal, wantMsg: "internal error"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

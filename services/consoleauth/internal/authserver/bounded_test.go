@@ -2,11 +2,9 @@ package authserver
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -23,6 +21,7 @@ import (
 	"github.com/vncgate/vncgate/services/consoleauth/internal/testworld"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/tokenstore"
 	"github.com/vncgate/vncgate/testkit/etcd"
+	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
 const (
@@ -38,18 +37,28 @@ type world struct {
 	client consoleauthv1.ConsoleAuthServiceClient
 	cli    *clientv3.Client
 	h1, h2 *testworld.Agent
-	log    *lockedBuffer
+	store  *tokenstore.Store
+	log    *testlog.Buffer
 }
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
 	_, cli := etcd.Start(t)
-	w := &world{cli: cli, log: &lockedBuffer{}}
+	return newWorldOn(t, cli, tokenstore.Options{})
+}
+
+// newWorldOn builds the world on the etcd of cli, with a store of opts
+// (its Logger is the world's).
+func newWorldOn(t *testing.T, cli *clientv3.Client, opts tokenstore.Options) *world {
+	t.Helper()
+	w := &world{cli: cli, log: &testlog.Buffer{}}
 	log := logging.New(w.log, "consoleauth", logging.Options{})
-	store, err := tokenstore.New(cli, tokenstore.Options{Logger: log})
+	opts.Logger = log
+	store, err := tokenstore.New(cli, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	w.store = store
 	pool := agentclient.New(agentclient.Options{})
 	t.Cleanup(func() { pool.Close() })
 	novnc, _ := ParseBaseURL("novncproxy_base_url", "http://127.0.0.1:6080/vnc_lite.html")
@@ -94,23 +103,6 @@ func (w *world) mint(t *testing.T, uuid string) string {
 		t.Fatalf("no token in %s", resp.GetRemoteConsole().GetUrl())
 	}
 	return token
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // TestInputIsBounded sends what an attacker would: every answer is a clear
@@ -332,5 +324,24 @@ func TestCheckTokenReturnsTheTokenRevision(t *testing.T) {
 	}
 	if got, want := resp.GetConnectInfo().GetTokenRevision(), kv.Kvs[0].CreateRevision; got != want || got == 0 {
 		t.Errorf("token_revision: got %d, want the record's CreateRevision %d", got, want)
+	}
+}
+
+// TestFaultsNameNoKeys: an internal fault (a registration etcd holds that
+// does not decode) is answered INTERNAL with a fixed sentence; its detail,
+// which would name etcd's keys, goes to the log only.
+func TestFaultsNameNoKeys(t *testing.T) {
+	w := newWorld(t)
+	ctx := testworld.Ctx(t)
+	if _, err := w.cli.Put(ctx, registry.ComputeKey("h1"), "{not json"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := w.client.GetConsoleURL(ctx, &consoleauthv1.GetConsoleURLRequest{
+		ServerId: vm1, RemoteConsole: &consoleauthv1.RemoteConsole{Protocol: "vnc", Type: TypeNoVNC}})
+	if st := status.Convert(err); st.Code() != codes.Internal || st.Message() != InternalMessage {
+		t.Errorf("mint with a corrupt registration: got %s %q, want Internal %q", st.Code(), st.Message(), InternalMessage)
+	}
+	if !strings.Contains(w.log.String(), "decode the registration of compute host h1") {
+		t.Errorf("the fault's detail is not in the log:\n%s", w.log.String())
 	}
 }

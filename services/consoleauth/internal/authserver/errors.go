@@ -29,8 +29,23 @@ var (
 	ErrNotOwner = errors.New("not the instance's compute host")
 )
 
+// Answers that stand for errors whose own text is not the caller's
+// business: etcd's errors name internal keys and addresses, and an
+// unexpected fault says nothing a caller can act on. The detail goes to
+// the log instead (the store logs an etcd outage once; Server.answer logs
+// an internal fault).
+const (
+	// UnavailableMessage answers every call while etcd cannot serve
+	// (codes.Unavailable, REST 503).
+	UnavailableMessage = "the console service is temporarily unavailable"
+	// InternalMessage answers an error no entry of codeTable matches
+	// (codes.Internal, REST 500).
+	InternalMessage = "internal error"
+)
+
 // codeTable maps domain errors to gRPC codes: the one place that does. The
-// first entry that errors.Is matches wins; anything else is INTERNAL.
+// first entry that errors.Is matches wins; anything else is INTERNAL, with
+// InternalMessage.
 var codeTable = []struct {
 	err  error
 	code codes.Code
@@ -53,12 +68,14 @@ var codeTable = []struct {
 	// GetConsoleURL reports an unreachable agent as ErrComputeDown (409)
 	// and CheckToken as ErrAgentGone (503); this entry is the fallback.
 	{agentclient.ErrUnreachable, codes.Unavailable},
+	{agentclient.ErrFailed, codes.Internal},
 	{context.Canceled, codes.Canceled},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 }
 
 // toStatus turns a domain error into a gRPC status error carrying the
-// error's message.
+// error's message, except for the errors answered with UnavailableMessage
+// or InternalMessage.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
@@ -66,12 +83,25 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	if errors.Is(err, tokenstore.ErrStoreUnavailable) {
+		return status.Error(codes.Unavailable, UnavailableMessage)
+	}
 	for _, e := range codeTable {
 		if errors.Is(err, e.err) {
 			return status.Error(e.code, err.Error())
 		}
 	}
-	return status.Error(codes.Internal, err.Error())
+	return status.Error(codes.Internal, InternalMessage)
+}
+
+// answer is toStatus for the service's methods: an internal fault, whose
+// detail the caller does not get, is logged.
+func (s *Server) answer(ctx context.Context, err error) error {
+	st := toStatus(err)
+	if a := status.Convert(st); a.Code() == codes.Internal && a.Message() == InternalMessage {
+		s.log.ErrorContext(ctx, "internal error", "error", err)
+	}
+	return st
 }
 
 // detailError carries a sentinel for errors.Is and a message of its own, so

@@ -12,7 +12,10 @@ import (
 
 // LogUnary logs every unary call with its method, code and duration. REST
 // calls pass through it too, since the gateway calls the gRPC server. Server
-// faults log at warning level. Requests are not logged: they carry tokens.
+// faults log at warning level, except the answers given while etcd is
+// unavailable (UnavailableMessage): the store logs the outage once, and a
+// warning per refused call would drown it. Requests are not logged: they
+// carry tokens.
 func LogUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		start := time.Now()
@@ -22,6 +25,9 @@ func LogUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 		switch st.Code() {
 		case codes.Internal, codes.Unknown, codes.Unavailable, codes.DataLoss, codes.DeadlineExceeded:
 			level = slog.LevelWarn
+		}
+		if st.Code() == codes.Unavailable && st.Message() == UnavailableMessage {
+			level = slog.LevelInfo
 		}
 		attrs := []slog.Attr{
 			slog.String("method", info.FullMethod),

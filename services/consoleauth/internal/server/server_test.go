@@ -409,8 +409,8 @@ func TestEtcdOutageAnswers503ThenRecovers(t *testing.T) {
 	if code != http.StatusServiceUnavailable {
 		t.Fatalf("etcd down: got %d %v, want 503", code, m)
 	}
-	if msg := str(t, m, "serviceUnavailable", "message"); !strings.HasPrefix(msg, "token store (etcd) unavailable") {
-		t.Errorf("message: got %q, want it to start with %q", msg, "token store (etcd) unavailable")
+	if msg := str(t, m, "serviceUnavailable", "message"); msg != "the console service is temporarily unavailable" {
+		t.Errorf("message: got %q, want %q", msg, "the console service is temporarily unavailable")
 	}
 	if code, m := w.do(t, "GET", "/healthz", ""); code != http.StatusServiceUnavailable {
 		t.Errorf("healthz with etcd down: got %d %v, want 503", code, m)

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/vncgate/vncgate/pkg/registry"
@@ -29,6 +30,10 @@ type Agent struct {
 	ComputeHost string
 	// Address is the agent's gRPC address, host:port.
 	Address string
+	// Registration is the etcd revision of the agent's registration
+	// (registry.ComputeKey's ModRevision): it grows when the agent
+	// registers again, after a restart.
+	Registration int64
 }
 
 // Locate finds the agent of an instance: the host whose claim
@@ -36,31 +41,39 @@ type Agent struct {
 // registry), and that host's registry.ComputeKey, present only while its
 // agent keeps its lease alive.
 func (s *Store) Locate(ctx context.Context, uuid string) (Agent, error) {
-	host, compute, err := s.locations.locate(ctx, uuid)
+	host, compute, err := s.locate(ctx, uuid)
 	if err != nil {
 		return Agent{}, s.locateError(ctx, uuid, err)
 	}
 	var c registry.Compute
 	if compute != nil {
-		if err := json.Unmarshal(compute, &c); err != nil {
-			return Agent{}, fmt.Errorf("decode %s: %w", registry.ComputeKey(host), err)
+		if err := json.Unmarshal(compute.Value, &c); err != nil {
+			// Named by host, not by key: the message may reach a caller.
+			return Agent{}, fmt.Errorf("decode the registration of compute host %s: %w", host, err)
 		}
 	}
 	if c.Address == "" {
 		return Agent{}, &detailError{kind: ErrComputeDown,
 			msg: fmt.Sprintf("compute host %s of instance %s is down", host, uuid)}
 	}
-	return Agent{ComputeHost: host, Address: c.Address}, nil
+	return Agent{ComputeHost: host, Address: c.Address, Registration: compute.ModRevision}, nil
 }
 
 // Owner returns the compute host whose claim on the instance wins, alive or
 // not: the host that may act for the instance.
 func (s *Store) Owner(ctx context.Context, uuid string) (string, error) {
-	host, _, err := s.locations.locate(ctx, uuid)
+	host, _, err := s.locate(ctx, uuid)
 	if err != nil {
 		return "", s.locateError(ctx, uuid, err)
 	}
 	return host, nil
+}
+
+// locate asks the index, under the store's health (Store.call).
+func (s *Store) locate(ctx context.Context, uuid string) (string, *mvccpb.KeyValue, error) {
+	cctx, done := s.call(ctx)
+	host, compute, err := s.locations.locate(cctx, uuid)
+	return host, compute, done(err)
 }
 
 func (s *Store) locateError(ctx context.Context, uuid string, err error) error {
@@ -115,7 +128,7 @@ func newIndex(cli *clientv3.Client, timeout time.Duration, log *slog.Logger) *in
 // locate returns the winning claim's host and that host's compute record
 // (nil when absent), both read in one etcd transaction, or an error
 // wrapping ErrUnknownInstance.
-func (x *index) locate(ctx context.Context, uuid string) (string, []byte, error) {
+func (x *index) locate(ctx context.Context, uuid string) (string, *mvccpb.KeyValue, error) {
 	x.start.Do(func() { go x.run(x.cli.Ctx()) })
 	ctx, cancel := context.WithTimeout(ctx, x.timeout)
 	defer cancel()
@@ -146,9 +159,9 @@ func (x *index) locate(ctx context.Context, uuid string) (string, []byte, error)
 			return "", nil, err
 		}
 		if resp.Succeeded {
-			var compute []byte
+			var compute *mvccpb.KeyValue
 			if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-				compute = kvs[0].Value
+				compute = kvs[0]
 			}
 			return c.host, compute, nil
 		}
@@ -238,7 +251,13 @@ func (x *index) run(ctx context.Context) {
 		}
 		delay := min(indexMinRetry<<min(failures, 10), indexMaxRetry)
 		failures++
-		x.log.Warn("instance location index: watch ended, reading the claims again", "error", err, "retry_in", delay)
+		// An outage is the health probe's to log, once; a failure of
+		// another kind, once per run of failures.
+		level := slog.LevelDebug
+		if !outage(err) && failures == 1 {
+			level = slog.LevelWarn
+		}
+		x.log.Log(ctx, level, "instance location index: watch ended, reading the claims again", "error", err, "retry_in", delay)
 		select {
 		case <-ctx.Done():
 		case <-time.After(delay):

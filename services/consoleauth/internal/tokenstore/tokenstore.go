@@ -23,10 +23,14 @@
 // tokens are deleted, so its etcd revision orders it after every token it
 // ended (registry.Revocation).
 //
-// Every etcd call runs under a timeout. When etcd cannot be reached the
-// methods return an error wrapping ErrStoreUnavailable; tokens are never
-// cached, so the store serves again as soon as the etcd client has
-// reconnected. Instance locations are indexed in memory from a watch, and
+// Every etcd call runs under a timeout, and under a health probe
+// (health.go): a linearizable read every ProbeInterval, so that etcd
+// without a quorum (reachable, but answering nothing) is found within
+// ProbeInterval + ProbeTimeout. From then every call, in flight or new,
+// fails at once with an error wrapping ErrStoreUnavailable, instead of each
+// waiting for its timeout; the outage is logged once, and its end once.
+// Tokens are never cached, so the store serves again with the first probe
+// etcd answers. Instance locations are indexed in memory from a watch, and
 // every answer is confirmed against etcd (locate.go).
 package tokenstore
 
@@ -102,7 +106,11 @@ type Options struct {
 	// RevocationTTL is how long a revocation announcement stays in etcd for
 	// proxies to see.
 	RevocationTTL time.Duration
-	// Logger receives what the store refuses to trust; nil discards.
+	// ProbeInterval is how often etcd's health is probed, ProbeTimeout how
+	// long a probe may wait for its answer (see health.go).
+	ProbeInterval, ProbeTimeout time.Duration
+	// Logger receives what the store refuses to trust and etcd's outages;
+	// nil discards.
 	Logger *slog.Logger
 }
 
@@ -117,6 +125,7 @@ type Store struct {
 
 	log       *slog.Logger
 	locations *index
+	health    *health
 
 	mu    sync.Mutex
 	grant *leaseGrant // the newest lease, or the grant of it in flight
@@ -149,6 +158,15 @@ func New(cli *clientv3.Client, opts Options) (*Store, error) {
 	if opts.RevocationTTL == 0 {
 		opts.RevocationTTL = DefaultRevocationTTL
 	}
+	if opts.ProbeInterval == 0 {
+		opts.ProbeInterval = DefaultProbeInterval
+	}
+	if opts.ProbeTimeout == 0 {
+		opts.ProbeTimeout = DefaultProbeTimeout
+	}
+	if opts.ProbeInterval < 0 || opts.ProbeTimeout < 0 {
+		return nil, fmt.Errorf("etcd probe interval %v, timeout %v: want positive durations", opts.ProbeInterval, opts.ProbeTimeout)
+	}
 	if opts.TTL < time.Second {
 		return nil, fmt.Errorf("token ttl %v: want at least 1s", opts.TTL)
 	}
@@ -157,7 +175,7 @@ func New(cli *clientv3.Client, opts Options) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	bucket := max(opts.TTL/10, time.Second)
-	return &Store{
+	s := &Store{
 		cli:           cli,
 		ttl:           opts.TTL,
 		timeout:       opts.Timeout,
@@ -167,7 +185,11 @@ func New(cli *clientv3.Client, opts Options) (*Store, error) {
 		log:           log,
 		locations:     newIndex(cli, opts.Timeout, log),
 		untrusted:     map[string]bool{},
-	}, nil
+	}
+	s.health = newHealth(s.probe, opts.ProbeInterval, opts.ProbeTimeout, log)
+	// Probes run until the etcd client is closed, as the location index does.
+	go s.health.run(cli.Ctx())
+	return s, nil
 }
 
 // TTL is how long a minted token is valid.
@@ -202,14 +224,14 @@ func (s *Store) Mint(ctx context.Context, rec registry.Token) (Minted, error) {
 		if err != nil {
 			return Minted{}, err
 		}
-		cctx, cancel := context.WithTimeout(ctx, s.timeout)
+		cctx, done := s.call(ctx)
 		resp, err := s.cli.Txn(cctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(
 				clientv3.OpPut(key, string(value), clientv3.WithLease(lease)),
 				clientv3.OpPut(registry.InstanceTokenKey(rec.InstanceUUID, hash), "", clientv3.WithLease(lease)),
 			).Commit()
-		cancel()
+		err = done(err)
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0 {
 			// The shared lease ended early (revoked by an operator, or
 			// expired while etcd was down): forget it and grant another.
@@ -249,10 +271,9 @@ func (s *Store) Lookup(ctx context.Context, token string) (Entry, error) {
 	}
 	hash := registry.TokenHash(token)
 	key := registry.TokenKey(hash)
-	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	cctx, done := s.call(ctx)
 	resp, err := s.cli.Get(cctx, key)
-	cancel()
-	if err != nil {
+	if err := done(err); err != nil {
 		return Entry{}, s.fail(ctx, "get token", err)
 	}
 	if len(resp.Kvs) == 0 {
@@ -296,15 +317,14 @@ func (s *Store) refuseUntrusted(hash string) {
 // is guarded by the revision Lookup saw, so the others get ErrNotFound.
 func (s *Store) Consume(ctx context.Context, e Entry) error {
 	key := registry.TokenKey(e.Hash)
-	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	cctx, done := s.call(ctx)
 	resp, err := s.cli.Txn(cctx).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", e.modRevision)).
 		Then(
 			clientv3.OpDelete(key),
 			clientv3.OpDelete(registry.InstanceTokenKey(e.Record.InstanceUUID, e.Hash)),
 		).Commit()
-	cancel()
-	if err != nil {
+	if err := done(err); err != nil {
 		return s.fail(ctx, "consume token", err)
 	}
 	if !resp.Succeeded {
@@ -326,17 +346,15 @@ func (s *Store) Revoke(ctx context.Context, uuid, reason string) (int, error) {
 		return 0, ErrUnknownReason
 	}
 	prefix := registry.InstanceTokensPrefix(uuid)
-	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	cctx, done := s.call(ctx)
 	list, err := s.cli.Get(cctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	cancel()
-	if err != nil {
+	if err := done(err); err != nil {
 		return 0, s.fail(ctx, "list instance tokens", err)
 	}
 
-	cctx, cancel = context.WithTimeout(ctx, s.timeout)
+	cctx, done = s.call(ctx)
 	grant, err := s.cli.Grant(cctx, ceilSeconds(s.revocationTTL))
-	cancel()
-	if err != nil {
+	if err := done(err); err != nil {
 		return 0, s.fail(ctx, "grant revocation lease", err)
 	}
 	announcement, err := json.Marshal(registry.Revocation{Reason: sentence, RevokedAt: time.Now().UTC()})
@@ -360,10 +378,9 @@ func (s *Store) Revoke(ctx context.Context, uuid, reason string) (int, error) {
 	revoked := 0
 	for start := 0; start < len(ops); start += maxTxnOps {
 		end := min(start+maxTxnOps, len(ops))
-		cctx, cancel := context.WithTimeout(ctx, s.timeout)
+		cctx, done := s.call(ctx)
 		resp, err := s.cli.Txn(cctx).Then(ops[start:end]...).Commit()
-		cancel()
-		if err != nil {
+		if err := done(err); err != nil {
 			return revoked, s.fail(ctx, "revoke instance tokens", err)
 		}
 		for i, r := range resp.Responses {
@@ -375,12 +392,11 @@ func (s *Store) Revoke(ctx context.Context, uuid, reason string) (int, error) {
 	return revoked, nil
 }
 
-// Ping reports whether etcd answers a linearizable read (of a key inside
-// consoleauth's own etcd role, so that it works with etcd authentication).
+// Ping reports whether etcd answers a linearizable read now (the health
+// probe's), failing at once while the probe finds etcd unavailable.
 func (s *Store) Ping(ctx context.Context) error {
-	cctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	if _, err := s.cli.Get(cctx, registry.TokensPrefix, clientv3.WithCountOnly()); err != nil {
+	cctx, done := s.call(ctx)
+	if err := done(s.probe(cctx)); err != nil {
 		return s.fail(ctx, "ping", err)
 	}
 	return nil
@@ -400,10 +416,9 @@ func (s *Store) lease(ctx context.Context, now time.Time) (clientv3.LeaseID, err
 		s.grant = g
 		s.mu.Unlock()
 		// Not bound to this caller's cancellation: others wait on it too.
-		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+		gctx, done := s.call(context.WithoutCancel(ctx))
 		resp, err := s.cli.Grant(gctx, s.leaseTTL)
-		cancel()
-		if err != nil {
+		if err := done(err); err != nil {
 			g.err = s.fail(ctx, "grant token lease", err)
 		} else {
 			g.id = resp.ID
@@ -440,10 +455,18 @@ func failed(g *leaseGrant) bool {
 }
 
 // fail wraps an etcd error: the caller's own cancellation stays what it is,
-// anything else means the store is unavailable.
+// anything else means the store is unavailable. An outage is the health
+// probe's to log, once; any other failure (a permission etcd refused, say)
+// is logged here, since the caller only learns that the store is
+// unavailable.
 func (s *Store) fail(ctx context.Context, op string, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s: %w", op, ctx.Err())
+	}
+	if outage(err) {
+		s.log.Debug("etcd call failed", "op", op, "error", err)
+	} else {
+		s.log.Warn("etcd call failed", "op", op, "error", err)
 	}
 	return fmt.Errorf("%w: %s: %v", ErrStoreUnavailable, op, err)
 }

@@ -369,6 +369,7 @@ func TestLocate(t *testing.T) {
 	claim("c1", uuidRunning)
 	testworld.PutJSON(t, cli, registry.ComputeKey("c1"), registry.Compute{Address: "127.0.0.1:6092"})
 	testworld.PutJSON(t, cli, registry.ComputeKey("c3"), registry.Compute{Address: "127.0.0.1:6093"})
+	c1 := resp(t, cli, registry.ComputeKey("c1")).ModRevision
 	claim("c2", uuidOrphan)
 	// A live migration from c1 to c3: both claim it; c1's claim is older.
 	claim("c1", uuidMigrates)
@@ -384,10 +385,10 @@ func TestLocate(t *testing.T) {
 		wantErr error
 		wantMsg string
 	}{
-		{name: "found", uuid: uuidRunning, want: tokenstore.Agent{ComputeHost: "c1", Address: "127.0.0.1:6092"}},
+		{name: "found", uuid: uuidRunning, want: tokenstore.Agent{ComputeHost: "c1", Address: "127.0.0.1:6092", Registration: c1}},
 		{name: "unknown instance", uuid: uuidGhost, wantErr: tokenstore.ErrUnknownInstance, wantMsg: "instance " + uuidGhost + " not found"},
 		{name: "compute host down", uuid: uuidOrphan, wantErr: tokenstore.ErrComputeDown, wantMsg: "compute host c2 of instance " + uuidOrphan + " is down"},
-		{name: "two claims: the oldest wins", uuid: uuidMigrates, want: tokenstore.Agent{ComputeHost: "c1", Address: "127.0.0.1:6092"}},
+		{name: "two claims: the oldest wins", uuid: uuidMigrates, want: tokenstore.Agent{ComputeHost: "c1", Address: "127.0.0.1:6092", Registration: c1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -425,6 +426,11 @@ func TestLocate(t *testing.T) {
 	claim("c3", uuidGhost)
 	if got, err := s.Locate(ctx, uuidGhost); err != nil || got.ComputeHost != "c3" {
 		t.Errorf("right after publication: got %+v, %v, want c3", got, err)
+	}
+	// c1's agent registers again, as after a restart: a newer registration.
+	testworld.PutJSON(t, cli, registry.ComputeKey("c1"), registry.Compute{Address: "127.0.0.1:6092"})
+	if got, err := s.Locate(ctx, uuidRunning); err != nil || got.Registration <= c1 {
+		t.Errorf("after c1 registered again: got %+v, %v, want a registration above %d", got, err, c1)
 	}
 }
 

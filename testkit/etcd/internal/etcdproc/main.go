@@ -22,10 +22,14 @@ func main() {
 	key := flag.String("key", "", "server certificate's key")
 	clientCA := flag.String("client-ca", "", "require client certificates signed by this CA (--client-cert-auth)")
 	bcryptCost := flag.Uint("bcrypt-cost", 0, "bcrypt cost of user passwords (0: etcd's default)")
+	name := flag.String("name", "", "member name, with -initial-cluster (empty: a single member)")
+	cluster := flag.String("initial-cluster", "", "every member as name=http://peer, comma-separated")
+	electionMs := flag.Uint("election-ms", 0, "election timeout in milliseconds (0: etcdserver's default)")
 	flag.Parse()
 	srv, err := etcdserver.StartConfig(etcdserver.Config{
 		Dir: *dir, ClientAddr: *client, PeerAddr: *peer,
 		CertFile: *cert, KeyFile: *key, ClientCAFile: *clientCA, BcryptCost: *bcryptCost,
+		Name: *name, InitialCluster: *cluster, ElectionMs: *electionMs,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "etcdproc:", err)
