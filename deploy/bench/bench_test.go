@@ -32,6 +32,7 @@ func BenchmarkConsoleStack(b *testing.B) {
 	b.Run("relay", func(b *testing.B) { rep.relay = benchRelay(b) })
 	b.Run("setup", func(b *testing.B) { rep.setup = benchSetup(b) })
 	b.Run("setup-vencrypt", func(b *testing.B) { rep.vencryptSetup = benchVeNCryptSetup(b) })
+	b.Run("authz", func(b *testing.B) { rep.authz = benchAuthz(b) })
 	b.Run("mint", func(b *testing.B) { rep.mint = benchMint(b) })
 	b.Run("idle-memory", func(b *testing.B) { rep.memory = benchIdleMemory(b, limit) })
 	rep.elapsed = time.Since(rep.started)
@@ -51,6 +52,7 @@ type report struct {
 	relay                 *relayResult
 	setup                 *setupResult
 	vencryptSetup         *setupResult // vencrypt_test.go
+	authz                 *authzResult // authz_test.go
 	mint                  *mintResult
 	memory                *memoryResult
 }
@@ -149,6 +151,11 @@ func (r *report) print(out io.Writer) {
 		p("   compute agent's ValidateConsolePort over gRPC); the etcd Get is one linearizable read of the token record.\n")
 	}
 	r.printVeNCryptSetup(p, table) // vencrypt_test.go
+	if r.authz == nil {
+		p("\n2c. Authorisation: not measured: the authz sub-benchmark failed (see above) or -bench left it out.\n")
+	} else {
+		r.printAuthz(p, table) // authz_test.go
+	}
 
 	p("\n3. GetConsoleURL rate against the single embedded etcd: %d concurrent clients, median of %d rounds of %v.\n",
 		mintClients, mintRounds, mintRound)

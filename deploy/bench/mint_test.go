@@ -15,11 +15,10 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/vncgate/vncgate/deploy/devstack"
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/authn"
 )
 
 const (
@@ -105,6 +104,7 @@ func benchMint(b *testing.B) *mintResult {
 			return err
 		}
 		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+w.APIKey)
 		resp, err := httpc.Do(req)
 		if err != nil {
 			return err
@@ -120,12 +120,7 @@ func benchMint(b *testing.B) *mintResult {
 		return nil
 	}
 
-	conn, err := grpc.NewClient(w.Addr(w.Ports.ConsoleAuthGRPC), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	ca := consoleauthv1.NewConsoleAuthServiceClient(conn)
+	ca := consoleauthv1.NewConsoleAuthServiceClient(grpcAs(b, w, w.Addr(w.Ports.ConsoleAuthGRPC), authn.RoleAPI, "bench-api"))
 	grpcCall := func(ctx context.Context) error {
 		resp, err := ca.GetConsoleURL(ctx, &consoleauthv1.GetConsoleURLRequest{
 			ServerId:      devstack.DemoUUID,

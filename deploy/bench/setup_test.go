@@ -12,11 +12,10 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/vncgate/vncgate/deploy/devstack"
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/registry"
 )
 
@@ -84,12 +83,8 @@ func benchSetup(b *testing.B) *setupResult {
 	if err != nil {
 		b.Fatal(err)
 	}
-	conn, err := grpc.NewClient(w.Addr(w.Ports.ConsoleAuthGRPC), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	ca := consoleauthv1.NewConsoleAuthServiceClient(conn)
+	// CheckToken as a proxy asks it: mTLS, a certificate of role proxy.
+	ca := consoleauthv1.NewConsoleAuthServiceClient(grpcAs(b, w, w.Addr(w.Ports.ConsoleAuthGRPC), authn.RoleProxy, "bench-proxy"))
 	tokenKey := registry.TokenKey(registry.TokenHash(novncToken))
 
 	tcpSession := func(ctx context.Context, addr string, preamble func(net.Conn) error) (time.Duration, error) {

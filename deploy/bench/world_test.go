@@ -19,8 +19,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
 	"github.com/vncgate/vncgate/deploy/devstack"
 	"github.com/vncgate/vncgate/deploy/devstack/devstacktest"
+	"github.com/vncgate/vncgate/pkg/authn"
 )
 
 // loopback is the only address the benchmarks listen on and dial.
@@ -58,8 +62,9 @@ func startStackArgs(b *testing.B, proxyArgs []string, instances ...devstack.Inst
 		Args: map[string][]string{
 			// Sessions are closed by the benchmarks before the stack stops;
 			// a short drain keeps a failed run from waiting 30 s on each.
-			devstack.NoVNCProxy: append([]string{"--drain_timeout=5s"}, proxyArgs...),
-			devstack.XVPProxy:   append([]string{"--drain_timeout=5s"}, proxyArgs...),
+			// 10,000 sessions come from 8 loopback addresses: no per-client cap.
+			devstack.NoVNCProxy: append([]string{"--drain_timeout=5s", "--max_connections_per_client=0"}, proxyArgs...),
+			devstack.XVPProxy:   append([]string{"--drain_timeout=5s", "--max_connections_per_client=0"}, proxyArgs...),
 		},
 	})
 	// A service that died after its readiness check (or whose check was
@@ -75,6 +80,23 @@ func startStackArgs(b *testing.B, proxyArgs []string, instances ...devstack.Inst
 		}
 	}
 	return w
+}
+
+// grpcAs is a gRPC connection to addr over mutual TLS, presenting a new
+// certificate from the stack's CA speaking for role under name; closed
+// when the benchmark ends.
+func grpcAs(b *testing.B, w *devstack.World, addr string, role authn.Role, name string) *grpc.ClientConn {
+	b.Helper()
+	cfg, err := w.ClientTLS(role, name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 // distinctPorts picks the stack's ports holding every listener until all

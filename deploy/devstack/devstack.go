@@ -5,7 +5,6 @@
 package devstack
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -22,15 +21,16 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
+	"github.com/vncgate/vncgate/testkit/certs"
 	"github.com/vncgate/vncgate/testkit/etcdserver"
 	"github.com/vncgate/vncgate/testkit/rfb"
 )
@@ -63,7 +63,8 @@ type Instance struct {
 type Options struct {
 	// Bin is the folder holding the service binaries.
 	Bin string
-	// Dir holds etcd data, the inventory and logs.
+	// Dir holds etcd data, the inventory, the services' logs (logs/), their
+	// certificates (tls/) and the API keys file (api-keys).
 	Dir string
 	// Ports of the services; 0 picks a free port. Default returns Nova's.
 	Ports Ports
@@ -77,14 +78,21 @@ type Options struct {
 	Args map[string][]string
 	// Skip leaves services out (e.g. a proxy under test started in-process).
 	Skip map[string]bool
-	// Logs receives every service's output, each line prefixed by its name.
+	// Logs receives every service's output, each line prefixed by its name
+	// and cut at MaxShownLine bytes. Dir/logs/<service>.log keeps it whole.
 	Logs io.Writer
-	// TLS generates a throwaway CA and certificate in Dir/tls and starts
-	// every service with them: mutual TLS on all gRPC links, TLS only on
-	// both proxies' public ports (novnc-proxy with ssl_only), https base
-	// URLs, and mutual TLS on consoleauth's REST API (the cloud's API layer
-	// presents a certificate). etcd stays plaintext (embedded, loopback only).
+	// TLS puts TLS on both proxies' public ports (novnc-proxy with
+	// ssl_only) and on consoleauth's REST API, with https base URLs; the
+	// REST API then also asks for a client certificate, which RESTClient
+	// presents (role api) besides the bearer key. Whatever TLS says, every
+	// gRPC link is mutual TLS with a certificate per service naming its role
+	// (Identity), and REST callers need the API key. etcd stays plaintext
+	// (embedded, on Host).
 	TLS bool
+	// AllowPlaintext sets [vncgate] allow_plaintext on every service, which
+	// they need to listen in plaintext (etcd, and without TLS the REST API
+	// and the proxies) on a Host off loopback.
+	AllowPlaintext bool
 }
 
 // Ports of one stack.
@@ -104,9 +112,18 @@ type World struct {
 	Client  *clientv3.Client
 	Demo    *rfb.Server
 	DemoVNC string // the demo VNC server's host:port
-	// Certs are the PEM files of Options.TLS (Cert doubles as server and
-	// client certificate); empty without TLS.
-	Certs tlsconfig.Files
+	// CA is the stack's certificate authority, made afresh by Start: every
+	// service's certificate comes from it, and ClientTLS issues more.
+	CA *certs.CA
+	// Certs are the PEM files each service presents (key: service name) as
+	// gRPC server and mTLS client, and with Options.TLS on its public port
+	// (consoleauth: its REST port), in Dir/tls/<service>.
+	Certs map[string]tlsconfig.Files
+	// APIKey is the bearer key of the cloud's API layer (role api) for
+	// consoleauth's REST API; APIKeysFile, consoleauth's api_keys_file,
+	// holds only its SHA-256.
+	APIKey      string
+	APIKeysFile string
 
 	caPool     *x509.CertPool
 	httpClient *http.Client
@@ -118,6 +135,7 @@ type World struct {
 type proc struct {
 	name string
 	cmd  *exec.Cmd
+	out  *lineWriter
 	done chan struct{}
 	err  error
 }
@@ -129,8 +147,9 @@ func (w *World) Addr(port int) string { return net.JoinHostPort(w.Host, strconv.
 // with Options.TLS).
 func (w *World) RESTURL() string { return w.scheme() + "://" + w.Addr(w.Ports.ConsoleAuthREST) }
 
-// RESTClient is the HTTP client of the cloud's API layer: with Options.TLS
-// it trusts the stack's CA and presents the client certificate REST requires.
+// RESTClient is the HTTP client of the cloud's API layer: it sends the API
+// key (Authorization: Bearer, to the REST API only), and with Options.TLS
+// it trusts the stack's CA and presents a client certificate of role api.
 func (w *World) RESTClient() *http.Client { return w.restClient }
 
 // NoVNCBaseURL is the console page's URL, the base of novnc console URLs
@@ -151,17 +170,27 @@ func (w *World) scheme() string {
 	return "http"
 }
 
-// CAPool holds the CA of Options.TLS; nil without TLS.
+// CAPool trusts the stack's CA.
 func (w *World) CAPool() *x509.CertPool { return w.caPool }
 
-// HTTPClient is an HTTP client that trusts the stack's CA (with
-// Options.TLS), for the proxies' https endpoints and the REST API.
+// HTTPClient is an HTTP client that trusts the stack's CA and has no
+// credentials, as a browser: for the proxies' https endpoints, and for
+// calls to the REST API that must be refused.
 func (w *World) HTTPClient() *http.Client { return w.httpClient }
 
-// ClientTLS is a client configuration for the stack's services: it trusts
-// the CA and presents the service certificate, as the services do to each
-// other. Without Options.TLS it returns nil.
-func (w *World) ClientTLS() (*tls.Config, error) { return w.Certs.Client() }
+// GRPCFlags are the flags that give service's gRPC links (server and
+// client) its certificate: for one more process of a service that a test
+// starts beside the stack.
+func (w *World) GRPCFlags(service string) []string {
+	f := w.Certs[service]
+	return []string{"--grpc_cert=" + f.Cert, "--grpc_key=" + f.Key, "--grpc_ca=" + f.CA}
+}
+
+// LogPath is the file holding everything a service wrote (stdout and
+// stderr), whole lines however long.
+func (w *World) LogPath(service string) string {
+	return filepath.Join(w.Dir, "logs", service+".log")
+}
 
 // Start runs a stack and returns when every service is ready.
 func Start(ctx context.Context, opts Options) (_ *World, err error) {
@@ -183,10 +212,8 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 	if err := w.pickPorts(); err != nil {
 		return nil, err
 	}
-	if opts.TLS {
-		if err := w.setUpTLS(); err != nil {
-			return nil, err
-		}
+	if err := w.setUpCredentials(); err != nil {
+		return nil, err
 	}
 	if w.Etcd, err = etcdserver.Start(filepath.Join(opts.Dir, "etcd"), w.Addr(w.Ports.Etcd), "127.0.0.1:0"); err != nil {
 		return nil, err
@@ -211,18 +238,28 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 	}
 	// mTLS on every gRPC link: consoleauth's and the agent's servers, and
 	// every client of consoleauth (agent, proxies) and of the agent
-	// (consoleauth). Each service presents the same certificate. TLS on the
-	// proxies' public ports; novnc-proxy refuses plain HTTP.
-	var grpcTLS, restTLS, novncTLS, xvpTLS []string
+	// (consoleauth), each service presenting its own certificate, whose
+	// role says what it may call. REST callers need the API key. With
+	// Options.TLS: TLS on the REST API and the proxies' public ports
+	// (novnc-proxy refuses plain HTTP).
+	grpcTLS := w.GRPCFlags
+	publicTLS := func(service string) []string {
+		f := w.Certs[service]
+		return []string{"--cert=" + f.Cert, "--key=" + f.Key}
+	}
+	var restTLS, novncTLS, xvpTLS, plaintext []string
 	novncHealth := "http://" + w.Addr(w.Ports.NoVNC) + "/healthz"
 	xvpReady := w.tcpReady(w.Addr(w.Ports.XVP))
 	if opts.TLS {
-		grpcTLS = []string{"--grpc_cert=" + w.Certs.Cert, "--grpc_key=" + w.Certs.Key, "--grpc_ca=" + w.Certs.CA}
-		restTLS = []string{"--rest_cert=" + w.Certs.Cert, "--rest_key=" + w.Certs.Key, "--rest_ca=" + w.Certs.CA}
-		novncTLS = []string{"--cert=" + w.Certs.Cert, "--key=" + w.Certs.Key, "--ssl_only"}
-		xvpTLS = []string{"--cert=" + w.Certs.Cert, "--key=" + w.Certs.Key}
+		f := w.Certs[ConsoleAuth]
+		restTLS = []string{"--rest_cert=" + f.Cert, "--rest_key=" + f.Key, "--rest_ca=" + f.CA}
+		novncTLS = append(publicTLS(NoVNCProxy), "--ssl_only")
+		xvpTLS = publicTLS(XVPProxy)
 		novncHealth = "https://" + w.Addr(w.Ports.NoVNC) + "/healthz"
 		xvpReady = w.tlsReady(w.Addr(w.Ports.XVP))
+	}
+	if opts.AllowPlaintext {
+		plaintext = []string{"--allow_plaintext"}
 	}
 	starts := []struct {
 		name  string
@@ -235,7 +272,8 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 			etcd,
 			"--novncproxy_base_url=" + w.NoVNCBaseURL(),
 			"--xvpvncproxy_base_url=" + w.XVPBaseURL(),
-		}, ttl, grpcTLS, restTLS), httpReady(w.restClient, w.RESTURL()+"/healthz")},
+			"--api_keys_file=" + w.APIKeysFile,
+		}, ttl, grpcTLS(ConsoleAuth), restTLS, plaintext), httpReady(w.restClient, w.RESTURL()+"/healthz")},
 		{ComputeAgent, concat([]string{
 			"--grpc_listen=" + w.Addr(w.Ports.ComputeAgent),
 			"--host=" + ComputeHost,
@@ -244,20 +282,20 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 			"--inventory_file=" + inventory,
 			"--consoleauth_address=" + consoleauth,
 			"--registration_ttl=5",
-		}, grpcTLS), w.agentReady},
+		}, grpcTLS(ComputeAgent), plaintext), w.agentReady},
 		{NoVNCProxy, concat([]string{
 			"--novncproxy_host=" + w.Host,
 			"--novncproxy_port=" + strconv.Itoa(w.Ports.NoVNC),
 			"--novncproxy_base_url=" + w.NoVNCBaseURL(),
 			"--consoleauth_address=" + consoleauth,
 			etcd,
-		}, grpcTLS, novncTLS), httpReady(w.httpClient, novncHealth)},
+		}, grpcTLS(NoVNCProxy), novncTLS, plaintext), httpReady(w.httpClient, novncHealth)},
 		{XVPProxy, concat([]string{
 			"--xvpvncproxy_host=" + w.Host,
 			"--xvpvncproxy_port=" + strconv.Itoa(w.Ports.XVP),
 			"--consoleauth_address=" + consoleauth,
 			etcd,
-		}, grpcTLS, xvpTLS), xvpReady},
+		}, grpcTLS(XVPProxy), xvpTLS, plaintext), xvpReady},
 	}
 	for _, s := range starts {
 		if opts.Skip[s.name] {
@@ -285,26 +323,27 @@ func concat(lists ...[]string) []string {
 	return out
 }
 
-// setUpTLS writes the certificates of Options.TLS and builds the clients
-// that trust them.
-func (w *World) setUpTLS() error {
-	certs, err := writeCerts(filepath.Join(w.Dir, "tls"), w.Host)
+// setUpCredentials makes the stack's CA, every service's certificate and
+// the API key, and builds the clients: a browser's (trusts the CA) and the
+// API layer's (the key, and a certificate for a TLS REST API).
+func (w *World) setUpCredentials() error {
+	ca, files, err := writeCerts(filepath.Join(w.Dir, "tls"), w.Host)
 	if err != nil {
 		return fmt.Errorf("certificates: %w", err)
 	}
-	client, err := certs.Client()
-	if err != nil {
-		return err
+	w.CA, w.Certs, w.caPool = ca, files, ca.Pool()
+	w.APIKeysFile = filepath.Join(w.Dir, "api-keys")
+	if w.APIKey, err = writeAPIKey(w.APIKeysFile); err != nil {
+		return fmt.Errorf("api key: %w", err)
 	}
-	w.Certs, w.caPool = certs, client.RootCAs
-	// Only the CA, no client certificate: what a browser or a cloud's API
-	// layer has.
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: w.caPool, MinVersion: tls.VersionTLS12}
 	w.httpClient = &http.Client{Transport: tr}
 	api := http.DefaultTransport.(*http.Transport).Clone()
-	api.TLSClientConfig = client
-	w.restClient = &http.Client{Transport: api}
+	if api.TLSClientConfig, err = w.ClientTLS(authn.RoleAPI, APIName); err != nil {
+		return err
+	}
+	w.restClient = &http.Client{Transport: bearer{key: w.APIKey, host: w.Addr(w.Ports.ConsoleAuthREST), next: api}}
 	return nil
 }
 
@@ -365,37 +404,84 @@ func (w *World) startProc(name string, args []string) error {
 	if _, err := os.Stat(bin); err != nil {
 		return fmt.Errorf("%s: %w (run make build)", name, err)
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = w.Dir
-	out, err := cmd.StdoutPipe()
+	if err := os.MkdirAll(filepath.Dir(w.LogPath(name)), 0o700); err != nil {
+		return err
+	}
+	log, err := os.OpenFile(w.LogPath(name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
+	p := &proc{name: name, out: &lineWriter{prefix: name, out: w.Logs}, done: make(chan struct{})}
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = w.Dir
+	// One writer for both, so exec copies them through one pipe in order;
+	// its copy never stops on a long line (a service must never block on
+	// its own log).
+	cmd.Stdout = io.MultiWriter(log, p.out)
 	cmd.Stderr = cmd.Stdout
 	// Own process group: a Ctrl-C in the terminal reaches devstack, which
 	// stops the services in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
+		log.Close()
 		return fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
+	p.cmd = cmd
 	w.procs = append(w.procs, p)
-	var copied sync.WaitGroup
-	copied.Add(1)
 	go func() {
-		defer copied.Done()
-		sc := bufio.NewScanner(out)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			fmt.Fprintf(w.Logs, "%-14s %s\n", name, sc.Text())
-		}
-	}()
-	go func() {
-		copied.Wait()
-		p.err = cmd.Wait()
+		p.err = cmd.Wait() // returns once the output is copied
+		p.out.flush()
+		log.Close()
 		close(p.done)
 	}()
 	return nil
+}
+
+// MaxShownLine caps each line a service writes as copied to Options.Logs;
+// the service's log file keeps it whole.
+const MaxShownLine = 8 << 10
+
+// lineWriter copies a service's output to Logs line by line, each prefixed
+// by the service's name and cut at MaxShownLine. Only exec's copying
+// goroutine writes to it, then flush runs once after it ended.
+type lineWriter struct {
+	prefix string
+	out    io.Writer
+	line   []byte // the current line, up to MaxShownLine bytes
+	cut    int    // bytes of the current line beyond those
+}
+
+func (l *lineWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		end := bytes.IndexByte(p, '\n')
+		chunk := p
+		if end >= 0 {
+			chunk = p[:end]
+		}
+		keep := min(len(chunk), MaxShownLine-len(l.line))
+		l.line = append(l.line, chunk[:keep]...)
+		l.cut += len(chunk) - keep
+		if end < 0 {
+			break
+		}
+		l.flush()
+		p = p[end+1:]
+	}
+	return n, nil
+}
+
+// flush writes the current line, if any.
+func (l *lineWriter) flush() {
+	if len(l.line) == 0 && l.cut == 0 {
+		return
+	}
+	if l.cut > 0 {
+		fmt.Fprintf(l.out, "%-14s %s … [%d more bytes]\n", l.prefix, l.line, l.cut)
+	} else {
+		fmt.Fprintf(l.out, "%-14s %s\n", l.prefix, l.line)
+	}
+	l.line, l.cut = l.line[:0], 0
 }
 
 func (w *World) waitReady(ctx context.Context, name string, ready func(context.Context) error) error {
@@ -455,7 +541,7 @@ func (w *World) tlsReady(addr string) func(context.Context) error {
 
 // agentReady waits until the agent registered and published the demo instance.
 func (w *World) agentReady(ctx context.Context) error {
-	for _, key := range []string{registry.ComputeKey(ComputeHost), registry.LocationKey(DemoUUID)} {
+	for _, key := range []string{registry.ComputeKey(ComputeHost), registry.ComputeInstanceKey(ComputeHost, DemoUUID)} {
 		resp, err := w.Client.Get(ctx, key)
 		if err != nil {
 			return err

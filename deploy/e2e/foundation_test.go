@@ -43,12 +43,12 @@ func TestConsoleURLThroughTheRealServices(t *testing.T) {
 	}
 
 	// Introspection, as Nova's admin API.
-	got := getJSON(t, w.RESTURL()+"/v2.1/os-console-auth-tokens/"+token, http.StatusOK)
+	got := getJSON(t, w.RESTClient(), w.RESTURL()+"/v2.1/os-console-auth-tokens/"+token, http.StatusOK)
 	if !strings.Contains(got, `"instance_uuid":"`+devstack.DemoUUID+`"`) {
 		t.Errorf("introspection: got %s", got)
 	}
 	// The OpenAPI document is served.
-	if doc := getJSON(t, w.RESTURL()+"/openapi.json", http.StatusOK); !strings.Contains(doc, "/v2.1/servers/{server_id}/remote-consoles") {
+	if doc := getJSON(t, w.RESTClient(), w.RESTURL()+"/openapi.json", http.StatusOK); !strings.Contains(doc, "/v2.1/servers/{server_id}/remote-consoles") {
 		t.Errorf("openapi.json lacks the remote-consoles route")
 	}
 }
@@ -86,16 +86,17 @@ func TestComputeAgentGoneIs409(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("unknown instance: got %v, want 404", err)
 	}
-	// A token minted before stays refused while nothing can validate it.
-	_, err = consoleAuthClient(t, w).CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: "not-a-token"})
+	// A token nobody minted (in a real token's form: 43 base64url
+	// characters) stays refused while nothing can validate it.
+	_, err = consoleAuthClient(t, w).CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: strings.Repeat("n", 43)})
 	if status.Code(err) != codes.NotFound {
 		t.Fatalf("bogus token: got %v, want NotFound", err)
 	}
 }
 
-func getJSON(t *testing.T, u string, want int) string {
+func getJSON(t *testing.T, c *http.Client, u string, want int) string {
 	t.Helper()
-	resp, err := http.Get(u)
+	resp, err := c.Get(u)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,11 +18,12 @@ import (
 	"github.com/coder/websocket"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/vncgate/vncgate/deploy/devstack"
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/testkit/rfb"
 )
 
@@ -39,15 +40,72 @@ const (
 // xvpOK is xvp-proxy's whole answer to a good CONNECT.
 const xvpOK = "HTTP/1.1 200 OK\r\n\r\n"
 
-// consoleAuthClient dials the stack's consoleauth as a proxy does.
-func consoleAuthClient(t *testing.T, w *devstack.World) consoleauthv1.ConsoleAuthServiceClient {
+// grpcAs is a gRPC connection to addr over mutual TLS, presenting a new
+// certificate from the stack's CA that speaks for role under name; it is
+// closed when the test ends.
+func grpcAs(t *testing.T, w *devstack.World, addr string, role authn.Role, name string) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(w.Addr(w.Ports.ConsoleAuthGRPC), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cfg, err := w.ClientTLS(role, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return grpcConn(t, addr, credentials.NewTLS(cfg))
+}
+
+// grpcConn is a gRPC connection to addr with creds, closed when the test ends.
+func grpcConn(t *testing.T, addr string, creds credentials.TransportCredentials) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return consoleauthv1.NewConsoleAuthServiceClient(conn)
+	return conn
+}
+
+// consoleAuthAs dials the stack's consoleauth as a caller of role.
+func consoleAuthAs(t *testing.T, w *devstack.World, role authn.Role, name string) consoleauthv1.ConsoleAuthServiceClient {
+	t.Helper()
+	return consoleauthv1.NewConsoleAuthServiceClient(grpcAs(t, w, w.Addr(w.Ports.ConsoleAuthGRPC), role, name))
+}
+
+// consoleAuthClient dials the stack's consoleauth as a proxy does (role
+// proxy: it may check tokens).
+func consoleAuthClient(t *testing.T, w *devstack.World) consoleauthv1.ConsoleAuthServiceClient {
+	t.Helper()
+	return consoleAuthAs(t, w, authn.RoleProxy, "e2e-proxy")
+}
+
+// consoleAuthAPI dials the stack's consoleauth as the cloud's API layer
+// does (role api: it may mint, introspect and revoke).
+func consoleAuthAPI(t *testing.T, w *devstack.World) consoleauthv1.ConsoleAuthServiceClient {
+	t.Helper()
+	return consoleAuthAs(t, w, authn.RoleAPI, devstack.APIName)
+}
+
+// restDo sends a request to the REST API with client c (w.RESTClient() for
+// the API layer, w.HTTPClient() for a caller without credentials) and
+// returns the status and up to 64 KiB of the body.
+func restDo(t *testing.T, c *http.Client, req *http.Request) (int, string) {
+	t.Helper()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %.200s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	return resp.StatusCode, string(body)
+}
+
+// revokeREST revokes an instance's tokens through the REST API as the
+// cloud's API layer, with a reason code (registry.RevocationReasons).
+func revokeREST(t *testing.T, w *devstack.World, uuid, reason string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodDelete, w.RESTURL()+"/v2.1/servers/"+url.PathEscape(uuid)+
+		"/console-tokens?reason="+url.QueryEscape(reason), nil)
+	if code, body := restDo(t, w.RESTClient(), req); code != http.StatusOK {
+		t.Fatalf("revoke %s (%s): got %d %s, want 200", uuid, reason, code, body)
+	}
 }
 
 // consoleURLOf asks the REST API for a console URL of consoleType (novnc or

@@ -29,7 +29,9 @@ import (
 
 	"github.com/vncgate/vncgate/deploy/devstack"
 	"github.com/vncgate/vncgate/deploy/devstack/devstacktest"
+	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/registry"
+	"github.com/vncgate/vncgate/testkit/certs"
 	"github.com/vncgate/vncgate/testkit/libvirt"
 	"github.com/vncgate/vncgate/testkit/qemu"
 	"github.com/vncgate/vncgate/testkit/testlog"
@@ -132,7 +134,14 @@ func TestLibvirtConsoleEndToEnd(t *testing.T) {
 func startLibvirtAgent(t *testing.T, w *devstack.World) {
 	t.Helper()
 	bin := filepath.Join(devstacktest.Binaries(t), devstack.ComputeAgent)
+	// A compute agent's certificate names its host: the only one it may
+	// publish and revoke for.
+	tlsFiles, err := w.CA.WriteIdentityFiles(t.TempDir(), certs.Identity{Name: libvirtComputeHost, Role: string(authn.RoleCompute)}, "127.0.0.1", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(bin,
+		"--grpc_cert="+tlsFiles.Cert, "--grpc_key="+tlsFiles.Key, "--grpc_ca="+tlsFiles.CA,
 		"--grpc_listen=127.0.0.1:0",
 		"--host="+libvirtComputeHost,
 		"--etcd_endpoints="+w.Etcd.Endpoint,
@@ -176,7 +185,7 @@ func startLibvirtAgent(t *testing.T, w *devstack.World) {
 
 func waitPublished(t *testing.T, w *devstack.World, uuid string) {
 	t.Helper()
-	waitEtcdKey(t, w, registry.LocationKey(uuid), nil, "location of "+uuid)
+	waitEtcdKey(t, w, registry.ComputeInstanceKey(libvirtComputeHost, uuid), nil, "location of "+uuid)
 }
 
 func waitEtcdKey(t *testing.T, w *devstack.World, key string, exited <-chan struct{}, what string) {
@@ -204,7 +213,7 @@ func waitEtcdKey(t *testing.T, w *devstack.World, key string, exited <-chan stru
 // introspectPort asks consoleauth's admin API which port a token points to.
 func introspectPort(t *testing.T, w *devstack.World, token string) int {
 	t.Helper()
-	resp, err := http.Get(w.RESTURL() + "/v2.1/os-console-auth-tokens/" + url.PathEscape(token))
+	resp, err := w.RESTClient().Get(w.RESTURL() + "/v2.1/os-console-auth-tokens/" + url.PathEscape(token))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -167,16 +167,8 @@ func TestNoVNCProxy(t *testing.T) {
 		u := consoleURLOf(t, w, devstack.DemoUUID, "novnc")
 		live, nc := novncConsole(t, u)
 		rfbView(t, "novnc-proxy before the revocation", nc)
-		req, _ := http.NewRequest(http.MethodDelete, w.RESTURL()+"/v2.1/servers/"+devstack.DemoUUID+"/console-tokens?reason="+url.QueryEscape("the instance was stopped"), nil)
 		start := time.Now()
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("revoke: got %d, want 200", resp.StatusCode)
-		}
+		revokeREST(t, w, devstack.DemoUUID, "stopped")
 		ce := wsclose.Read(t, live)
 		if ce.Code != novncRevoked || !strings.Contains(ce.Reason, "stopped") {
 			t.Fatalf("live session: got close %d %q, want %d with the reason", ce.Code, ce.Reason, novncRevoked)
@@ -222,26 +214,19 @@ func TestNoVNCProxy(t *testing.T) {
 		wg.Wait()
 	})
 
-	t.Run("repeated bad tokens from one address throttled", func(t *testing.T) {
+	t.Run("repeated bad tokens throttled, a valid token still served", func(t *testing.T) {
 		origin := "http://" + proxyAddr
-		throttled := false
-		for i := 0; i < 20 && !throttled; i++ {
-			ce := wsclose.Read(t, novncDial(t, "ws://"+proxyAddr+"/?token=guess"+strconv.Itoa(i), origin))
-			switch ce.Code {
-			case novncTokenInvalid:
-			case novncThrottled:
-				throttled = true
-			default:
-				t.Fatalf("bad token %d: got close %d %q", i, ce.Code, ce.Reason)
+		// One guess, repeated past the default limit of 10: however failures
+		// are counted (per client, or per client and token prefix), its key
+		// is throttled (the checks slowed, or refused with 4429).
+		for i := range 11 {
+			ce := wsclose.Read(t, novncDial(t, "ws://"+proxyAddr+"/?token=guessguessguessguess", origin))
+			if ce.Code != novncTokenInvalid && ce.Code != novncThrottled {
+				t.Fatalf("bad token %d: got close %d %q, want %d or %d", i, ce.Code, ce.Reason, novncTokenInvalid, novncThrottled)
 			}
 		}
-		if !throttled {
-			t.Fatal("20 bad tokens from one address were never throttled")
-		}
-		wsURL, _ := novncWSURL(t, consoleURLOf(t, w, devstack.DemoUUID, "novnc"))
-		if ce := wsclose.Read(t, novncDial(t, wsURL, origin)); ce.Code != novncThrottled || !strings.Contains(ce.Reason, "retry in") {
-			t.Fatalf("valid token from a throttled address: got close %d %q, want %d", ce.Code, ce.Reason, novncThrottled)
-		}
+		_, nc := novncConsole(t, consoleURLOf(t, w, devstack.DemoUUID, "novnc"))
+		rfbView(t, "valid token from a throttled address", nc)
 	})
 }
 
@@ -481,7 +466,7 @@ func startNoVNCProxy(t *testing.T, w *devstack.World, args ...string) string {
 		"--novncproxy_host=127.0.0.1", "--novncproxy_port=" + strconv.Itoa(port),
 		"--novncproxy_base_url=http://" + addr + "/vnc_lite.html",
 		"--consoleauth_address=" + w.Addr(w.Ports.ConsoleAuthGRPC),
-	}, args...)...)
+	}, append(w.GRPCFlags(devstack.NoVNCProxy), args...)...)...)
 	logs := &strings.Builder{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {

@@ -122,7 +122,7 @@ func runTempest(t *testing.T, w *devstack.World, mv string) tempestRun {
 		"--result", result,
 		"--work-dir", dir,
 	)
-	cmd.Env = append(os.Environ(), "OS_TEST_TIMEOUT=120", "PYTHONDONTWRITEBYTECODE=1")
+	cmd.Env = append(os.Environ(), "OS_TEST_TIMEOUT=120", "PYTHONDONTWRITEBYTECODE=1", "VNCGATE_API_KEY="+w.APIKey)
 	out, err := cmd.CombinedOutput()
 	t.Logf("tempest runner at microversion %s (%v):\n%s", mv, err, out)
 	b, rerr := os.ReadFile(result)

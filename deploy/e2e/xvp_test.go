@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net/url"
 	"strings"
@@ -23,8 +22,8 @@ const xvpQEMUUUID = "0b8e6a52-3c1f-4d7a-9e2b-5f4a3c2d1e0f"
 // xvp-proxy as Nova's Java viewer does: REST get-console-URL of type xvpvnc,
 // TCP to the proxy, "CONNECT {path}?token=T HTTP/1.1", exactly "HTTP/1.1 200
 // OK\r\n\r\n", then RFB to the demo VM and to a real QEMU. Then refusals, a
-// revocation through consoleauth, and throttling last (it bans 127.0.0.1
-// for the rest of the window).
+// revocation through consoleauth, and throttling last: it refuses guesses
+// from 127.0.0.1 for the rest of the window, never a valid token.
 func TestXVPProxy(t *testing.T) {
 	qemuPort := 0 // stays 0 when qemu is missing outside CI
 	if qemu.Installed(t) {
@@ -94,10 +93,9 @@ func TestXVPProxy(t *testing.T) {
 	t.Run("revocation ends the session", func(t *testing.T) {
 		c := xvpSession(t, consoleURLOf(t, w, devstack.DemoUUID, "xvpvnc"))
 		rfbView(t, "xvp-proxy before the revocation", c)
-		time.Sleep(10 * time.Millisecond) // the revocation is stamped after the session started
 		start := time.Now()
-		_, err := consoleAuthClient(t, w).RevokeInstanceTokens(ctx, &consoleauthv1.RevokeInstanceTokensRequest{
-			InstanceUuid: devstack.DemoUUID, Reason: "the instance was deleted",
+		_, err := consoleAuthAPI(t, w).RevokeInstanceTokens(ctx, &consoleauthv1.RevokeInstanceTokensRequest{
+			InstanceUuid: devstack.DemoUUID, Reason: "deleted",
 		})
 		if err != nil {
 			t.Fatalf("RevokeInstanceTokens: %v", err)
@@ -109,18 +107,16 @@ func TestXVPProxy(t *testing.T) {
 		t.Logf("session closed %v after RevokeInstanceTokens", time.Since(start).Round(time.Millisecond))
 	})
 
-	t.Run("throttled after failed tokens", func(t *testing.T) {
-		// One failure so far (the novnc token); two more reach the limit of 3.
-		for i := range 2 {
-			got := xvpRaw(t, w, fmt.Sprintf("CONNECT /console?token=guess-%d HTTP/1.1\r\n\r\n", i))
-			if !strings.HasPrefix(got, "HTTP/1.1 401 Not Authorized\r\n") {
-				t.Fatalf("guess %d: got %q, want 401", i, got)
+	t.Run("guesses throttled, a valid token still served", func(t *testing.T) {
+		// One guess, repeated past the limit of 3: however failures are
+		// counted (per client, or per client and token prefix), its key is
+		// throttled (the checks slowed, or refused with 429).
+		for i := range 4 {
+			got := xvpRaw(t, w, "CONNECT /console?token=guessguessguessguess HTTP/1.1\r\n\r\n")
+			if !strings.HasPrefix(got, "HTTP/1.1 401 Not Authorized\r\n") && !strings.HasPrefix(got, "HTTP/1.1 429 Too Many Requests\r\n") {
+				t.Fatalf("guess %d: got %q, want 401 or 429", i, got)
 			}
 		}
-		token := tokenOf(t, consoleURLOf(t, w, devstack.DemoUUID, "xvpvnc"))
-		got := xvpRaw(t, w, "CONNECT /console?token="+url.QueryEscape(token)+" HTTP/1.1\r\n\r\n")
-		if !strings.HasPrefix(got, "HTTP/1.1 429 Too Many Requests\r\nRetry-After: ") {
-			t.Fatalf("valid token after 3 failures: got %q, want 429", got)
-		}
+		rfbView(t, "valid token from a throttled address", xvpSession(t, consoleURLOf(t, w, devstack.DemoUUID, "xvpvnc")))
 	})
 }

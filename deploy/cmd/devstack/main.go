@@ -12,10 +12,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/vncgate/vncgate/deploy/devstack"
+	"github.com/vncgate/vncgate/pkg/tlsconfig"
 )
 
 func main() {
@@ -42,8 +44,14 @@ func run(ctx context.Context, out io.Writer, bin, host, dir string, ports devsta
 		defer os.RemoveAll(tmp)
 		dir = tmp
 	}
+	// Off loopback the embedded etcd, the REST API and the proxies listen in
+	// plaintext, which the services refuse unless told: a dev stack says so.
+	plaintext := !tlsconfig.IsLoopback(host)
+	if plaintext {
+		slog.Warn("devstack: listening in plaintext off loopback (allow_plaintext on every service); use it on a trusted network only", "host", host)
+	}
 	w, err := devstack.Start(ctx, devstack.Options{
-		Bin: bin, Dir: dir, Host: host, Ports: ports, Logs: os.Stderr,
+		Bin: bin, Dir: dir, Host: host, Ports: ports, Logs: os.Stderr, AllowPlaintext: plaintext,
 	})
 	if err != nil {
 		return err
@@ -76,13 +84,17 @@ vncgate is running (etcd %s, data in %s).
 
   demo instance   %s
   ask for a URL   curl -s -X POST %s/v2.1/servers/%s/remote-consoles \
+                    -H 'Authorization: Bearer %s' \
                     -H 'Content-Type: application/json' \
                     -d '{"remote_console": {"protocol": "vnc", "type": "novnc"}}'
   console (open in a browser; valid for the token TTL, 600 s by default)
                   %s
   Java/XVP client %s
   OpenAPI         %s/openapi.json
+  credentials     API key (role api) above, its SHA-256 in %s;
+                  each service's mTLS certificate (CA, cert, key) in %s
 
 Ctrl-C stops everything.
-`, w.Etcd.Endpoint, w.Dir, devstack.DemoUUID, w.RESTURL(), devstack.DemoUUID, novnc, xvp, w.RESTURL())
+`, w.Etcd.Endpoint, w.Dir, devstack.DemoUUID, w.RESTURL(), devstack.DemoUUID, w.APIKey, novnc, xvp, w.RESTURL(),
+		w.APIKeysFile, filepath.Join(w.Dir, "tls", "SERVICE"))
 }

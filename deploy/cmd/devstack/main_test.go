@@ -3,10 +3,12 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/url"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -58,6 +60,9 @@ func TestBannerURLsOpenTheDemoConsole(t *testing.T) {
 	checkNoVNC(tctx, t, novncURL)
 	checkXVP(tctx, t, xvpURL)
 
+	// The curl, pasted as printed, mints a console URL that opens too.
+	checkNoVNC(tctx, t, pasteCurl(tctx, t, text))
+
 	cancel()
 	select {
 	case err := <-done:
@@ -67,6 +72,34 @@ func TestBannerURLsOpenTheDemoConsole(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("run still going 60s after Ctrl-C")
 	}
+}
+
+// pasteCurl runs the banner's curl command as a shell would run it pasted
+// (backslash-newline continuations and all) and returns the URL it got.
+func pasteCurl(ctx context.Context, t *testing.T, banner string) string {
+	t.Helper()
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("no curl to paste the banner's command into")
+	}
+	start := strings.Index(banner, "curl -s -X POST")
+	end := strings.Index(banner[start:], "}}'")
+	if end < 0 || !strings.Contains(banner[start:start+end], "-H 'Authorization: Bearer ") {
+		t.Fatalf("banner's curl lacks its Authorization header or body:\n%s", banner)
+	}
+	command := banner[start : start+end+len("}}'")]
+	out, err := exec.CommandContext(ctx, "bash", "-c", command).Output()
+	if err != nil {
+		t.Fatalf("pasted curl: %v\n%s", err, command)
+	}
+	var answer struct {
+		RemoteConsole struct {
+			URL string `json:"url"`
+		} `json:"remote_console"`
+	}
+	if err := json.Unmarshal(out, &answer); err != nil || answer.RemoteConsole.URL == "" {
+		t.Fatalf("pasted curl: got %s (%v), want a remote_console with a URL", out, err)
+	}
+	return answer.RemoteConsole.URL
 }
 
 // checkNoVNC opens the WebSocket the console page opens and reads the demo

@@ -14,7 +14,9 @@ only through tempest's class-level fixture hooks:
 - credentials (get_client_manager): instead of Keystone, a client manager
   whose servers_client is tempest's own ServersClient (its requests,
   microversion headers and response-schema validation are tempest's) with
-  vncgate's consoleauth REST API as the compute endpoint;
+  vncgate's consoleauth REST API as the compute endpoint, and the API key of
+  the environment variable VNCGATE_API_KEY (a bearer key of role api; kept
+  off the command line) on every request where Keystone's token would be;
 - the server (create_test_server, recreate_server): vncgate does not create
   servers; the instance is --server-id, the devstack demo VM, always running;
 - server_check_teardown and ServerActionsTestJSON.setUp's server health
@@ -121,15 +123,33 @@ def fixtures(compute_url, server_id):
 
     CONF = config.CONF
 
+    api_key = os.environ.get("VNCGATE_API_KEY", "")
+    if api_key:
+        # tempest's debug log writes request headers, hiding only
+        # X-Auth-Token: hide the key the same way.
+        import logging
+
+        class HideKey(logging.Filter):
+            def filter(self, record):
+                text = record.getMessage()
+                if api_key in text:
+                    record.msg, record.args = text.replace(api_key, "<omitted>"), ()
+                return True
+
+        logging.getLogger("tempest.lib.common.rest_client").addFilter(HideKey())
+
     class ConsoleAuthProvider(auth.AuthProvider):
-        """Sends every request to vncgate's consoleauth REST API, unauthenticated
-        (consoleauth trusts its network or its client certificate, not Keystone
-        tokens)."""
+        """Sends every request to vncgate's consoleauth REST API with the
+        API key (Authorization: Bearer) where Keystone's X-Auth-Token would
+        be: consoleauth's default rest_auth is keys, not Keystone."""
 
         def _decorate_request(self, filters, method, url, headers=None,
                               body=None, auth_data=None):
             base = self.base_url(filters)
-            return "%s/%s" % (base, url.lstrip("/")), dict(headers or {}), body
+            headers = dict(headers or {})
+            if api_key:
+                headers["Authorization"] = "Bearer " + api_key
+            return "%s/%s" % (base, url.lstrip("/")), headers, body
 
         def _get_auth(self):
             return None, {}
