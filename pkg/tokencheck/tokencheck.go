@@ -1,20 +1,32 @@
 // Package tokencheck is the proxies' client of consoleauth: it checks a
 // console token and sorts every failure into one of a few reasons a proxy can
 // answer precisely (HTTP status, WebSocket close code, XVP status line).
+//
+// Dial is how every vncgate service connects to consoleauth: every replica
+// of consoleauth_address (a comma-separated list; DNS names may resolve to
+// several addresses) in round-robin, health-checked, consoleauth's
+// idempotent calls retried on another replica (package grpcclient).
+// WriteUnreachable turns a proxy's readiness red while no replica can
+// answer.
 package tokencheck
 
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/http"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 )
 
@@ -48,16 +60,50 @@ func New(conn grpc.ClientConnInterface, timeout time.Duration) *Checker {
 	return &Checker{client: consoleauthv1.NewConsoleAuthServiceClient(conn), timeout: timeout}
 }
 
-// Dial connects to consoleauth at addr, with mutual TLS when cfg is not nil
+// Option is the name of the address option, in errors.
+const Option = "consoleauth_address"
+
+// AddressHelp describes the option's value, for every service's help.
+const AddressHelp = "host:port, or a comma-separated list of replicas; a DNS name may resolve to several. " +
+	"Calls go round-robin to the replicas connected and serving (grpc.health.v1); idempotent ones are retried on another"
+
+// Idempotent are consoleauth's calls that may be retried on another
+// replica: reads, and a revocation (revoking again ends nothing more).
+var Idempotent = []string{
+	consoleauthv1.ConsoleAuthService_CheckToken_FullMethodName,
+	consoleauthv1.ConsoleAuthService_GetConsoleAuthToken_FullMethodName,
+	consoleauthv1.ConsoleAuthService_RevokeInstanceTokens_FullMethodName,
+}
+
+// Dial connects to consoleauth at addresses (consoleauth_address: host:port
+// or a comma-separated list), with mutual TLS when cfg is not nil
 // (tlsconfig.Files.Client of the grpc_* group), plaintext when it is.
-// The connection is lazy: an unreachable consoleauth shows up as
-// ErrUnavailable on Check, not here.
-func Dial(addr string, cfg *tls.Config) (*grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(tlsconfig.TransportCredentials(cfg)))
-	if err != nil {
-		return nil, fmt.Errorf("consoleauth %s: %w", addr, err)
+// Only a bad list fails here (the error names the entry); an unreachable
+// consoleauth shows up as ErrUnavailable on Check.
+func Dial(addresses string, cfg *tls.Config) (*grpc.ClientConn, error) {
+	return DialCredentials(addresses, tlsconfig.TransportCredentials(cfg), nil)
+}
+
+// DialCredentials is Dial with gRPC credentials (tlsconfig.Files'
+// ClientCredentials reload the CA too); log gets reachability changes.
+func DialCredentials(addresses string, creds credentials.TransportCredentials, log *slog.Logger) (*grpc.ClientConn, error) {
+	return grpcclient.Dial(Option, addresses, creds, grpcclient.Options{Name: "consoleauth", Retry: Idempotent, Log: log})
+}
+
+// WriteUnreachable answers a proxy's health check with 503
+// {"status": "consoleauth unreachable", "sessions": N} and returns true
+// when no consoleauth replica of conn can answer now (none connected and
+// serving), so that a load balancer sends new users to another proxy; it
+// writes nothing and returns false otherwise.
+func WriteUnreachable(w http.ResponseWriter, conn *grpc.ClientConn, sessions int) bool {
+	if grpcclient.Ready(conn) {
+		return false
 	}
-	return conn, nil
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	json.NewEncoder(w).Encode(map[string]any{"status": "consoleauth unreachable", "sessions": sessions})
+	return true
 }
 
 // Check returns where token connects to, if it is valid for consoleType

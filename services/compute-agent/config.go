@@ -10,8 +10,10 @@ import (
 
 	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/config"
+	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
+	"github.com/vncgate/vncgate/pkg/tokencheck"
 )
 
 // Config is the agent's settings, one field per option.
@@ -74,7 +76,8 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.String(&c.InventoryFile, config.SectionVNCGate, "inventory_file", "", "JSON inventory of the static driver")
 	s.String(&c.QMPSockets, config.SectionVNCGate, "qmp_sockets", "", "instances of the qmp driver: comma-separated uuid=/path/to/qmp.sock")
 	s.Seconds(&c.RegistrationTTL, config.SectionVNCGate, "registration_ttl", 10*time.Second, "how long a dead agent stays registered in etcd")
-	s.String(&c.ConsoleAuthAddress, config.SectionVNCGate, "consoleauth_address", "127.0.0.1:6090", "host:port of consoleauth's gRPC API, to revoke tokens")
+	s.String(&c.ConsoleAuthAddress, config.SectionVNCGate, "consoleauth_address", "127.0.0.1:6090",
+		"consoleauth's gRPC API, to revoke tokens: "+tokencheck.AddressHelp)
 	s.Bool(&c.AllowPlaintext, config.SectionVNCGate, "allow_plaintext", false, "allow grpc_listen and consoleauth_address without TLS off loopback")
 	s.Choice(&c.CertRoleSource, config.SectionVNCGate, "cert_role_source", "san", []string{"san", "subject"},
 		"where a caller's certificate names its role: the URI SAN urn:vncgate:role:ROLE, or the subject's first OU")
@@ -101,6 +104,9 @@ func (c Config) validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.GRPCListen); err != nil {
 		return fmt.Errorf("grpc_listen: %w", err)
+	}
+	if _, err := grpcclient.ParseEndpoints(tokencheck.Option, c.ConsoleAuthAddress); err != nil {
+		return err
 	}
 	if c.AdvertiseAddress != "" {
 		if _, _, err := net.SplitHostPort(c.AdvertiseAddress); err != nil {
@@ -129,7 +135,7 @@ func (c Config) checkPlaintext() error {
 	if err := tlsconfig.CheckPlaintext("grpc_listen", c.GRPCListen, c.AllowPlaintext); err != nil {
 		return err
 	}
-	return tlsconfig.CheckPlaintext("consoleauth_address", c.ConsoleAuthAddress, c.AllowPlaintext)
+	return tlsconfig.CheckPlaintextEndpoints(tokencheck.Option, grpcclient.Entries(c.ConsoleAuthAddress), c.AllowPlaintext)
 }
 
 // advertiseFrom is the address consoleauth dials when advertise_address is

@@ -14,6 +14,7 @@ import (
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
 	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/etcdclient"
+	"github.com/vncgate/vncgate/pkg/tokencheck"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver/libvirt"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver/qmp"
@@ -62,7 +63,7 @@ func run(ctx context.Context, cfg Config, env env) error {
 		return err
 	}
 	defer etcd.Close()
-	consoleauth, err := dialConsoleAuth(cfg)
+	consoleauth, err := dialConsoleAuth(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -142,20 +143,17 @@ func gracefulStop(srv *grpc.Server, timeout time.Duration) {
 	}
 }
 
-// dialConsoleAuth connects to consoleauth, to revoke tokens; mTLS with the
-// grpc_* files when given: the agent's certificate (role compute, CN its
-// host) is what lets consoleauth accept its revocations, for its own
-// host's instances only.
-func dialConsoleAuth(cfg Config) (*grpc.ClientConn, error) {
-	creds, err := cfg.GRPCTLS.DialOption()
+// dialConsoleAuth connects to consoleauth's replicas, to revoke tokens
+// (package grpcclient: round-robin, health-checked, a revocation retried
+// on another replica); mTLS with the grpc_* files when given: the agent's
+// certificate (role compute, CN its host) is what lets consoleauth accept
+// its revocations, for its own host's instances only.
+func dialConsoleAuth(cfg Config, log *slog.Logger) (*grpc.ClientConn, error) {
+	creds, err := cfg.GRPCTLS.ClientCredentials()
 	if err != nil {
 		return nil, fmt.Errorf("grpc tls: %w", err)
 	}
-	conn, err := grpc.NewClient(cfg.ConsoleAuthAddress, creds)
-	if err != nil {
-		return nil, fmt.Errorf("consoleauth client: %w", err)
-	}
-	return conn, nil
+	return tokencheck.DialCredentials(cfg.ConsoleAuthAddress, creds, log)
 }
 
 // newServer is the agent's gRPC server: the ComputeAgentService answering

@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/vncgate/vncgate/pkg/config"
+	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
+	"github.com/vncgate/vncgate/pkg/tokencheck"
 )
 
 // Config is novnc-proxy's configuration. Options are Nova's where Nova has
@@ -90,7 +92,8 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Int(&c.MaxConnections, config.SectionVNCGate, "max_connections", DefaultMaxConnections, "open connections allowed on the public port, sessions and requests alike; past it new ones get 503 (0: no cap)")
 	s.Int(&c.MaxConnectionsPerClient, config.SectionVNCGate, "max_connections_per_client", DefaultMaxConnectionsPerClient, "open connections allowed per client address (an IPv6 client is its /64; behind trusted_proxies, the forwarded address); past it new ones get 503 (0: no cap)")
 	s.String(&c.NoVNCDir, config.SectionVNCGate, "novnc_core_dir", "", "directory of the @novnc/novnc package (holding core/rfb.js) for the console page; empty: look next to the binary and in the working directory")
-	s.String(&c.ConsoleAuthAddress, config.SectionVNCGate, "consoleauth_address", "127.0.0.1:6090", "consoleauth gRPC address")
+	s.String(&c.ConsoleAuthAddress, config.SectionVNCGate, "consoleauth_address", "127.0.0.1:6090",
+		"consoleauth gRPC address: "+tokencheck.AddressHelp+"; /healthz answers 503 while none can answer")
 	s.TLS(&c.GRPC, config.SectionVNCGate, "grpc", "the client of consoleauth")
 	s.List(&c.EtcdEndpoints, config.SectionVNCGate, "etcd_endpoints", []string{DefaultEtcdEndpoint}, "etcd endpoints, to end sessions when tokens are revoked; empty: no revocation watch (warned at start)")
 	s.TLS(&c.Etcd, config.SectionVNCGate, "etcd", "the etcd client")
@@ -152,6 +155,9 @@ func (c Config) validate() error {
 	if c.MaxConnections < 0 || c.MaxConnectionsPerClient < 0 {
 		return fmt.Errorf("max_connections and max_connections_per_client must not be negative (0: no cap)")
 	}
+	if _, err := grpcclient.ParseEndpoints(tokencheck.Option, c.ConsoleAuthAddress); err != nil {
+		return err
+	}
 	if err := c.GRPC.Check(); err != nil {
 		return fmt.Errorf("grpc_key: %w", err)
 	}
@@ -174,7 +180,7 @@ func (c Config) checkPlaintext() error {
 		}
 	}
 	if !c.GRPC.Enabled() {
-		if err := tlsconfig.CheckPlaintext("consoleauth_address", c.ConsoleAuthAddress, c.AllowPlaintext); err != nil {
+		if err := tlsconfig.CheckPlaintextEndpoints(tokencheck.Option, grpcclient.Entries(c.ConsoleAuthAddress), c.AllowPlaintext); err != nil {
 			return err
 		}
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/proxy"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/tlssniff"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/web"
+	"google.golang.org/grpc"
 )
 
 // endGrace is how long ended sessions get for their close handshakes.
@@ -55,11 +56,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 	if err != nil {
 		return err
 	}
-	grpcTLS, err := cfg.GRPC.Client()
+	grpcCreds, err := cfg.GRPC.ClientCredentials()
 	if err != nil {
 		return fmt.Errorf("grpc tls: %w", err)
 	}
-	conn, err := tokencheck.Dial(cfg.ConsoleAuthAddress, grpcTLS)
+	conn, err := tokencheck.DialCredentials(cfg.ConsoleAuthAddress, grpcCreds, log)
 	if err != nil {
 		return err
 	}
@@ -121,6 +122,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 		return err
 	}
 	srv := px.HTTPServer(log)
+	srv.Handler = consoleAuthReadiness(srv.Handler, core, conn)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("novnc-proxy listening", "addr", ln.Addr().String(), "scheme", scheme,
@@ -161,6 +163,19 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 	}
 	log.Info("shut down: sessions ended")
 	return nil
+}
+
+// consoleAuthReadiness makes /healthz answer 503 "consoleauth unreachable"
+// while no consoleauth replica can check a token (a load balancer then
+// sends new users to another proxy); draining keeps its own answer.
+func consoleAuthReadiness(next http.Handler, core *sessions.Core, conn *grpc.ClientConn) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+			r.Header.Get("Upgrade") == "" && !core.Draining() && tokencheck.WriteUnreachable(w, conn, core.Len()) {
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // webHandler serves the console page, or cfg.Web; it also says which

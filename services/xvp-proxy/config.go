@@ -9,9 +9,11 @@ import (
 
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/edge"
+	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
+	"github.com/vncgate/vncgate/pkg/tokencheck"
 )
 
 // Config is everything xvp-proxy is told at start. Options are Nova's
@@ -84,7 +86,8 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Bool(&c.AllowPlaintext, config.SectionVNCGate, "allow_plaintext", false, "allow a plaintext listener, and plaintext links to consoleauth and etcd, off loopback (e.g. behind a TLS-terminating load balancer on a private network)")
 	s.Int(&c.MaxConnections, config.SectionVNCGate, "max_connections", DefaultMaxConnections, "open connections allowed on the listener; past it new ones get 503 (0: no cap)")
 	s.Int(&c.MaxConnectionsPerClient, config.SectionVNCGate, "max_connections_per_client", DefaultMaxConnectionsPerClient, "open connections allowed per client address (an IPv6 client is its /64; behind trusted_proxies, the PROXY header's); past it new ones get 503 (0: no cap)")
-	s.String(&c.ConsoleAuthAddress, config.SectionVNCGate, "consoleauth_address", "127.0.0.1:6090", "consoleauth gRPC address")
+	s.String(&c.ConsoleAuthAddress, config.SectionVNCGate, "consoleauth_address", "127.0.0.1:6090",
+		"consoleauth gRPC address: "+tokencheck.AddressHelp+"; metrics_listen's /healthz answers 503 while none can answer")
 	s.TLS(&c.GRPC, config.SectionVNCGate, "grpc", "the client of consoleauth")
 	s.List(&c.EtcdEndpoints, config.SectionVNCGate, "etcd_endpoints", []string{DefaultEtcdEndpoint}, "etcd endpoints for revocation watching; empty turns it off (warned at start)")
 	s.TLS(&c.Etcd, config.SectionVNCGate, "etcd", "the etcd client")
@@ -129,8 +132,6 @@ func (c Config) validate() error {
 		return errors.New("[vnc] enabled is false: there are no VNC consoles to proxy; do not run xvp-proxy, or set enabled = true")
 	case c.Port < 0 || c.Port > 65535:
 		return fmt.Errorf("xvpvncproxy_port %d: want 0 to 65535", c.Port)
-	case c.ConsoleAuthAddress == "":
-		return fmt.Errorf("consoleauth_address: required")
 	case c.HandshakeTimeout <= 0:
 		return fmt.Errorf("handshake_timeout %v: want > 0", c.HandshakeTimeout)
 	case c.IdleTimeout < 0 || c.MaxSessionLength < 0 || c.DrainTimeout < 0:
@@ -141,6 +142,9 @@ func (c Config) validate() error {
 		return fmt.Errorf("failed_token_window %v: want > 0", c.FailedTokenWindow)
 	case c.MaxConnections < 0 || c.MaxConnectionsPerClient < 0:
 		return fmt.Errorf("max_connections and max_connections_per_client: want >= 0 (0: no cap)")
+	}
+	if _, err := grpcclient.ParseEndpoints(tokencheck.Option, c.ConsoleAuthAddress); err != nil {
+		return err
 	}
 	if _, err := edge.ParseTrust(c.TrustedProxies); err != nil {
 		return err
@@ -174,7 +178,7 @@ func (c Config) checkPlaintext() error {
 		}
 	}
 	if !c.GRPC.Enabled() {
-		if err := tlsconfig.CheckPlaintext("consoleauth_address", c.ConsoleAuthAddress, c.AllowPlaintext); err != nil {
+		if err := tlsconfig.CheckPlaintextEndpoints(tokencheck.Option, grpcclient.Entries(c.ConsoleAuthAddress), c.AllowPlaintext); err != nil {
 			return err
 		}
 	}

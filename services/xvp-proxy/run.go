@@ -22,6 +22,7 @@ import (
 	"github.com/vncgate/vncgate/pkg/sessions"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
 	"github.com/vncgate/vncgate/services/xvp-proxy/internal/proxy"
+	"google.golang.org/grpc"
 )
 
 // run serves until ctx ends, then drains and returns. ready, if not nil, is
@@ -49,11 +50,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 	if err != nil {
 		return fmt.Errorf("listener tls: %w", err)
 	}
-	grpcTLS, err := cfg.GRPC.Client()
+	grpcCreds, err := cfg.GRPC.ClientCredentials()
 	if err != nil {
 		return fmt.Errorf("consoleauth tls: %w", err)
 	}
-	caConn, err := tokencheck.Dial(cfg.ConsoleAuthAddress, grpcTLS)
+	caConn, err := tokencheck.DialCredentials(cfg.ConsoleAuthAddress, grpcCreds, log)
 	if err != nil {
 		return err
 	}
@@ -110,7 +111,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 			return fmt.Errorf("metrics_listen: %w", err)
 		}
 		metricsAddr = ml.Addr()
-		stop := serveMetrics(ml, metrics, srv, log)
+		stop := serveMetrics(ml, metrics, consoleAuthReadiness(srv.ServeHealth, core, caConn), log)
 		defer stop() // after Serve: /healthz answers 503 while sessions drain
 		log.Info("metrics listening", "addr", metricsAddr.String())
 	}
@@ -129,12 +130,24 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 	return err
 }
 
-// serveMetrics serves GET /metrics (reg) and GET /healthz (srv) over plain
-// HTTP on l until the returned stop is called.
-func serveMetrics(l net.Listener, reg *prometheus.Registry, srv *proxy.Server, log *slog.Logger) (stop func()) {
+// consoleAuthReadiness makes health answer 503 "consoleauth unreachable"
+// while no consoleauth replica can check a token (a load balancer then
+// sends new clients to another proxy); draining keeps its own answer.
+func consoleAuthReadiness(health http.HandlerFunc, core *sessions.Core, conn *grpc.ClientConn) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !core.Draining() && tokencheck.WriteUnreachable(w, conn, core.Len()) {
+			return
+		}
+		health(w, r)
+	}
+}
+
+// serveMetrics serves GET /metrics (reg) and GET /healthz (health) over
+// plain HTTP on l until the returned stop is called.
+func serveMetrics(l net.Listener, reg *prometheus.Registry, health http.HandlerFunc, log *slog.Logger) (stop func()) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", proxymetrics.Handler(reg))
-	mux.HandleFunc("GET /healthz", srv.ServeHealth)
+	mux.HandleFunc("GET /healthz", health)
 	hs := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,

@@ -1,7 +1,10 @@
 // Package server assembles the consoleauth process: the etcd client, the
-// token store, the compute agent client pool, the gRPC server and the REST
-// gateway in front of it. Start returns once every listener is bound, so a
-// test can start a whole consoleauth on loopback ports and talk to it.
+// token store, the compute agent client pool, the gRPC server (with
+// grpc.health.v1: SERVING while etcd answers, NOT_SERVING while it does
+// not and from the start of Shutdown, for callers to turn to other
+// replicas) and the REST gateway in front of it. Start returns once every
+// listener is bound, so a test can start a whole consoleauth on loopback
+// ports and talk to it.
 //
 // The REST gateway reaches the service through a second, in-process gRPC
 // server with the same interceptors: REST requests run through exactly the
@@ -36,6 +39,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/test/bufconn"
 )
 
@@ -105,6 +110,9 @@ type Server struct {
 	agents     *agentclient.Pool
 	etcd       *clientv3.Client
 	keystone   *keystone.Validator // closed on shutdown; nil without rest_auth = keystone
+	health     *health.Server      // grpc.health.v1 of the public listener
+	stopFollow context.CancelFunc  // ends followEtcd
+	following  sync.WaitGroup
 	draining   atomic.Bool
 	timeout    time.Duration
 	serveErr   chan error
@@ -195,6 +203,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	s.grpcServer = grpc.NewServer(serverCreds, grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.ChainUnaryInterceptor(authserver.LogUnary(log), guard.UnaryInterceptor()), grpc.StreamInterceptor(guard.StreamInterceptor()))
 	consoleauthv1.RegisterConsoleAuthServiceServer(s.grpcServer, svc)
+	// Callers (proxies, agents: package grpcclient) watch it and send
+	// their calls to replicas that say SERVING.
+	s.health = health.NewServer()
+	s.setServing(false)
+	healthpb.RegisterHealthServer(s.grpcServer, s.health)
 	s.gwServer = grpc.NewServer(grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.ChainUnaryInterceptor(authserver.LogUnary(log), gwGuard.UnaryInterceptor()), grpc.StreamInterceptor(gwGuard.StreamInterceptor()))
 	consoleauthv1.RegisterConsoleAuthServiceServer(s.gwServer, svc)
@@ -250,6 +263,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if restTLS != nil {
 		s.restLis = tls.NewListener(s.restLis, restTLS)
 	}
+	var followCtx context.Context
+	followCtx, s.stopFollow = context.WithCancel(context.WithoutCancel(ctx))
+	s.following.Go(func() { s.followEtcd(followCtx, store.Health) })
 	go s.serve("grpc", func() error { return s.grpcServer.Serve(s.grpcLis) })
 	go s.serve("gateway grpc", func() error { return s.gwServer.Serve(gwLis) })
 	go s.serve("rest", func() error { return s.httpServer.Serve(s.restLis) })
@@ -333,6 +349,9 @@ func (s *Server) Shutdown() error {
 	var err error
 	s.stopOnce.Do(func() {
 		s.draining.Store(true)
+		// NOT_SERVING first: callers stop sending new calls here.
+		s.health.Shutdown()
+		s.endFollow()
 		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 		defer cancel()
 		// REST first: its requests run through the gateway's gRPC server.
@@ -370,6 +389,7 @@ func (s *Server) stop() {
 }
 
 func (s *Server) release() {
+	s.endFollow()
 	if s.cancelGW != nil {
 		s.cancelGW()
 	}
@@ -385,6 +405,41 @@ func (s *Server) release() {
 	if s.keystone != nil {
 		s.keystone.Close()
 	}
+}
+
+// followEtcd keeps grpc.health.v1 saying SERVING while the token store
+// finds etcd answering (its health probe, which logs each change) and
+// NOT_SERVING while it does not, until ctx ends.
+func (s *Server) followEtcd(ctx context.Context, health func() (bool, <-chan struct{})) {
+	for {
+		ok, changed := health()
+		s.setServing(ok)
+		s.log.Debug("gRPC health follows etcd", "serving", ok)
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
+// setServing sets the health of the server as a whole ("") and of the
+// ConsoleAuthService; after health.Shutdown it changes nothing.
+func (s *Server) setServing(ok bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if ok {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.health.SetServingStatus("", st)
+	s.health.SetServingStatus(consoleauthv1.ConsoleAuthService_ServiceDesc.ServiceName, st)
+}
+
+// endFollow stops followEtcd and waits for it.
+func (s *Server) endFollow() {
+	if s.stopFollow != nil {
+		s.stopFollow()
+	}
+	s.following.Wait()
 }
 
 // gracefulStop waits for in-flight RPCs until ctx ends, then cuts them.
