@@ -183,7 +183,7 @@ var catalog = map[key]entry{
 	{SectionVNCGate, "failed_token_window"}:       {kind: supported},
 	{SectionVNCGate, "drain_timeout"}:             {kind: supported},
 	{SectionVNCGate, "shutdown_delay"}:            {kind: supported},
-	{SectionVNCGate, "metrics_listen"}:            {kind: supported},
+	{SectionVNCGate, "admin_listen"}:              {kind: supported},
 	{SectionVNCGate, "tcp_keepalive"}:             {kind: supported},
 	{SectionVNCGate, "log_level"}:                 {kind: supported},
 	{SectionVNCGate, "log_format"}:                {kind: supported},

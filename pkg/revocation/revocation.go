@@ -23,10 +23,13 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/vncgate/vncgate/pkg/registry"
 )
@@ -45,7 +48,32 @@ const (
 // Watch calls fn for every revocation written from now until ctx ends,
 // with r.Revision set to the key's ModRevision.
 func Watch(ctx context.Context, cli *clientv3.Client, log *slog.Logger, fn func(uuid string, r registry.Revocation)) {
-	w := watcher{cli: cli, log: log, fn: fn}
+	WatchStatus(ctx, cli, log, fn, nil)
+}
+
+// Status says whether a watch is up, for a readiness check.
+type Status struct {
+	up   atomic.Bool
+	conn atomic.Pointer[grpc.ClientConn]
+}
+
+// Healthy reports whether etcd created the watch, it has not been lost
+// since, and the client is connected: the client resumes a watch on its
+// own through an outage without reporting it, so the connection's state is
+// what tells that etcd is away.
+func (s *Status) Healthy() bool {
+	c := s.conn.Load()
+	return s.up.Load() && c != nil && c.GetState() == connectivity.Ready
+}
+
+// WatchStatus is Watch keeping status (if not nil) up to date.
+func WatchStatus(ctx context.Context, cli *clientv3.Client, log *slog.Logger, fn func(uuid string, r registry.Revocation), status *Status) {
+	if status == nil {
+		status = new(Status)
+	}
+	status.conn.Store(cli.ActiveConnection())
+	w := watcher{cli: cli, log: log, fn: fn, status: status}
+	defer status.up.Store(false)
 	w.run(ctx)
 }
 
@@ -58,8 +86,9 @@ type watcher struct {
 	rev int64
 	// lost is the kind of failure last logged ("" while the watch is up),
 	// since when it lasts.
-	lost  string
-	since time.Time
+	lost   string
+	since  time.Time
+	status *Status
 }
 
 func (w *watcher) run(ctx context.Context) {
@@ -96,6 +125,7 @@ func (w *watcher) run(ctx context.Context) {
 // warning for the first, an error when etcd refuses the permission; the
 // attempts after it at debug level.
 func (w *watcher) interrupted(ctx context.Context, err error, denied bool, attempt int, delay time.Duration) {
+	w.status.up.Store(false)
 	kind, level, msg := "unavailable", slog.LevelWarn, "revocation watch lost: etcd unavailable; retrying until it is back"
 	if denied {
 		kind, level, msg = "denied", slog.LevelError, "revocation watch refused by etcd"
@@ -141,6 +171,7 @@ func (w *watcher) watch(ctx context.Context) (created bool, compacted int64, err
 		}
 		if resp.Created {
 			created = true
+			w.status.up.Store(true)
 			w.resumed()
 			if w.rev == 0 {
 				// A watch "from now" starts after this revision:

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/admin"
 	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/grpcclient"
@@ -51,7 +52,10 @@ type Config struct {
 	// CertRoleSource is [vncgate] cert_role_source: where callers'
 	// certificates name their role (san or subject).
 	CertRoleSource string
-	Log            logging.Options
+	// AdminListen is [vncgate] admin_listen: /livez, /readyz, /metrics,
+	// /debug/pprof/ (package admin); empty turns it off.
+	AdminListen string
+	Log         logging.Options
 }
 
 // loadConfig reads the agent's options from args, the environment and the
@@ -82,6 +86,7 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Choice(&c.CertRoleSource, config.SectionVNCGate, "cert_role_source", "san", []string{"san", "subject"},
 		"where a caller's certificate names its role: the URI SAN urn:vncgate:role:ROLE, or the subject's first OU")
 	c.Log.Declare(s)
+	s.String(&c.AdminListen, config.SectionVNCGate, admin.Option, "127.0.0.1:6192", admin.Help("127.0.0.1:6192"))
 	notes, err := s.Load(args)
 	if err != nil {
 		return Config{}, notes, err
@@ -122,13 +127,18 @@ func (c Config) validate() error {
 	if _, err := authn.ParseRoleSource(c.CertRoleSource); err != nil {
 		return err
 	}
-	return nil
+	return admin.Validate(c.AdminListen)
 }
 
 // checkPlaintext refuses, at start, gRPC without TLS off loopback: no
 // caller would be known (every call but health is refused) and
 // revocations would travel in plaintext.
 func (c Config) checkPlaintext() error {
+	if c.AdminListen != "" {
+		if err := tlsconfig.CheckPlaintext(admin.Option, c.AdminListen, c.AllowPlaintext); err != nil {
+			return err
+		}
+	}
 	if c.GRPCTLS.Enabled() {
 		return nil
 	}

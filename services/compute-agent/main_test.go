@@ -46,7 +46,8 @@ func defaults() Config {
 		Host: hostname, VNCEnabled: true, ProxyClientAddress: "127.0.0.1", ServerListen: "127.0.0.1", LibvirtURI: "qemu:///system",
 		GRPCListen: "0.0.0.0:6092", EtcdEndpoints: []string{"127.0.0.1:2379"}, Driver: "static",
 		RegistrationTTL: 10 * time.Second, ConsoleAuthAddress: "127.0.0.1:6090", CertRoleSource: "san",
-		Log: logging.Options{Level: slog.LevelInfo, Format: "json"},
+		AdminListen: "127.0.0.1:6192",
+		Log:         logging.Options{Level: slog.LevelInfo, Format: "json"},
 	}
 }
 
@@ -87,6 +88,9 @@ func TestOptions(t *testing.T) {
 		{Name: "ttl zero", Args: []string{"--registration_ttl", "0"}, Err: "registration_ttl"},
 		{Name: "bad log level", Args: []string{"--log_level", "loud"}, Err: "log_level"},
 		{Name: "bad listen", Args: []string{"--grpc_listen", "6092"}, Err: "grpc_listen"},
+		{Name: "[vncgate] admin_listen", File: "[vncgate]\nadmin_listen = 127.0.0.1:7192\n", Want: func(c *Config) { c.AdminListen = "127.0.0.1:7192" }},
+		{Name: "admin_listen empty turns it off", Args: []string{"--admin_listen="}, Want: func(c *Config) { c.AdminListen = "" }},
+		{Name: "bad admin_listen", Args: []string{"--admin_listen", "6192"}, Err: "admin_listen"},
 		{Name: "no etcd", Args: []string{"--etcd_endpoints", " , "}, Err: "etcd_endpoints is empty"},
 		{Name: "unknown flag", Args: []string{"--novncproxy_port", "1"}, Err: "flag provided but not defined"},
 	}, defaults, func(args []string) (Config, error) {

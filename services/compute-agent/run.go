@@ -10,6 +10,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/vncgate/vncgate/pkg/admin"
 	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
 	"github.com/vncgate/vncgate/pkg/authn"
@@ -37,6 +40,9 @@ type env struct {
 	reload <-chan os.Signal
 	// ready, when set, is called with the gRPC address once serving.
 	ready func(grpcAddr string)
+	// admin, when set, is called with the admin listener's address (nil
+	// when admin_listen is empty) once serving.
+	admin func(net.Addr)
 }
 
 // run serves the agent until ctx ends or the gRPC server fails. Shutdown:
@@ -109,12 +115,21 @@ func run(ctx context.Context, cfg Config, env env) error {
 		defer close(agentDone)
 		_ = agent.Run(ctx)
 	}()
+	adminL, err := admin.Listen(cfg.AdminListen, cfg.AllowPlaintext)
+	if err != nil {
+		return err
+	}
+	adminSrv := admin.Serve(adminL, admin.Options{Metrics: agentMetrics(agent, drv), Ready: agentReadiness(agent, drv), Log: log})
+	defer adminSrv.Stop()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(l) }()
 	log.Info("compute agent serving", "addr", l.Addr().String(), "advertise", advertise, "compute_host", cfg.Host,
 		"driver", cfg.Driver, "endpoints", cfg.EtcdEndpoints, "tls", cfg.GRPCTLS.Enabled())
 	if env.ready != nil {
 		env.ready(l.Addr().String())
+	}
+	if env.admin != nil {
+		env.admin(adminSrv.Addr())
 	}
 
 	var runErr error
@@ -129,6 +144,52 @@ func run(ctx context.Context, cfg Config, env env) error {
 	<-agentDone // the lease is revoked: consoleauth stops sending work here
 	gracefulStop(srv, drainTimeout)
 	return runErr
+}
+
+// driverTimeout bounds the driver's answer to a readiness probe.
+const driverTimeout = 2 * time.Second
+
+// driverUp asks the driver for its instances: an answer in time is up.
+func driverUp(drv driver.Driver) error {
+	ctx, cancel := context.WithTimeout(context.Background(), driverTimeout)
+	defer cancel()
+	if _, err := drv.Instances(ctx); err != nil {
+		return fmt.Errorf("the driver cannot list instances: %w", err)
+	}
+	return nil
+}
+
+// agentReadiness is /readyz: registered in etcd (consoleauth can find the
+// agent) and the driver answering.
+func agentReadiness(agent *registration.Agent, drv driver.Driver) []admin.Check {
+	return []admin.Check{
+		{Name: "registration", Check: func() error {
+			if !agent.Registered() {
+				return errors.New("not registered in etcd")
+			}
+			return nil
+		}},
+		{Name: "driver", Check: func() error { return driverUp(drv) }},
+	}
+}
+
+// agentMetrics is the agent's registry on /metrics: the Go runtime, the
+// process, and the two conditions of readiness as gauges.
+func agentMetrics(agent *registration.Agent, drv driver.Driver) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vncgate_compute_agent_registered",
+			Help: "1 while the agent's compute key is in etcd on a live lease"}, func() float64 { return bool01(agent.Registered()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vncgate_compute_agent_driver_up",
+			Help: "1 when the driver listed its instances at the last scrape"}, func() float64 { return bool01(driverUp(drv) == nil) }))
+	return reg
+}
+
+func bool01(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // gracefulStop lets in-flight RPCs finish for up to timeout, then cuts them.

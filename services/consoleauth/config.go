@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/admin"
 	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/logging"
@@ -19,7 +20,10 @@ type Config struct {
 	// consoleauth knows is off: console requests get 501, as Nova's API
 	// answers for a console type that is not available.
 	VNCEnabled bool
-	Log        logging.Options
+	// AdminListen is [vncgate] admin_listen: /livez, /readyz, /metrics,
+	// /debug/pprof/ (package admin); empty turns it off.
+	AdminListen string
+	Log         logging.Options
 }
 
 // loadConfig reads consoleauth's options from args, the environment and
@@ -51,6 +55,7 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 		"Keystone roles that may mint console URLs (admin may also introspect and revoke)")
 	s.List(&c.RESTAllowedHosts, config.SectionVNCGate, "rest_allowed_hosts", nil,
 		"names the REST Host header may carry besides localhost, 127.0.0.1 and ::1 (* for any); default: rest_listen's host, or with rest_listen on all interfaces any name for callers with a certificate")
+	s.String(&c.AdminListen, config.SectionVNCGate, admin.Option, "127.0.0.1:6190", admin.Help("127.0.0.1:6190"))
 	c.Keystone.Declare(s)
 	c.Log.Declare(s)
 	notes, err := s.Load(args)
@@ -82,5 +87,5 @@ func (c Config) check() error {
 			return fmt.Errorf("%s_key: %w", g.name, err)
 		}
 	}
-	return nil
+	return admin.Validate(c.AdminListen)
 }

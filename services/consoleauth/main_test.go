@@ -43,8 +43,9 @@ func defaults() Config {
 			Keystone: keystone.Options{UserDomainName: "Default", ProjectDomainName: "Default",
 				Timeout: keystone.DefaultTimeout, CacheTime: keystone.DefaultCacheTime, CacheSize: keystone.DefaultCacheSize},
 		},
-		VNCEnabled: true,
-		Log:        logging.Options{Level: slog.LevelInfo, Format: "json"},
+		VNCEnabled:  true,
+		AdminListen: "127.0.0.1:6190",
+		Log:         logging.Options{Level: slog.LevelInfo, Format: "json"},
 	}
 }
 
@@ -212,7 +213,7 @@ func TestVNCDisabled(t *testing.T) {
 	restAddr := freeAddr(t)
 	keysFile, keys := testworld.KeysFile(t, authn.Identity{Name: "nova-api", Role: authn.RoleAPI})
 	cfg, _, err := loadConfig([]string{"--vnc_enabled=false", "--grpc_listen=127.0.0.1:0", "--rest_listen=" + restAddr,
-		"--etcd_endpoints=" + srv.Endpoint, "--api_keys_file=" + keysFile})
+		"--etcd_endpoints=" + srv.Endpoint, "--api_keys_file=" + keysFile, "--admin_listen="})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +272,7 @@ func TestRunServesUntilCanceled(t *testing.T) {
 	etcdSrv, _ := etcd.Start(t)
 	grpcAddr, restAddr := freeAddr(t), freeAddr(t)
 	keysFile, _ := testworld.KeysFile(t)
-	cfg, _, err := loadConfig([]string{"-grpc_listen", grpcAddr, "-rest_listen", restAddr, "-etcd_endpoints", etcdSrv.Endpoint, "-api_keys_file", keysFile})
+	cfg, _, err := loadConfig([]string{"-grpc_listen", grpcAddr, "-rest_listen", restAddr, "-etcd_endpoints", etcdSrv.Endpoint, "-api_keys_file", keysFile, "-admin_listen="})
 	if err != nil {
 		t.Fatal(err)
 	}

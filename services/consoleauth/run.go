@@ -4,19 +4,40 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 
+	"github.com/vncgate/vncgate/pkg/admin"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/server"
 )
 
 // run serves until ctx ends or a listener fails, then shuts down
 // gracefully: /healthz turns red, listeners close, in-flight calls finish.
 func run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	return runAdmin(ctx, cfg, log, nil)
+}
+
+// runAdmin is run telling adminReady, if not nil, the admin listener's
+// address (nil when admin_listen is empty) once consoleauth serves.
+func runAdmin(ctx context.Context, cfg Config, log *slog.Logger, adminReady func(net.Addr)) error {
 	if !cfg.VNCEnabled {
 		log.Warn("[vnc] enabled is false: every console request is answered 501")
+	}
+	if err := admin.CheckAddr(cfg.AdminListen, cfg.AllowPlaintext); err != nil {
+		return err
 	}
 	srv, err := server.Start(ctx, cfg.Config, log)
 	if err != nil {
 		return err
+	}
+	adminL, err := admin.Listen(cfg.AdminListen, cfg.AllowPlaintext)
+	if err != nil {
+		return errors.Join(err, srv.Shutdown())
+	}
+	// Stopped after srv.Shutdown: /readyz says "shutting down" meanwhile.
+	adminSrv := admin.Serve(adminL, admin.Options{Metrics: srv.Metrics(), Ready: readiness(srv), Log: log})
+	defer adminSrv.Stop()
+	if adminReady != nil {
+		adminReady(adminSrv.Addr())
 	}
 	log.Info("consoleauth ready", "grpc", srv.GRPCAddr(), "rest", srv.RESTAddr(), "endpoints", cfg.EtcdEndpoints,
 		"token_ttl", cfg.TokenTTL.String(), "single_use_tokens", cfg.SingleUseTokens, "console_types", cfg.EnabledConsoleTypes)
@@ -26,4 +47,23 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	case err = <-srv.Err():
 	}
 	return errors.Join(err, srv.Shutdown())
+}
+
+// readiness is /readyz: consoleauth can serve while etcd answers and it is
+// not shutting down.
+func readiness(srv *server.Server) []admin.Check {
+	return []admin.Check{
+		{Name: "draining", Check: func() error {
+			if srv.Draining() {
+				return errors.New("shutting down")
+			}
+			return nil
+		}},
+		{Name: "etcd", Check: func() error {
+			if !srv.EtcdHealthy() {
+				return errors.New("etcd unreachable or without quorum")
+			}
+			return nil
+		}},
+	}
 }

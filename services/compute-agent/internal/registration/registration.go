@@ -41,6 +41,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/vncgate/vncgate/pkg/registry"
@@ -89,7 +90,12 @@ type Agent struct {
 	log         *slog.Logger
 	location    string // JSON of registry.Location naming this host
 	revocations *revocationQueue
+	registered  atomic.Bool // the compute key is on a live lease
 }
+
+// Registered reports whether the agent's compute key is in etcd on a lease
+// kept alive (for the admin listener's /readyz).
+func (a *Agent) Registered() bool { return a.registered.Load() }
 
 // errKeepAliveLost says the lease's keep-alive stream ended.
 var errKeepAliveLost = errors.New("lease keep-alive ended")
@@ -177,7 +183,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		prev = lease
 		a.log.Info("registered", "address", a.cfg.Address, "lease", int64(lease), "ttl", a.cfg.TTL)
+		a.registered.Store(true)
 		err = a.serve(ctx, keepAlive, &events)
+		a.registered.Store(false)
 		if ctx.Err() != nil {
 			a.revokeLease(lease)
 			a.log.Info("deregistered")

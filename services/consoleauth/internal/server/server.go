@@ -26,7 +26,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
 	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/etcdclient"
@@ -118,6 +117,8 @@ type Server struct {
 	serveErr   chan error
 	stopOnce   sync.Once
 	cancelGW   context.CancelFunc
+	metrics    *prometheus.Registry // served by the admin listener
+	store      *tokenstore.Store
 }
 
 // Start builds consoleauth and starts serving on its listeners.
@@ -178,6 +179,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	s.agents = agentclient.New(agentclient.Options{Timeout: cfg.ComputeTimeout, TLS: agentCreds})
 
 	reg := prometheus.NewRegistry()
+	s.metrics, s.store = reg, store
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	svc, err := authserver.New(authserver.Config{
 		NoVNCBaseURL: noVNCBase,
@@ -228,9 +230,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 			}
 			return store.Ping(ctx)
 		},
-		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
-		Auth:    auth,
-		Log:     log,
+		Auth: auth,
+		Log:  log,
 	})
 	if err != nil {
 		return nil, err
@@ -338,6 +339,16 @@ func (s *Server) GRPCAddr() string { return s.grpcLis.Addr().String() }
 
 // RESTAddr is the bound address of the REST listener.
 func (s *Server) RESTAddr() string { return s.restLis.Addr().String() }
+
+// Metrics is consoleauth's Prometheus registry, for the admin listener
+// (not the REST port: /metrics is for operators, not API callers).
+func (s *Server) Metrics() prometheus.Gatherer { return s.metrics }
+
+// EtcdHealthy reports whether etcd answered the token store's latest probe.
+func (s *Server) EtcdHealthy() bool { return s.store.Healthy() }
+
+// Draining reports whether Shutdown has begun.
+func (s *Server) Draining() bool { return s.draining.Load() }
 
 // Err delivers errors that stop a listener before Shutdown.
 func (s *Server) Err() <-chan error { return s.serveErr }

@@ -1,0 +1,96 @@
+package admin
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestServe(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "vncgate_test_total", Help: "a test counter"})
+	reg.MustRegister(c)
+	c.Inc()
+	var etcdDown atomic.Bool
+	l, err := Listen("127.0.0.1:0", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := Serve(l, Options{Metrics: reg, Ready: []Check{
+		{Name: "always", Check: func() error { return nil }},
+		{Name: "etcd", Check: func() error {
+			if etcdDown.Load() {
+				return errors.New("etcd unreachable")
+			}
+			return nil
+		}},
+	}})
+	defer s.Stop()
+	base := "http://" + s.Addr().String()
+
+	if code, body := get(t, base+"/livez"); code != 200 || !strings.Contains(body, `"alive"`) {
+		t.Errorf("/livez: %d %s", code, body)
+	}
+	if code, body := get(t, base+"/readyz"); code != 200 || !strings.Contains(body, `"ready"`) {
+		t.Errorf("/readyz: %d %s", code, body)
+	}
+	etcdDown.Store(true)
+	code, body := get(t, base+"/readyz")
+	var r struct{ Status, Failing, Error string }
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		t.Fatalf("/readyz body %q: %v", body, err)
+	}
+	if code != 503 || r.Status != "not ready" || r.Failing != "etcd" || r.Error != "etcd unreachable" {
+		t.Errorf("/readyz with etcd down: %d %s", code, body)
+	}
+	etcdDown.Store(false)
+	if code, _ := get(t, base+"/readyz"); code != 200 {
+		t.Errorf("/readyz after etcd came back: %d", code)
+	}
+	if code, body := get(t, base+"/metrics"); code != 200 || !strings.Contains(body, "vncgate_test_total 1") {
+		t.Errorf("/metrics: %d %s", code, body)
+	}
+	if code, body := get(t, base+"/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
+		t.Errorf("/debug/pprof/: %d", code)
+	}
+	if code, body := get(t, base+"/debug/pprof/goroutine?debug=1"); code != 200 || !strings.Contains(body, "goroutine profile") {
+		t.Errorf("/debug/pprof/goroutine: %d", code)
+	}
+}
+
+func TestListenRefusesPlaintextOffLoopback(t *testing.T) {
+	if _, err := Listen("0.0.0.0:0", false); err == nil || !strings.Contains(err.Error(), "admin_listen") {
+		t.Fatalf("admin_listen 0.0.0.0 without allow_plaintext: %v, want a refusal naming admin_listen", err)
+	}
+	l, err := Listen("0.0.0.0:0", true)
+	if err != nil {
+		t.Fatalf("with allow_plaintext: %v", err)
+	}
+	l.Close()
+	if l, err := Listen("", false); l != nil || err != nil {
+		t.Fatalf("empty: %v %v, want off", l, err)
+	}
+	for _, bad := range []string{"6190", "localhost", "[::1"} {
+		if err := Validate(bad); err == nil {
+			t.Errorf("Validate(%q) = nil, want an error", bad)
+		}
+	}
+	Serve(nil, Options{}).Stop() // off: nothing to stop
+}
