@@ -98,11 +98,15 @@ type Options struct {
 // Ports of one stack.
 type Ports struct {
 	Etcd, ConsoleAuthGRPC, ConsoleAuthREST, ComputeAgent, NoVNC, XVP int
+	// The services' admin listeners (/livez, /readyz, /metrics,
+	// /debug/pprof/), on loopback: AdminAddr.
+	ConsoleAuthAdmin, ComputeAgentAdmin, NoVNCAdmin, XVPAdmin int
 }
 
 // DefaultPorts are DESIGN.md's defaults.
 func DefaultPorts() Ports {
-	return Ports{Etcd: 2379, ConsoleAuthGRPC: 6090, ConsoleAuthREST: 6091, ComputeAgent: 6092, NoVNC: 6080, XVP: 6081}
+	return Ports{Etcd: 2379, ConsoleAuthGRPC: 6090, ConsoleAuthREST: 6091, ComputeAgent: 6092, NoVNC: 6080, XVP: 6081,
+		ConsoleAuthAdmin: 6190, ComputeAgentAdmin: 6192, NoVNCAdmin: 6180, XVPAdmin: 6181}
 }
 
 // World is a running stack.
@@ -142,6 +146,10 @@ type proc struct {
 
 // Addr is host:port on the stack's host.
 func (w *World) Addr(port int) string { return net.JoinHostPort(w.Host, strconv.Itoa(port)) }
+
+// AdminAddr is host:port of an admin listener: always loopback, whatever
+// Host is (plain HTTP, pprof).
+func (w *World) AdminAddr(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 
 // RESTURL is consoleauth's REST base, e.g. http://127.0.0.1:6091 (https
 // with Options.TLS).
@@ -273,6 +281,7 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 			"--novncproxy_base_url=" + w.NoVNCBaseURL(),
 			"--xvpvncproxy_base_url=" + w.XVPBaseURL(),
 			"--api_keys_file=" + w.APIKeysFile,
+			"--admin_listen=" + w.AdminAddr(w.Ports.ConsoleAuthAdmin),
 		}, ttl, grpcTLS(ConsoleAuth), restTLS, plaintext), httpReady(w.restClient, w.RESTURL()+"/healthz")},
 		{ComputeAgent, concat([]string{
 			"--grpc_listen=" + w.Addr(w.Ports.ComputeAgent),
@@ -282,6 +291,7 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 			"--inventory_file=" + inventory,
 			"--consoleauth_address=" + consoleauth,
 			"--registration_ttl=5",
+			"--admin_listen=" + w.AdminAddr(w.Ports.ComputeAgentAdmin),
 		}, grpcTLS(ComputeAgent), plaintext), w.agentReady},
 		{NoVNCProxy, concat([]string{
 			"--novncproxy_host=" + w.Host,
@@ -289,12 +299,16 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 			"--novncproxy_base_url=" + w.NoVNCBaseURL(),
 			"--consoleauth_address=" + consoleauth,
 			etcd,
+			"--admin_listen=" + w.AdminAddr(w.Ports.NoVNCAdmin),
+			"--shutdown_delay=0", // no load balancer to wait for
 		}, grpcTLS(NoVNCProxy), novncTLS, plaintext), httpReady(w.httpClient, novncHealth)},
 		{XVPProxy, concat([]string{
 			"--xvpvncproxy_host=" + w.Host,
 			"--xvpvncproxy_port=" + strconv.Itoa(w.Ports.XVP),
 			"--consoleauth_address=" + consoleauth,
 			etcd,
+			"--admin_listen=" + w.AdminAddr(w.Ports.XVPAdmin),
+			"--shutdown_delay=0", // no load balancer to wait for
 		}, grpcTLS(XVPProxy), xvpTLS, plaintext), xvpReady},
 	}
 	for _, s := range starts {
@@ -356,7 +370,8 @@ func (w *World) pickPorts() error {
 			l.Close()
 		}
 	}()
-	for _, p := range []*int{&w.Ports.Etcd, &w.Ports.ConsoleAuthGRPC, &w.Ports.ConsoleAuthREST, &w.Ports.ComputeAgent, &w.Ports.NoVNC, &w.Ports.XVP} {
+	for _, p := range []*int{&w.Ports.Etcd, &w.Ports.ConsoleAuthGRPC, &w.Ports.ConsoleAuthREST, &w.Ports.ComputeAgent, &w.Ports.NoVNC, &w.Ports.XVP,
+		&w.Ports.ConsoleAuthAdmin, &w.Ports.ComputeAgentAdmin, &w.Ports.NoVNCAdmin, &w.Ports.XVPAdmin} {
 		if *p != 0 {
 			continue
 		}

@@ -831,6 +831,7 @@ func startTLSNoVNC(t *testing.T, w *devstack.World, args ...string) (addr, exite
 		"--consoleauth_address=" + w.Addr(w.Ports.ConsoleAuthGRPC),
 		"--etcd_endpoints=" + w.Etcd.Endpoint,
 		"--cert=" + f.Cert, "--key=" + f.Key,
+		"--admin_listen=", // several run at once: no shared admin port
 	}, append(w.GRPCFlags(devstack.NoVNCProxy), args...)...)...)
 	var logs strings.Builder
 	var mu sync.Mutex

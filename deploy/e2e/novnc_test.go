@@ -27,6 +27,7 @@ import (
 	"github.com/vncgate/vncgate/deploy/devstack/devstacktest"
 	"github.com/vncgate/vncgate/testkit/qemu"
 	"github.com/vncgate/vncgate/testkit/rfb"
+	"github.com/vncgate/vncgate/testkit/testlog"
 	"github.com/vncgate/vncgate/testkit/wsclose"
 )
 
@@ -232,10 +233,8 @@ func TestNoVNCProxy(t *testing.T) {
 
 // browser is the node driver of chromium (browser/console.mjs).
 type browser struct {
-	t      *testing.T
-	stdin  io.WriteCloser
-	out    *bufio.Scanner
-	stderr *strings.Builder
+	t *testing.T
+	*nodeDriver
 }
 
 // browserResult is console.mjs's answer to a job.
@@ -256,6 +255,22 @@ type rectBox struct{ X, Y, Width, Height float64 }
 
 func startBrowser(t *testing.T) *browser {
 	t.Helper()
+	return &browser{t: t, nodeDriver: startNodeDriver(t, "console.mjs")}
+}
+
+// nodeDriver is a browser driver script under browser/ (playwright-core
+// and Chromium): one JSON command a line on stdin, one JSON answer a line
+// on stdout.
+type nodeDriver struct {
+	stdin  io.WriteCloser
+	out    *bufio.Scanner
+	stderr *testlog.Buffer
+}
+
+// startNodeDriver starts script and waits for its {"ready": true}; the
+// driver closes the browser and exits when the test ends.
+func startNodeDriver(t *testing.T, script string) *nodeDriver {
+	t.Helper()
 	node, err := exec.LookPath("node")
 	requireTool(t, err == nil, "node missing")
 	_, err = os.Stat("/usr/bin/chromium")
@@ -263,11 +278,11 @@ func startBrowser(t *testing.T) *browser {
 	_, err = os.Stat("browser/node_modules/playwright-core")
 	requireTool(t, err == nil, "playwright-core missing: run npm ci in deploy/e2e/browser")
 
-	cmd := exec.Command(node, "console.mjs")
+	cmd := exec.Command(node, script)
 	cmd.Dir = "browser"
-	b := &browser{t: t, stderr: &strings.Builder{}}
-	cmd.Stderr = b.stderr
-	if b.stdin, err = cmd.StdinPipe(); err != nil {
+	d := &nodeDriver{stderr: &testlog.Buffer{}}
+	cmd.Stderr = d.stderr
+	if d.stdin, err = cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
 	}
 	stdout, err := cmd.StdoutPipe()
@@ -280,7 +295,7 @@ func startBrowser(t *testing.T) *browser {
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
-		b.stdin.Close() // the driver closes the browser and exits
+		d.stdin.Close() // the driver closes the browser and exits
 		select {
 		case <-exited:
 		case <-time.After(15 * time.Second):
@@ -288,25 +303,25 @@ func startBrowser(t *testing.T) *browser {
 			<-exited
 		}
 	})
-	b.out = bufio.NewScanner(stdout)
-	b.out.Buffer(make([]byte, 1<<20), 1<<20)
+	d.out = bufio.NewScanner(stdout)
+	d.out.Buffer(make([]byte, 1<<20), 1<<20)
 	var ready struct{ Ready bool }
-	if err := b.next(&ready); err != nil || !ready.Ready {
-		t.Fatalf("browser did not start: %v\n%s", err, b.stderr)
+	if err := d.next(&ready); err != nil || !ready.Ready {
+		t.Fatalf("browser did not start: %v\n%s", err, d.stderr)
 	}
-	return b
+	return d
 }
 
 // next reads the driver's next answer, waiting at most a minute.
-func (b *browser) next(v any) error {
+func (d *nodeDriver) next(v any) error {
 	line := make(chan bool, 1)
-	go func() { line <- b.out.Scan() }()
+	go func() { line <- d.out.Scan() }()
 	select {
 	case ok := <-line:
 		if !ok {
-			return fmt.Errorf("driver exited: %v", b.out.Err())
+			return fmt.Errorf("driver exited: %v", d.out.Err())
 		}
-		return json.Unmarshal(b.out.Bytes(), v)
+		return json.Unmarshal(d.out.Bytes(), v)
 	case <-time.After(time.Minute):
 		return errors.New("driver did not answer within a minute")
 	}
@@ -466,6 +481,7 @@ func startNoVNCProxy(t *testing.T, w *devstack.World, args ...string) string {
 		"--novncproxy_host=127.0.0.1", "--novncproxy_port=" + strconv.Itoa(port),
 		"--novncproxy_base_url=http://" + addr + "/vnc_lite.html",
 		"--consoleauth_address=" + w.Addr(w.Ports.ConsoleAuthGRPC),
+		"--admin_listen=", // not the stack's: no default port to share
 	}, append(w.GRPCFlags(devstack.NoVNCProxy), args...)...)...)
 	logs := &strings.Builder{}
 	cmd.Stdout, cmd.Stderr = logs, logs

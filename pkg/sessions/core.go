@@ -75,7 +75,8 @@ type Core struct {
 	log   *slog.Logger
 	table *Table
 
-	draining atomic.Bool // readiness is red: new sessions are refused
+	unready  atomic.Bool // readiness is red: load balancers stop sending clients
+	draining atomic.Bool // new sessions are refused (implies unready)
 	stopping atomic.Bool // live sessions are being ended for shutdown
 
 	mu      sync.Mutex
@@ -294,16 +295,25 @@ func (c *Core) endedBy() proxymetrics.EndReason {
 	return proxymetrics.EndRevoked
 }
 
-// Drain turns readiness red: WriteHealth answers 503 and Admit refuses new
-// sessions. Live sessions go on.
-func (c *Core) Drain() { c.draining.Store(true) }
+// Unready turns readiness red (WriteHealth answers 503 "draining") while
+// Admit still admits: the first phase of a shutdown, in which load
+// balancers notice and clients they sent before noticing are still served.
+func (c *Core) Unready() { c.unready.Store(true) }
 
-// Draining reports whether Drain was called.
-func (c *Core) Draining() bool { return c.draining.Load() }
+// Drain turns readiness red and makes Admit refuse new sessions. Live
+// sessions go on.
+func (c *Core) Drain() {
+	c.unready.Store(true)
+	c.draining.Store(true)
+}
+
+// Draining reports whether readiness is red (Unready or Drain was called).
+func (c *Core) Draining() bool { return c.unready.Load() }
 
 // EndAll ends every live session for shutdown ("proxy shutting down"), and
 // refuses new ones.
 func (c *Core) EndAll() {
+	c.unready.Store(true)
 	c.draining.Store(true)
 	c.stopping.Store(true)
 	c.table.EndAll("proxy shutting down")
@@ -316,7 +326,7 @@ func (c *Core) Len() int { return c.table.Len() }
 func (c *Core) Wait(ctx context.Context) error { return c.table.Wait(ctx) }
 
 // WriteHealth answers a health check (see Table.WriteHealth).
-func (c *Core) WriteHealth(w http.ResponseWriter) { c.table.WriteHealth(w, c.draining.Load()) }
+func (c *Core) WriteHealth(w http.ResponseWriter) { c.table.WriteHealth(w, c.unready.Load()) }
 
 // Session is one admitted console: registered, its VNC server dialled.
 type Session struct {

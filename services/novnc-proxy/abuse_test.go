@@ -94,7 +94,7 @@ func TestListenerSurvivesFDExhaustion(t *testing.T) {
 	child := reexec.Start(t, childEnv, 40,
 		"--novncproxy_host=127.0.0.1", "--novncproxy_port=0", "--cert="+files.Cert, "--key="+files.Key,
 		"--consoleauth_address="+auth.Addr, "--etcd_endpoints=", "--novnc_core_dir="+fakeNoVNC(t),
-		"--handshake_timeout=60", "--drain_timeout=1")
+		"--handshake_timeout=60", "--drain_timeout=1", "--shutdown_delay=0", "--admin_listen=127.0.0.1:0")
 	addr, _ := child.WaitLog(t, "novnc-proxy listening", 30*time.Second)["addr"].(string)
 
 	closeIdle := holdIdle(t, addr, "127.0.0.2", 60)
@@ -145,7 +145,7 @@ func TestConnectionCaps(t *testing.T) {
 		if err := consoleFrom("127.0.0.3", "ws://"+s.addr+"/?token="+tok); err != nil {
 			t.Fatalf("a user on another address beside 2,000 idle connections: %v", err)
 		}
-		resp, err = httpFrom("127.0.0.4").Get("http://" + s.addr + "/metrics")
+		resp, err = http.Get("http://" + s.admin + "/metrics")
 		if err != nil {
 			t.Fatal(err)
 		}

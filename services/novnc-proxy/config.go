@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/admin"
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"github.com/vncgate/vncgate/pkg/logging"
@@ -62,6 +63,10 @@ type Config struct {
 	FailedTokenWindow      time.Duration
 	DrainTimeout           time.Duration
 	ShutdownDelay          time.Duration
+	// AdminListen is [vncgate] admin_listen: /livez, /readyz, /metrics,
+	// /debug/pprof/ (package admin), never on the public port; empty
+	// turns it off.
+	AdminListen string
 
 	// RFB is the RFB security proxy's settings ([vnc] auth_schemes, vencrypt_*).
 	RFB rfbproxy.Options
@@ -107,7 +112,8 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Int(&c.FailedTokenLimit, config.SectionVNCGate, "failed_token_limit", 10, "invalid tokens per client address and token prefix per window before that key's checks are slowed down, never refused (0: no limit)")
 	s.Seconds(&c.FailedTokenWindow, config.SectionVNCGate, "failed_token_window", time.Minute, "window of failed_token_limit")
 	s.Seconds(&c.DrainTimeout, config.SectionVNCGate, "drain_timeout", 30*time.Second, "on shutdown, how long live sessions may go on before they are ended")
-	s.Seconds(&c.ShutdownDelay, config.SectionVNCGate, "shutdown_delay", 0, "on shutdown, how long /healthz answers 503 before the port closes")
+	s.Seconds(&c.ShutdownDelay, config.SectionVNCGate, "shutdown_delay", DefaultShutdownDelay, "on shutdown, how long /healthz answers 503 while the proxy still accepts consoles (long enough for a load balancer to notice), before the port closes")
+	s.String(&c.AdminListen, config.SectionVNCGate, admin.Option, DefaultAdminListen, admin.Help(DefaultAdminListen))
 	c.RFB.Declare(s)
 	c.Log.Declare(s)
 	notes, err := s.Load(args)
@@ -136,6 +142,15 @@ func (c Config) public() tlsconfig.Public {
 	return tlsconfig.Public{Cert: c.Cert, Key: c.Key, MinimumVersion: c.SSLMinimumVersion, Ciphers: c.SSLCiphers}
 }
 
+// DefaultShutdownDelay is shutdown_delay's default: a load balancer
+// checking every 0.5-2 s marks a replica down within it (HAProxy with
+// "inter 500ms fall 2" in about 1 s).
+const DefaultShutdownDelay = 5 * time.Second
+
+// DefaultAdminListen is admin_listen's default: loopback, beside the
+// public port's 6080.
+const DefaultAdminListen = "127.0.0.1:6180"
+
 func (c Config) validate() error {
 	if !c.VNCEnabled {
 		return errors.New("[vnc] enabled is false: there are no VNC consoles to proxy; do not run novnc-proxy, or set enabled = true")
@@ -158,6 +173,9 @@ func (c Config) validate() error {
 	if _, err := grpcclient.ParseEndpoints(tokencheck.Option, c.ConsoleAuthAddress); err != nil {
 		return err
 	}
+	if err := admin.Validate(c.AdminListen); err != nil {
+		return err
+	}
 	if err := c.GRPC.Check(); err != nil {
 		return fmt.Errorf("grpc_key: %w", err)
 	}
@@ -172,8 +190,12 @@ func (c Config) validate() error {
 
 // checkPlaintext refuses plaintext off loopback unless allow_plaintext:
 // the public port without cert, and the consoleauth and etcd links
-// without TLS. It is checked when the proxy starts.
+// without TLS, and admin_listen (pprof, metrics). It is checked when the
+// proxy starts.
 func (c Config) checkPlaintext() error {
+	if err := admin.CheckAddr(c.AdminListen, c.AllowPlaintext); err != nil {
+		return err
+	}
 	if c.Cert == "" {
 		if err := tlsconfig.CheckPlaintext("novncproxy_host", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)), c.AllowPlaintext); err != nil {
 			return err

@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/admin"
 	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/edge"
 	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/failban"
+	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/revocation"
 	"github.com/vncgate/vncgate/pkg/sessions"
@@ -29,11 +31,20 @@ import (
 // endGrace is how long ended sessions get for their close handshakes.
 const endGrace = 10 * time.Second
 
-// run serves until ctx ends, then shuts down in two phases: readiness goes
-// red and the port closes; live sessions get cfg.DrainTimeout to end, then
-// are closed with 1001 "proxy shutting down". listening, if not nil, is told
-// the bound address once the port is open.
+// run serves until ctx ends, then shuts down in three phases: readiness
+// goes red while the port still accepts and serves consoles for
+// cfg.ShutdownDelay (a load balancer notices and sends new users
+// elsewhere); then the port closes and live sessions get cfg.DrainTimeout
+// to end; then they are closed with 1012 "service restart", on which the
+// console page reconnects through the load balancer with the same token.
+// listening, if not nil, is told the bound address once the port is open.
 func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.Addr)) error {
+	return runAdmin(ctx, cfg, log, listening, nil)
+}
+
+// runAdmin is run telling adminListening, if not nil, the admin listener's
+// address (nil when admin_listen is empty) before the public port opens.
+func runAdmin(ctx context.Context, cfg Config, log *slog.Logger, listening, adminListening func(net.Addr)) error {
 	if err := cfg.checkPlaintext(); err != nil {
 		return err
 	}
@@ -97,7 +108,6 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 		Trust:            trust,
 		Web:              pages,
 		Log:              log,
-		MetricsHandler:   proxymetrics.Handler(metrics),
 		Caps:             caps,
 		HandshakeTimeout: cfg.HandshakeTimeout,
 		PingInterval:     cfg.PingInterval,
@@ -106,15 +116,35 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
+	var watch *revocation.Status // nil: no revocation watch
 	if len(cfg.EtcdEndpoints) > 0 {
+		watch = new(revocation.Status)
 		cli, err := etcdclient.New(cfg.EtcdEndpoints, cfg.Etcd)
 		if err != nil {
 			return err
 		}
 		defer cli.Close()
-		go revocation.Watch(watchCtx, cli, log, core.Revoke)
+		watched := make(chan struct{})
+		go func() { defer close(watched); revocation.WatchStatus(watchCtx, cli, log, core.Revoke, watch) }()
+		// Stop the watch before cli.Close, or it logs a lost watch on exit.
+		defer func() { stopWatch(); <-watched }()
 	} else {
 		log.Warn("etcd_endpoints is empty: revocations will not end live sessions")
+	}
+
+	// /metrics and pprof: on the admin listener only, never the public port.
+	al, err := admin.Listen(cfg.AdminListen, cfg.AllowPlaintext)
+	if err != nil {
+		return err
+	}
+	adminSrv := admin.Serve(al, admin.Options{
+		Metrics: metrics,
+		Ready:   admin.ProxyReadiness(core.Draining, func() bool { return grpcclient.Ready(conn) }, watchHealthy(watch)),
+		Log:     log,
+	})
+	defer adminSrv.Stop() // last: /readyz answers 503 while sessions drain
+	if adminListening != nil {
+		adminListening(adminSrv.Addr())
 	}
 
 	ln, scheme, err := listen(cfg, publicTLS, edge.Options{Caps: caps, Trusted: trust.Trust, Metrics: counted, Log: log})
@@ -138,12 +168,16 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 	case <-ctx.Done():
 	}
 
-	// Phase 1: readiness red, stop accepting, let sessions finish.
-	px.Drain()
-	log.Info("shutting down: draining", "sessions", core.Len(), "drain_timeout", cfg.DrainTimeout)
+	// Phase 1: readiness red, still serving: closing the port now would
+	// refuse the users a load balancer sends before its next check.
+	core.Unready()
+	log.Info("shutting down: readiness red, still accepting", "shutdown_delay", cfg.ShutdownDelay.String(), "sessions", core.Len())
 	if cfg.ShutdownDelay > 0 {
 		time.Sleep(cfg.ShutdownDelay)
 	}
+	// Phase 2: stop accepting, let live sessions go on.
+	px.Drain()
+	log.Info("shutting down: stopped accepting, draining", "sessions", core.Len(), "drain_timeout", cfg.DrainTimeout.String())
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 	defer cancel()
 	if err := srv.Shutdown(drainCtx); err != nil {
@@ -153,7 +187,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(net.A
 		log.Info("shut down: all sessions ended")
 		return nil
 	}
-	// Phase 2: end what is left.
+	// Phase 3: end what is left with 1012; the page reconnects elsewhere.
 	log.Info("shutting down: ending sessions", "sessions", core.Len())
 	px.EndSessions()
 	graceCtx, cancelGrace := context.WithTimeout(context.Background(), endGrace)
@@ -176,6 +210,15 @@ func consoleAuthReadiness(next http.Handler, core *sessions.Core, conn *grpc.Cli
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// watchHealthy is the revocation watch's readiness check, nil without a
+// watch.
+func watchHealthy(watch *revocation.Status) func() bool {
+	if watch == nil {
+		return nil
+	}
+	return watch.Healthy
 }
 
 // webHandler serves the console page, or cfg.Web; it also says which

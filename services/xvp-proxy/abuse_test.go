@@ -95,7 +95,7 @@ func TestListenerSurvivesFDExhaustion(t *testing.T) {
 	auth.Add("tok", "xvpvnc", "inst-a", loopback.Echo(t), "")
 	child := reexec.Start(t, childEnv, 32,
 		"-xvpvncproxy_host=127.0.0.1", "-xvpvncproxy_port=0", "-consoleauth_address="+auth.Addr,
-		"-etcd_endpoints=", "-handshake_timeout=60", "-drain_timeout=1")
+		"-etcd_endpoints=", "-handshake_timeout=60", "-drain_timeout=1", "-shutdown_delay=0", "-admin_listen=127.0.0.1:0")
 	addr, _ := child.WaitLog(t, "listening", 30*time.Second)["addr"].(string)
 
 	closeIdle := holdIdle(t, addr, "127.0.0.2", 60)
@@ -135,7 +135,7 @@ func TestConnectionCaps(t *testing.T) {
 	t.Run("2,000 idle connections from one address do not stop another", func(t *testing.T) {
 		cfg := testConfig(t, auth.Addr)
 		cfg.HandshakeTimeout = 60 * time.Second
-		cfg.MetricsListen = "127.0.0.1:0"
+		cfg.AdminListen = "127.0.0.1:0"
 		addr, metrics := startRunAddrs(t, cfg, slog.New(slog.DiscardHandler))
 		holdIdle(t, addr, "127.0.0.2", 100)
 		if got := answer(t, writeTo(t, dialFrom(t, "127.0.0.2", addr), connectTok)); !strings.Contains(got, "HTTP/1.1 503 Service Unavailable") ||
@@ -225,7 +225,7 @@ func TestBehindHAProxy(t *testing.T) {
 			cfg := testConfig(t, auth.Addr)
 			cfg.TrustedProxies = []string{"127.0.0.1"}
 			cfg.MaxConnectionsPerClient = 2
-			cfg.MetricsListen = "127.0.0.1:0"
+			cfg.AdminListen = "127.0.0.1:0"
 			if withTLS {
 				cfg.Cert, cfg.Key = files.Cert, files.Key
 			}

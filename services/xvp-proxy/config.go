@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/admin"
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/edge"
 	"github.com/vncgate/vncgate/pkg/grpcclient"
@@ -46,9 +47,11 @@ type Config struct {
 	EtcdEndpoints []string        // empty turns revocation watching off
 	Etcd          tlsconfig.Files // TLS to etcd
 
-	// MetricsListen is the host:port of the HTTP listener for /metrics and
-	// /healthz; empty turns it off.
-	MetricsListen string
+	// AdminListen ([vncgate] admin_listen) is the host:port of the admin
+	// listener (package admin: /livez, /readyz, /metrics, /debug/pprof/,
+	// and /healthz, the load balancers' probe, as the XVP port is raw TCP);
+	// empty turns it off.
+	AdminListen string
 
 	HandshakeTimeout time.Duration
 	IdleTimeout      time.Duration
@@ -57,6 +60,9 @@ type Config struct {
 	// connections, in Go's terms: negative is off (tcp_keepalive = 0).
 	TCPKeepAlive time.Duration
 	DrainTimeout time.Duration
+	// ShutdownDelay is how long the proxy still accepts clients after
+	// SIGTERM while /healthz answers 503, so a load balancer notices first.
+	ShutdownDelay time.Duration
 
 	FailedTokenLimit       int
 	FailedTokenWindow      time.Duration
@@ -87,16 +93,17 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Int(&c.MaxConnections, config.SectionVNCGate, "max_connections", DefaultMaxConnections, "open connections allowed on the listener; past it new ones get 503 (0: no cap)")
 	s.Int(&c.MaxConnectionsPerClient, config.SectionVNCGate, "max_connections_per_client", DefaultMaxConnectionsPerClient, "open connections allowed per client address (an IPv6 client is its /64; behind trusted_proxies, the PROXY header's); past it new ones get 503 (0: no cap)")
 	s.String(&c.ConsoleAuthAddress, config.SectionVNCGate, "consoleauth_address", "127.0.0.1:6090",
-		"consoleauth gRPC address: "+tokencheck.AddressHelp+"; metrics_listen's /healthz answers 503 while none can answer")
+		"consoleauth gRPC address: "+tokencheck.AddressHelp+"; admin_listen's /healthz and /readyz answer 503 while none can answer")
 	s.TLS(&c.GRPC, config.SectionVNCGate, "grpc", "the client of consoleauth")
 	s.List(&c.EtcdEndpoints, config.SectionVNCGate, "etcd_endpoints", []string{DefaultEtcdEndpoint}, "etcd endpoints for revocation watching; empty turns it off (warned at start)")
 	s.TLS(&c.Etcd, config.SectionVNCGate, "etcd", "the etcd client")
-	s.String(&c.MetricsListen, config.SectionVNCGate, "metrics_listen", "", "host:port of a plain HTTP listener serving /metrics (Prometheus) and /healthz, e.g. 127.0.0.1:9181; empty turns it off")
+	s.String(&c.AdminListen, config.SectionVNCGate, admin.Option, DefaultAdminListen, admin.Help(DefaultAdminListen)+"; also serves /healthz for load balancers")
 	s.Seconds(&c.HandshakeTimeout, config.SectionVNCGate, "handshake_timeout", 10*time.Second, "time from accept to the 200 answer: request head, token check, VNC dial")
 	s.Seconds(&c.IdleTimeout, config.SectionVNCGate, "idle_timeout", 0, "end a session after this long without a byte either way (0: never)")
 	s.Seconds(&c.MaxSessionLength, config.SectionVNCGate, "max_session_length", 0, "end a session after this long (0: never)")
 	s.Seconds(&keepAlive, config.SectionVNCGate, "tcp_keepalive", 30*time.Second, "TCP keep-alive period on client and VNC connections (0: off)")
 	s.Seconds(&c.DrainTimeout, config.SectionVNCGate, "drain_timeout", 30*time.Second, "on shutdown, how long live sessions may continue before they are closed")
+	s.Seconds(&c.ShutdownDelay, config.SectionVNCGate, "shutdown_delay", DefaultShutdownDelay, "on shutdown, how long /healthz answers 503 while the proxy still accepts clients (long enough for a load balancer to notice), before the port closes")
 	s.Int(&c.FailedTokenLimit, config.SectionVNCGate, "failed_token_limit", 10, "invalid tokens per client address and token prefix within failed_token_window before that key's checks are slowed down, never refused (0: no limit)")
 	s.Seconds(&c.FailedTokenWindow, config.SectionVNCGate, "failed_token_window", time.Minute, "window of failed_token_limit")
 	s.Int(&c.MaxSessionsPerInstance, config.SectionVNCGate, "max_sessions_per_instance", 0, "live sessions allowed per instance (0: no limit)")
@@ -119,7 +126,12 @@ const (
 	DefaultMaxConnections          = 16384
 	DefaultMaxConnectionsPerClient = 100
 	DefaultEtcdEndpoint            = "127.0.0.1:2379"
+	DefaultAdminListen             = "127.0.0.1:6181"
 )
+
+// DefaultShutdownDelay is shutdown_delay's default, as novnc-proxy's: a
+// load balancer checking every 0.5-2 s marks a replica down within it.
+const DefaultShutdownDelay = 5 * time.Second
 
 // public is the TLS of the listener.
 func (c Config) public() tlsconfig.Public {
@@ -134,8 +146,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("xvpvncproxy_port %d: want 0 to 65535", c.Port)
 	case c.HandshakeTimeout <= 0:
 		return fmt.Errorf("handshake_timeout %v: want > 0", c.HandshakeTimeout)
-	case c.IdleTimeout < 0 || c.MaxSessionLength < 0 || c.DrainTimeout < 0:
-		return fmt.Errorf("idle_timeout, max_session_length and drain_timeout: want >= 0")
+	case c.IdleTimeout < 0 || c.MaxSessionLength < 0 || c.DrainTimeout < 0 || c.ShutdownDelay < 0:
+		return fmt.Errorf("idle_timeout, max_session_length, drain_timeout and shutdown_delay: want >= 0")
 	case c.FailedTokenLimit < 0 || c.MaxSessionsPerInstance < 0:
 		return fmt.Errorf("failed_token_limit and max_sessions_per_instance: want >= 0")
 	case c.FailedTokenLimit > 0 && c.FailedTokenWindow <= 0:
@@ -149,10 +161,8 @@ func (c Config) validate() error {
 	if _, err := edge.ParseTrust(c.TrustedProxies); err != nil {
 		return err
 	}
-	if c.MetricsListen != "" {
-		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
-			return fmt.Errorf("metrics_listen %q: want host:port", c.MetricsListen)
-		}
+	if err := admin.Validate(c.AdminListen); err != nil {
+		return err
 	}
 	if err := c.GRPC.Check(); err != nil {
 		return fmt.Errorf("grpc_key: %w", err)
@@ -169,9 +179,12 @@ func (c Config) validate() error {
 
 // checkPlaintext refuses plaintext off loopback unless allow_plaintext:
 // the listener without cert, and the consoleauth and etcd links without
-// TLS. (metrics_listen carries no token nor credential.) It is checked
-// when the proxy starts.
+// TLS, and admin_listen (pprof, metrics). It is checked when the proxy
+// starts.
 func (c Config) checkPlaintext() error {
+	if err := admin.CheckAddr(c.AdminListen, c.AllowPlaintext); err != nil {
+		return err
+	}
 	if c.Cert == "" {
 		if err := tlsconfig.CheckPlaintext("xvpvncproxy_host", net.JoinHostPort(c.Host, strconv.Itoa(c.Port)), c.AllowPlaintext); err != nil {
 			return err

@@ -138,7 +138,7 @@ func TestConsoleAuthFailover(t *testing.T) {
 
 	cfg := testConfig(t, a.Addr+", localhost:"+bPort)
 	cfg.GRPC = proxyFiles
-	cfg.MetricsListen = "127.0.0.1:0"
+	cfg.AdminListen = "127.0.0.1:0"
 	logs := &testlog.Buffer{}
 	addr, metrics := startRunAddrs(t, cfg, slog.New(slog.NewTextHandler(logs, nil)))
 	waitHealth(t, metrics, http.StatusOK, "ok")
@@ -179,7 +179,7 @@ func TestConsoleAuthNotServing(t *testing.T) {
 	a, b := auth.StartReplica(t, replicaTLS), auth.StartReplica(t, replicaTLS)
 	cfg := testConfig(t, a.Addr+","+b.Addr)
 	cfg.GRPC = proxyFiles
-	cfg.MetricsListen = "127.0.0.1:0"
+	cfg.AdminListen = "127.0.0.1:0"
 	addr, metrics := startRunAddrs(t, cfg, slog.New(slog.DiscardHandler))
 	waitHealth(t, metrics, http.StatusOK, "ok")
 

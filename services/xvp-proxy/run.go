@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,13 +9,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/vncgate/vncgate/pkg/admin"
 	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/edge"
 	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/failban"
+	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/revocation"
 	"github.com/vncgate/vncgate/pkg/sessions"
@@ -25,10 +24,13 @@ import (
 	"google.golang.org/grpc"
 )
 
-// run serves until ctx ends, then drains and returns. ready, if not nil, is
+// run serves until ctx ends, then drains and returns: readiness goes red
+// at once while clients are still accepted for cfg.ShutdownDelay (a load
+// balancer notices first), then the port closes and live sessions get
+// cfg.DrainTimeout before they are closed. ready, if not nil, is
 // called once clients can connect, with the client listener's address and
-// the metrics listener's (nil when metrics_listen is empty).
-func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, metrics net.Addr)) error {
+// the admin listener's (nil when admin_listen is empty).
+func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, admin net.Addr)) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
@@ -90,31 +92,34 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 		Caps:             caps,
 	})
 
+	var watch *revocation.Status // nil: no revocation watch
 	if len(cfg.EtcdEndpoints) > 0 {
+		watch = new(revocation.Status)
 		cli, err := etcdclient.New(cfg.EtcdEndpoints, cfg.Etcd)
 		if err != nil {
 			return err
 		}
 		defer cli.Close()
-		watchCtx, stopWatching := context.WithCancel(ctx)
+		// Not ended by ctx: sessions draining after SIGTERM stay revocable.
+		watchCtx, stopWatching := context.WithCancel(context.WithoutCancel(ctx))
 		var watcher sync.WaitGroup
-		watcher.Go(func() { revocation.Watch(watchCtx, cli, log, core.Revoke) })
+		watcher.Go(func() { revocation.WatchStatus(watchCtx, cli, log, core.Revoke, watch) })
 		defer func() { stopWatching(); watcher.Wait() }() // before cli.Close
 	} else {
 		log.Warn("etcd_endpoints is empty: revocations will not end live sessions")
 	}
 
-	var metricsAddr net.Addr
-	if cfg.MetricsListen != "" {
-		ml, err := net.Listen("tcp", cfg.MetricsListen)
-		if err != nil {
-			return fmt.Errorf("metrics_listen: %w", err)
-		}
-		metricsAddr = ml.Addr()
-		stop := serveMetrics(ml, metrics, consoleAuthReadiness(srv.ServeHealth, core, caConn), log)
-		defer stop() // after Serve: /healthz answers 503 while sessions drain
-		log.Info("metrics listening", "addr", metricsAddr.String())
+	al, err := admin.Listen(cfg.AdminListen, cfg.AllowPlaintext)
+	if err != nil {
+		return err
 	}
+	adminSrv := admin.Serve(al, admin.Options{
+		Metrics: metrics,
+		Ready:   admin.ProxyReadiness(core.Draining, func() bool { return grpcclient.Ready(caConn) }, watchHealthy(watch)),
+		Routes:  map[string]http.Handler{"GET /healthz": consoleAuthReadiness(srv.ServeHealth, core, caConn)},
+		Log:     log,
+	})
+	defer adminSrv.Stop() // after Serve: /healthz and /readyz answer 503 while sessions drain
 
 	l, err := listen(ctx, cfg, edge.Options{Caps: caps, Trusted: trusted, Refuse: srv.RefuseOverCap, Metrics: counted, Log: log})
 	if err != nil {
@@ -123,11 +128,25 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 	log.Info("listening", "addr", l.Addr().String(), "tls", cfg.Cert != "", "consoleauth", cfg.ConsoleAuthAddress,
 		"trusted_proxies", cfg.TrustedProxies, "max_connections", cfg.MaxConnections, "max_connections_per_client", cfg.MaxConnectionsPerClient)
 	if ready != nil {
-		ready(l.Addr(), metricsAddr)
+		ready(l.Addr(), adminSrv.Addr())
 	}
-	err = srv.Serve(ctx, l)
+	err = srv.Serve(delayed(ctx, cfg.ShutdownDelay, func() {
+		core.Unready()
+		log.Info("shutting down: readiness red, still accepting", "shutdown_delay", cfg.ShutdownDelay.String(), "sessions", core.Len())
+	}), l)
 	log.Info("stopped")
 	return err
+}
+
+// delayed returns a context that ends d after ctx ends; onEnd runs when
+// ctx ends. Serve stops accepting when the returned context ends.
+func delayed(ctx context.Context, d time.Duration, onEnd func()) context.Context {
+	later, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	context.AfterFunc(ctx, func() {
+		onEnd()
+		time.AfterFunc(d, cancel)
+	})
+	return later
 }
 
 // consoleAuthReadiness makes health answer 503 "consoleauth unreachable"
@@ -142,32 +161,13 @@ func consoleAuthReadiness(health http.HandlerFunc, core *sessions.Core, conn *gr
 	}
 }
 
-// serveMetrics serves GET /metrics (reg) and GET /healthz (health) over
-// plain HTTP on l until the returned stop is called.
-func serveMetrics(l net.Listener, reg *prometheus.Registry, health http.HandlerFunc, log *slog.Logger) (stop func()) {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", proxymetrics.Handler(reg))
-	mux.HandleFunc("GET /healthz", health)
-	hs := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+// watchHealthy is the revocation watch's readiness check, nil without a
+// watch.
+func watchHealthy(watch *revocation.Status) func() bool {
+	if watch == nil {
+		return nil
 	}
-	served := make(chan error, 1)
-	go func() { served <- hs.Serve(l) }()
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := hs.Shutdown(ctx); err != nil {
-			hs.Close()
-		}
-		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-			log.Warn("metrics listener failed", "error", err)
-		}
-	}
+	return watch.Healthy
 }
 
 // listen opens the client listener: raw TCP (the proxy reads a PROXY

@@ -32,7 +32,7 @@ import (
 // testConfig is the default configuration on loopback, port 0.
 func testConfig(t *testing.T, authAddr string) Config {
 	t.Helper()
-	cfg, _, err := loadConfig([]string{"-xvpvncproxy_host=127.0.0.1", "-xvpvncproxy_port=0", "-consoleauth_address=" + authAddr, "-drain_timeout=1s", "-etcd_endpoints="})
+	cfg, _, err := loadConfig([]string{"-xvpvncproxy_host=127.0.0.1", "-xvpvncproxy_port=0", "-consoleauth_address=" + authAddr, "-drain_timeout=1s", "-shutdown_delay=0", "-etcd_endpoints=", "-admin_listen="})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,6 +205,7 @@ func defaults() Config {
 		Host: "0.0.0.0", Port: 6081, VNCEnabled: true, SSLMinimumVersion: "default", ConsoleAuthAddress: "127.0.0.1:6090",
 		MaxConnections: 16384, MaxConnectionsPerClient: 100, EtcdEndpoints: []string{"127.0.0.1:2379"},
 		HandshakeTimeout: 10 * time.Second, TCPKeepAlive: 30 * time.Second, DrainTimeout: 30 * time.Second,
+		ShutdownDelay: 5 * time.Second, AdminListen: "127.0.0.1:6181",
 		FailedTokenLimit: 10, FailedTokenWindow: time.Minute,
 		RFB: rfbproxy.Options{VerifyHostname: true},
 		Log: logging.Options{Level: slog.LevelInfo, Format: "json"},
@@ -249,10 +250,10 @@ func TestOptions(t *testing.T) {
 		{Name: "[vncgate] tcp_keepalive = 0 turns it off", File: "[vncgate]\ntcp_keepalive = 0\n",
 			Want: func(c *Config) { c.TCPKeepAlive = -1 }},
 		{Name: "[vncgate] the rest", File: "[vncgate]\nconsoleauth_address = ca:6090\ngrpc_cert = g.pem\ngrpc_key = gk.pem\ngrpc_ca = ca.pem\n" +
-			"etcd_endpoints = a:2379,b:2379\netcd_cert = e.pem\nmetrics_listen = 127.0.0.1:9181\nfailed_token_limit = 3\nmax_sessions_per_instance = 2\nlog_level = debug\n",
+			"etcd_endpoints = a:2379,b:2379\netcd_cert = e.pem\nadmin_listen = 127.0.0.1:9181\nfailed_token_limit = 3\nmax_sessions_per_instance = 2\nlog_level = debug\n",
 			Want: func(c *Config) {
 				c.ConsoleAuthAddress, c.GRPC = "ca:6090", tlsconfig.Files{Cert: "g.pem", Key: "gk.pem", CA: "ca.pem"}
-				c.EtcdEndpoints, c.Etcd, c.MetricsListen = []string{"a:2379", "b:2379"}, tlsconfig.Files{Cert: "e.pem"}, "127.0.0.1:9181"
+				c.EtcdEndpoints, c.Etcd, c.AdminListen = []string{"a:2379", "b:2379"}, tlsconfig.Files{Cert: "e.pem"}, "127.0.0.1:9181"
 				c.FailedTokenLimit, c.MaxSessionsPerInstance, c.Log.Level = 3, 2, slog.LevelDebug
 			}},
 		{Name: "environment and flags over files", File: "[vnc]\nxvpvncproxy_port = 7000\n[vncgate]\nidle_timeout = 60\n",
@@ -266,7 +267,8 @@ func TestOptions(t *testing.T) {
 		{Name: "negative duration", Args: []string{"-tcp_keepalive=-1"}, Err: "tcp_keepalive"},
 		{Name: "bad port", Args: []string{"-xvpvncproxy_port=70000"}, Err: "xvpvncproxy_port"},
 		{Name: "limit without window", Args: []string{"-failed_token_window=0"}, Err: "failed_token_window"},
-		{Name: "metrics address without port", Args: []string{"-metrics_listen=127.0.0.1"}, Err: "metrics_listen"},
+		{Name: "admin address without port", Args: []string{"-admin_listen=127.0.0.1"}, Err: "admin_listen"},
+		{Name: "metrics_listen is gone", Args: []string{"-metrics_listen=127.0.0.1:9181"}, Err: "flag provided but not defined"},
 	}, defaults, func(args []string) (Config, error) {
 		c, _, err := loadConfig(args)
 		return c, err
@@ -289,6 +291,7 @@ ssl_minimum_version = tlsv1_3
 consoleauth_address = %s
 idle_timeout = 300
 drain_timeout = 1
+shutdown_delay = 0
 `
 
 // TestNovaConf starts xvp-proxy from Debian's nova.conf (Nova's own
@@ -308,7 +311,7 @@ func TestNovaConf(t *testing.T) {
 	}
 	want := defaults()
 	want.Cert, want.Host, want.Port, want.SSLMinimumVersion = combined, "127.0.0.1", 0, "tlsv1_3"
-	want.ConsoleAuthAddress, want.IdleTimeout, want.DrainTimeout = auth.Addr, 5*time.Minute, time.Second
+	want.ConsoleAuthAddress, want.IdleTimeout, want.DrainTimeout, want.ShutdownDelay = auth.Addr, 5*time.Minute, time.Second, 0
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("config:\ngot  %+v\nwant %+v", cfg, want)
 	}
@@ -327,6 +330,7 @@ func TestNovaConf(t *testing.T) {
 		t.Fatalf("Nova's sample nova.conf alone: got %v, want a refusal of plaintext on 0.0.0.0", err)
 	}
 
+	cfg.AdminListen = "127.0.0.1:0"
 	addr := startRun(t, cfg, slog.New(slog.DiscardHandler))
 	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool})
 	if err != nil {
@@ -339,14 +343,14 @@ func TestNovaConf(t *testing.T) {
 	echoOver(t, c, openSession(t, c, "tok"), "RFB over TLS from nova.conf")
 }
 
-// TestMetricsListener runs the service with metrics_listen: /metrics counts
+// TestMetricsListener runs the service with admin_listen: /metrics counts
 // a relayed session, /healthz says ok, then 503 while the session drains,
 // and the listener closes when run returns.
 func TestMetricsListener(t *testing.T) {
 	auth := fakeconsoleauth.Start(t)
 	auth.Add("tok", "xvpvnc", "inst-a", loopback.Echo(t), "")
 	cfg := testConfig(t, auth.Addr)
-	cfg.MetricsListen = "127.0.0.1:0"
+	cfg.AdminListen = "127.0.0.1:0"
 	cfg.DrainTimeout = 10 * time.Second
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -161,6 +161,22 @@ func (c *Child) Stop(t testing.TB, timeout time.Duration) error {
 	}
 }
 
+// Signal sends sig to the child and returns at once (Stop waits).
+func (c *Child) Signal(sig os.Signal) error { return c.cmd.Process.Signal(sig) }
+
+// Wait waits (at most timeout, a bound for a hang) for the child to exit
+// and returns its exit error.
+func (c *Child) Wait(t testing.TB, timeout time.Duration) error {
+	t.Helper()
+	select {
+	case <-c.done:
+		return c.err
+	case <-time.After(timeout):
+		t.Fatalf("child still running after %s", timeout)
+		return nil
+	}
+}
+
 // fields parses a JSON log line; other lines have none.
 func fields(line string) map[string]any {
 	var f map[string]any

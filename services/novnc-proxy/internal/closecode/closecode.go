@@ -7,8 +7,10 @@
 // plus the HTTP status it resembles, so "4401" reads as "401 after the
 // upgrade" (4406, wrong console type, because 4403 is the origin's; 4520 and
 // 4525 borrow the 5xx codes proxies use for an origin that answers nonsense
-// and for a failed TLS handshake with it). 1001 and 1003 are the standard
-// codes for "going away" and "unsupported data".
+// and for a failed TLS handshake with it). 1003 and 1012 are the standard
+// codes for "unsupported data" and "service restart" (IANA's registry):
+// on 1012 the console page reconnects by itself with the same token, which
+// a load balancer sends to another replica.
 package closecode
 
 import (
@@ -24,10 +26,11 @@ type Code int
 const (
 	// Normal: the VNC server or the user ended the session.
 	Normal Code = 1000
-	// ShuttingDown: the proxy is shutting down after its drain deadline.
-	ShuttingDown Code = 1001
 	// TextFrame: the client sent a text frame; the proxy relays binary only.
 	TextFrame Code = 1003
+	// ShuttingDown: the proxy is restarting: its drain deadline passed, or
+	// it stopped taking new consoles. The page reconnects on it.
+	ShuttingDown Code = 1012
 	// TokenInvalid: the token is unknown, expired, revoked or missing.
 	TokenInvalid Code = 4401
 	// OriginRefused: the page that opened the WebSocket is not one of ours.
@@ -74,8 +77,8 @@ type Entry struct {
 // table is the single source of truth; keep it sorted by code.
 var table = []Entry{
 	{Normal, "closed", "The console session ended."},
-	{ShuttingDown, "proxy_shutting_down", "The console proxy is restarting. Reconnect in a moment."},
 	{TextFrame, "text_frame", "The console client sent data this proxy does not accept (text instead of binary frames)."},
+	{ShuttingDown, "service_restart", "The console proxy is restarting. Reconnect in a moment."},
 	{TokenInvalid, "token_invalid", "This console link is invalid or has expired. Request a new console from the dashboard or API."},
 	{OriginRefused, "origin_refused", "This console was opened from a web site the console proxy does not trust (origin refused)."},
 	{WrongType, "wrong_console_type", "This console link was made for another kind of console client, not the browser console."},

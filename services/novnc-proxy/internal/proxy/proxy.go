@@ -113,10 +113,10 @@ func New(opts Options) *Server {
 }
 
 // Drain turns readiness red: /healthz answers 503 and new upgrades are
-// closed with 1001. Live sessions go on.
+// closed with 1012 (the page retries elsewhere). Live sessions go on.
 func (s *Server) Drain() { s.core.Drain() }
 
-// EndSessions ends every live session with 1001 "proxy shutting down".
+// EndSessions ends every live session with 1012 "proxy shutting down".
 func (s *Server) EndSessions() { s.core.EndAll() }
 
 // ServeHTTP routes a request.

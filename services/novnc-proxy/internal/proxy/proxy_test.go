@@ -650,8 +650,8 @@ func TestDrain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ce := wsclose.Read(t, c); ce.Code != websocket.StatusGoingAway {
-		t.Errorf("new console while draining: got close %d %q, want 1001", ce.Code, ce.Reason)
+	if ce := wsclose.Read(t, c); ce.Code != websocket.StatusServiceRestart {
+		t.Errorf("new console while draining: got close %d %q, want 1012", ce.Code, ce.Reason)
 	}
 	if err := rfb.RequestUpdate(nc, si, false); err != nil {
 		t.Fatal(err)

@@ -90,7 +90,26 @@ let rfb = null;
 let lastClose = null;
 let desktopName = "";
 
+// A proxy that restarts (a drain's deadline, a rolling upgrade) closes with
+// 1012; the page then reconnects by itself with the same URL, which a load
+// balancer sends to another replica. The token is still valid (tokens are
+// multi-use within their TTL; a single-use one fails as usual). Waits
+// before each try, 5 tries over about 10 s; during them a refused or lost
+// connection (1006) is retried too, since the old replica may still be in
+// the load balancer's rotation.
+const restartCode = 1012;
+const retryDelays = [200, 800, 1500, 2500, 5000];
+let retries = 0;
+let retryTimer = 0;
+
+function retryable(c) {
+    if (!c) return retries > 0;
+    return c.code === restartCode || (retries > 0 && c.code === 1006);
+}
+
 function connect() {
+    clearTimeout(retryTimer);
+    retryTimer = 0;
     const token = tokenFromURL();
     showMessage("");
     if (!token) {
@@ -99,7 +118,8 @@ function connect() {
         showMessage("This page was opened without a console token. " + closeMessages[4401]);
         return;
     }
-    setState("connecting", "Connecting…");
+    if (retries > 0) setState("reconnecting", "Reconnecting…");
+    else setState("connecting", "Connecting…");
     delete document.body.dataset.closeCode;
     lastClose = null;
 
@@ -120,6 +140,7 @@ function connect() {
     rfb.addEventListener("connect", () => {
         // Counts connections (tests wait on it after Reconnect).
         document.body.dataset.connects = String(Number(document.body.dataset.connects || 0) + 1);
+        retries = 0;
         setState("connected", desktopName ? "Connected to " + desktopName : "Connected");
         rfb.focus();
     });
@@ -133,6 +154,13 @@ function connect() {
         const explainClose = () => {
             const c = lastClose;
             if (c) document.body.dataset.closeCode = String(c.code);
+            if (retryable(c) && retries < retryDelays.length) {
+                document.body.dataset.reconnects = String(Number(document.body.dataset.reconnects || 0) + 1);
+                setState("reconnecting", "Reconnecting…");
+                retryTimer = setTimeout(connect, retryDelays[retries++]);
+                return;
+            }
+            retries = 0;
             setState("disconnected", "Disconnected");
             showMessage(explain(c));
         };
@@ -169,6 +197,7 @@ $("paste-send").addEventListener("click", () => {
     if (rfb && !viewOnly) { rfb.clipboardPasteFrom($("clipboard").value); rfb.focus(); }
 });
 $("reconnect").addEventListener("click", () => {
+    retries = 0;
     if (rfb) {
         const old = rfb;
         rfb = null;
