@@ -18,6 +18,8 @@ const (
 	targetSetupP99      = 5 * time.Millisecond // novnc-proxy session setup p99
 	targetIdleKiB       = 64                   // resident memory per idle session
 	targetURLsPerSecond = 2000                 // GetConsoleURL against one embedded etcd
+	targetSetupVsBase   = 3.0                  // session setup p99 / plain relay's (issue 11)
+	targetCheckVsGet    = 2.0                  // CheckToken p50 / one etcd Get p50 (issue 11)
 	wantFileLimit       = 1 << 18              // open files for this process and the services
 )
 
@@ -34,7 +36,9 @@ func BenchmarkConsoleStack(b *testing.B) {
 	b.Run("setup-vencrypt", func(b *testing.B) { rep.vencryptSetup = benchVeNCryptSetup(b) })
 	b.Run("authz", func(b *testing.B) { rep.authz = benchAuthz(b) })
 	b.Run("mint", func(b *testing.B) { rep.mint = benchMint(b) })
+	b.Run("mint-3-members", func(b *testing.B) { rep.mintCluster = benchMintCluster(b) })
 	b.Run("idle-memory", func(b *testing.B) { rep.memory = benchIdleMemory(b, limit) })
+	b.Run("storm", func(b *testing.B) { rep.storm = benchStorm(b, limit) })
 	rep.elapsed = time.Since(rep.started)
 	rep.loadAfter = loadAverage()
 	rep.print(os.Stdout)
@@ -54,6 +58,8 @@ type report struct {
 	vencryptSetup         *setupResult // vencrypt_test.go
 	authz                 *authzResult // authz_test.go
 	mint                  *mintResult
+	mintCluster           *mintResult  // cluster_test.go: on a 3-member etcd
+	storm                 *stormResult // storm_test.go
 	memory                *memoryResult
 }
 
@@ -149,6 +155,7 @@ func (r *report) print(out io.Writer) {
 		p("   CheckToken, dial, 200, first byte. Baseline: TCP connect, dial, first byte. Steps, timed alone from this process:\n")
 		p("   CheckToken is what both proxies ask consoleauth (etcd reads of the token and the instance's location, then the\n")
 		p("   compute agent's ValidateConsolePort over gRPC); the etcd Get is one linearizable read of the token record.\n")
+		r.printSetupTargets(p)
 	}
 	r.printVeNCryptSetup(p, table) // vencrypt_test.go
 	if r.authz == nil {
@@ -157,29 +164,22 @@ func (r *report) print(out io.Writer) {
 		r.printAuthz(p, table) // authz_test.go
 	}
 
-	p("\n3. GetConsoleURL rate against the single embedded etcd: %d concurrent clients, median of %d rounds of %v.\n",
+	p("\n3. GetConsoleURL rate: %d concurrent clients, median of %d rounds of %v, against the single embedded etcd and against\n",
 		mintClients, mintRounds, mintRound)
-	if r.mint == nil {
-		p("   not measured: the mint sub-benchmark failed (see above) or -bench left it out.\n")
+	p("   a %d-member etcd cluster (each member a process of its own, testkit/etcd); \"vs etcd txn\" is against the txn rate on the same etcd.\n",
+		clusterMembers)
+	if r.mint == nil && r.mintCluster == nil {
+		p("   not measured: the mint sub-benchmarks failed (see above) or -bench left them out.\n")
 	} else {
-		etcd := r.mint.find(mintEtcd)
 		table(func(tw *tabwriter.Writer) {
-			fmt.Fprintln(tw, "   way\tper second\t(rounds min-max)\tvs etcd txn\ttarget\t")
-			for _, f := range r.mint.ways {
-				rounds := append([]float64(nil), f.rounds...)
-				median(rounds)
-				target := ""
-				if f.name != mintEtcd {
-					target = fmt.Sprintf(">= %s/s: %s", thousands(targetURLsPerSecond), verdict(f.median >= targetURLsPerSecond))
-				}
-				fmt.Fprintf(tw, "   %s\t%.0f\t(%.0f-%.0f)\t%.2f\t%s\t\n", f.name, f.median, rounds[0], rounds[len(rounds)-1],
-					f.median/etcd.median, target)
-			}
+			fmt.Fprintln(tw, "   etcd\tway\tper second\t(rounds min-max)\tvs etcd txn\ttarget\t")
+			printMintRows(tw, "1 member", r.mint, true)
+			printMintRows(tw, fmt.Sprintf("%d members", clusterMembers), r.mintCluster, false)
 		})
 		p("   A mint: REST/gRPC edge, compute agent GetConsole (gRPC), one etcd txn (guarded put of the token record and its\n")
-		p("   instance index entry on a shared lease). The etcd row sends that txn straight from this process.\n")
+		p("   instance index entry on a shared lease). The etcd row sends that txn straight from this process. The single member\n")
+		p("   is devstack's, embedded in this process; the rate target is set for it.\n")
 	}
-
 	p("\n4. Memory per idle session: growth of the proxy's VmRSS (/proc/PID/status) over a reading with no session (taken\n")
 	p("   after %d warm-up sessions), divided by the sessions. Each session exchanged RFB versions both ways, then idles;\n", idleWarmup)
 	p("   novnc clients answer the proxy's pings. Readings %v after the last session opened.\n", idleSettle)
@@ -187,6 +187,16 @@ func (r *report) print(out io.Writer) {
 		p("   not measured: the idle-memory sub-benchmark failed (see above) or -bench left it out.\n")
 	} else {
 		r.printMemory(p, table)
+	}
+
+	p("\n5. Reconnect storm on xvp-proxy: sessions open, the proxy restarted on the same port (SIGTERM with shutdown_delay=0\n")
+	p("   and drain_timeout=%ds, then a new process), and once every client saw its session end, all reconnect at once with\n", stormDrain)
+	p("   their (multi-use) tokens from %d loopback addresses (max_connections_per_client=0, max_connections=0). Its stack:\n", clientAddrs)
+	p("   consoleauth and the agent as devstack runs them, on an etcd in a process of its own (not sharing this one's CPU).\n")
+	if r.storm == nil {
+		p("   not measured: the storm sub-benchmark failed (see above) or -bench left it out.\n")
+	} else {
+		r.storm.printStorm(p)
 	}
 	p("%s\n", rule)
 	io.WriteString(out, sb.String())
@@ -289,5 +299,51 @@ func (r *report) printMemory(p func(string, ...any), table func(func(*tabwriter.
 	if r.memory.fileLimit < wantFileLimit {
 		p("   This machine's hard open-file limit is %d and this process may not raise it (no CAP_SYS_RESOURCE):\n", r.memory.fileLimit)
 		p("   on a host allowing more (e.g. systemd LimitNOFILE=65536), the same run measures the full 10,000.\n")
+	}
+}
+
+// printMintRows prints one etcd's rows of the mint table; res nil: not
+// measured.
+func printMintRows(tw *tabwriter.Writer, etcdName string, res *mintResult, withTarget bool) {
+	if res == nil {
+		fmt.Fprintf(tw, "   %s\tnot measured: its sub-benchmark failed (see above) or -bench left it out\t\t\t\t\t\n", etcdName)
+		return
+	}
+	etcd := res.find(mintEtcd)
+	for _, f := range res.ways {
+		rounds := append([]float64(nil), f.rounds...)
+		median(rounds)
+		target := ""
+		if withTarget && f.name != mintEtcd {
+			target = fmt.Sprintf(">= %s/s: %s", thousands(targetURLsPerSecond), verdict(f.median >= targetURLsPerSecond))
+		}
+		fmt.Fprintf(tw, "   %s\t%s\t%.0f\t(%.0f-%.0f)\t%.2f\t%s\t\n", etcdName, f.name, f.median, rounds[0], rounds[len(rounds)-1],
+			f.median/etcd.median, target)
+	}
+}
+
+// printSetupTargets judges session setup against the plain relay and
+// CheckToken against one etcd Get (issue 11).
+func (r *report) printSetupTargets(p func(string, ...any)) {
+	find := func(name string) *setupFigures {
+		for i := range r.setup.paths {
+			if r.setup.paths[i].name == name {
+				return &r.setup.paths[i]
+			}
+		}
+		return nil
+	}
+	base := find(pathBaseline)
+	for _, name := range []string{pathNoVNC, pathXVP} {
+		if f := find(name); f != nil && base != nil {
+			ratio := float64(f.p99) / float64(base.p99)
+			p("   %s setup p99 vs the plain relay's: %.1fx; target <= %.0fx: %s\n", name, ratio, targetSetupVsBase,
+				verdict(ratio <= targetSetupVsBase))
+		}
+	}
+	if c, g := find(partCheckToken), find(partEtcdGet); c != nil && g != nil {
+		ratio := float64(c.p50) / float64(g.p50)
+		p("   CheckToken p50 vs one etcd Get p50 (same etcd): %.1fx; target <= %.0fx: %s\n", ratio, targetCheckVsGet,
+			verdict(ratio <= targetCheckVsGet))
 	}
 }

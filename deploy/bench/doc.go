@@ -4,7 +4,10 @@
 // and the VNC server (auth_schemes = vencrypt: throughput and whole RFB
 // handshakes beside the plain path), the cost of authorising a call (pkg/authn's
 // gRPC guard) against session setup, memory per idle session at 1,000 and
-// 10,000 sessions, and the GetConsoleURL rate over REST and gRPC.
+// 10,000 sessions, the GetConsoleURL rate over REST and gRPC on a single
+// embedded etcd and on a 3-member cluster (testkit/etcd), and a reconnect
+// storm: up to 10,000 xvp sessions (as many as the open-file limit allows)
+// reconnecting at once to a proxy that just restarted.
 //
 // Everything is measured in one run, on loopback, against the services
 // running as separate processes (deploy/devstack), and printed as one table

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -36,6 +37,12 @@ const (
 // runs under it (Store.call), so calls in flight end then rather than after
 // the store's timeout. While etcd does not answer, up is already canceled
 // and calls end before they start. The state is logged once per change.
+//
+// A probe that times out while the store's own calls are being answered
+// only says etcd is slow (a burst of sessions, a busy machine), not that it
+// lost its quorum: every call of the store needs the quorum, so an answer
+// newer than the probe's timeout keeps etcd healthy. Otherwise a burst
+// would turn into 503s for everyone.
 type health struct {
 	probe    func(context.Context) error
 	interval time.Duration
@@ -49,7 +56,12 @@ type health struct {
 	since    time.Time     // when the current state began
 	applied  uint64        // the newest probe whose answer is applied
 	changed  chan struct{} // closed and replaced on every change
+
+	lastAnswer atomic.Int64 // UnixNano of etcd's latest answer to a call or probe
 }
+
+// answered records that etcd just answered a call of the store.
+func (h *health) answered() { h.lastAnswer.Store(time.Now().UnixNano()) }
 
 func newHealth(probe func(context.Context) error, interval, timeout time.Duration, log *slog.Logger) *health {
 	h := &health{probe: probe, interval: interval, timeout: timeout, log: log,
@@ -74,6 +86,9 @@ func (h *health) run(ctx context.Context) {
 			pctx, cancel := context.WithTimeout(ctx, h.timeout)
 			err := h.probe(pctx)
 			cancel()
+			if err == nil {
+				h.answered()
+			}
 			if ctx.Err() == nil {
 				h.report(n, err)
 			}
@@ -95,6 +110,9 @@ func (h *health) report(seq uint64, err error) {
 		return
 	}
 	h.applied = seq
+	if err != nil && time.Since(time.Unix(0, h.lastAnswer.Load())) < h.timeout {
+		return // slow, not gone: calls are still answered
+	}
 	switch {
 	case err != nil && h.healthy:
 		h.healthy = false
@@ -185,6 +203,9 @@ func (s *Store) call(ctx context.Context) (cctx context.Context, done func(error
 	return cctx, func(err error) error {
 		stop()
 		cancel()
+		if err == nil {
+			s.health.answered()
+		}
 		if err != nil && ctx.Err() == nil && up.Err() != nil {
 			return context.Cause(up)
 		}
