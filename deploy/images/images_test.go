@@ -131,7 +131,8 @@ func TestImages(t *testing.T) {
 
 	t.Run("novnc-proxy serves its page from a read-only root", func(t *testing.T) {
 		p := start(t, rootfs["novnc-proxy"], configs["novnc-proxy"],
-			"--novncproxy_host=127.0.0.1", "--novncproxy_port=0", "--consoleauth_address=127.0.0.1:1")
+			"--novncproxy_host=127.0.0.1", "--novncproxy_port=0", "--consoleauth_address=127.0.0.1:1",
+			"--admin_listen=") // no fixed admin port: tests run side by side
 		rec := p.waitLog(t, func(r map[string]any) bool {
 			return strings.Contains(str(r["msg"]), "listening") && str(r["addr"]) != ""
 		})
@@ -151,7 +152,7 @@ func TestImages(t *testing.T) {
 
 	t.Run("consoleauth reaches etcd from a read-only root", func(t *testing.T) {
 		srv := etcd.New(t, "127.0.0.1:0")
-		args := []string{"--grpc_listen=127.0.0.1:0", "--rest_listen=127.0.0.1:0", "--etcd_endpoints=" + srv.Endpoint}
+		args := []string{"--grpc_listen=127.0.0.1:0", "--rest_listen=127.0.0.1:0", "--etcd_endpoints=" + srv.Endpoint, "--admin_listen="}
 		// REST bearer keys, where this consoleauth has them: a file as an
 		// operator would mount it, holding no key (/healthz needs none).
 		if help, _ := runToEnd(t, rootfs["consoleauth"], configs["consoleauth"], "-help"); strings.Contains(help, "api_keys_file") {
