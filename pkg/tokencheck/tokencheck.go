@@ -141,3 +141,19 @@ func classify(err error) error {
 	}
 	return fmt.Errorf("%w: %s", reason, st.Message())
 }
+
+// CheckPlaintextLinks refuses a proxy's links that would carry plaintext
+// off loopback unless allowed ([vncgate] allow_plaintext): to consoleauth
+// (addresses, an option value) without gRPC TLS, and to etcd without etcd
+// TLS.
+func CheckPlaintextLinks(addresses string, grpcTLS bool, etcdEndpoints []string, etcdTLS, allowed bool) error {
+	if !grpcTLS {
+		if err := tlsconfig.CheckPlaintextEndpoints(Option, grpcclient.Entries(addresses), allowed); err != nil {
+			return err
+		}
+	}
+	if !etcdTLS {
+		return tlsconfig.CheckPlaintextEndpoints("etcd_endpoints", etcdEndpoints, allowed)
+	}
+	return nil
+}

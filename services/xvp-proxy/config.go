@@ -190,13 +190,5 @@ func (c Config) checkPlaintext() error {
 			return err
 		}
 	}
-	if !c.GRPC.Enabled() {
-		if err := tlsconfig.CheckPlaintextEndpoints(tokencheck.Option, grpcclient.Entries(c.ConsoleAuthAddress), c.AllowPlaintext); err != nil {
-			return err
-		}
-	}
-	if !c.Etcd.Enabled() {
-		return tlsconfig.CheckPlaintextEndpoints("etcd_endpoints", c.EtcdEndpoints, c.AllowPlaintext)
-	}
-	return nil
+	return tokencheck.CheckPlaintextLinks(c.ConsoleAuthAddress, c.GRPC.Enabled(), c.EtcdEndpoints, c.Etcd.Enabled(), c.AllowPlaintext)
 }

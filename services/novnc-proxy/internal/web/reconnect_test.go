@@ -2,7 +2,6 @@ package web
 
 import (
 	"encoding/json"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,36 +30,7 @@ type pageAfter struct {
 // each WebSocket it opens ending as closes says (testdata/reconnect.mjs).
 func runCloses(t *testing.T, closes string) pageAfter {
 	t.Helper()
-	node, err := exec.LookPath("node")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("node missing (make deps installs it)")
-		}
-		t.Skip("node missing (make deps installs it)")
-	}
-	dir := t.TempDir()
-	app, err := fs.ReadFile(static, "static/app.js")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake, err := os.ReadFile(filepath.Join("testdata", "fake_rfb.js"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, body := range map[string][]byte{
-		"package.json":          []byte(`{"type": "module"}`),
-		"vncgate/app.js":        app,
-		"vncgate/closecodes.js": closecode.Script(),
-		"novnc/core/rfb.js":     fake,
-	} {
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, body, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	node, dir := pageFiles(t)
 	els, _ := json.Marshal(pageElements(t))
 	script, _ := filepath.Abs(filepath.Join("testdata", "reconnect.mjs"))
 	cmd := exec.Command(node, script, dir, "?path=%3Ftoken%3Dabc", closes)

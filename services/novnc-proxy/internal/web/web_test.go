@@ -275,36 +275,7 @@ type pageResult struct {
 // query string query, against a stand-in noVNC.
 func runPage(t *testing.T, query string) pageResult {
 	t.Helper()
-	node, err := exec.LookPath("node")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("node missing (make deps installs it)")
-		}
-		t.Skip("node missing (make deps installs it)")
-	}
-	dir := t.TempDir()
-	app, err := fs.ReadFile(static, "static/app.js")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake, err := os.ReadFile(filepath.Join("testdata", "fake_rfb.js"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, body := range map[string][]byte{
-		"package.json":          []byte(`{"type": "module"}`),
-		"vncgate/app.js":        app,
-		"vncgate/closecodes.js": closecode.Script(),
-		"novnc/core/rfb.js":     fake,
-	} {
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, body, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	node, dir := pageFiles(t)
 	els, _ := json.Marshal(pageElements(t))
 	script, _ := filepath.Abs(filepath.Join("testdata", "pagetest.mjs"))
 	cmd := exec.Command(node, script, dir, query)
@@ -388,4 +359,42 @@ func TestPageHasAViewOnlyBadge(t *testing.T) {
 	if !regexp.MustCompile(`<span id="viewonly" hidden[^>]*>View only</span>`).Match(body) {
 		t.Errorf("page lacks the hidden View only badge:\n%s", body)
 	}
+}
+
+// pageFiles writes the page's script, its close codes and a stand-in
+// noVNC into a temporary folder for a node driver, and returns node's path
+// and the folder.
+func pageFiles(t *testing.T) (node, dir string) {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("node missing (make deps installs it)")
+		}
+		t.Skip("node missing (make deps installs it)")
+	}
+	dir = t.TempDir()
+	app, err := fs.ReadFile(static, "static/app.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake, err := os.ReadFile(filepath.Join("testdata", "fake_rfb.js"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string][]byte{
+		"package.json":          []byte(`{"type": "module"}`),
+		"vncgate/app.js":        app,
+		"vncgate/closecodes.js": closecode.Script(),
+		"novnc/core/rfb.js":     fake,
+	} {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, body, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return node, dir
 }
