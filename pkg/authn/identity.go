@@ -39,6 +39,9 @@ const (
 	RoleCompute Role = "compute"
 	// RoleConsoleAuth is consoleauth calling a compute agent.
 	RoleConsoleAuth Role = "consoleauth"
+	// RoleOperator runs the fleet (vncgatectl): lists and kills sessions,
+	// drains proxies, revokes an instance's tokens, reads status.
+	RoleOperator Role = "operator"
 )
 
 // Identity is an authenticated caller.

@@ -6,9 +6,9 @@ import (
 )
 
 // Roles are every role, in the order messages list them.
-var Roles = []Role{RoleAPI, RoleMint, RoleProxy, RoleCompute, RoleConsoleAuth}
+var Roles = []Role{RoleAPI, RoleMint, RoleProxy, RoleCompute, RoleConsoleAuth, RoleOperator}
 
-// ParseRole reads a role's name (api, mint, proxy, compute, consoleauth).
+// ParseRole reads a role's name (api, mint, proxy, compute, consoleauth, operator).
 func ParseRole(s string) (Role, error) {
 	for _, r := range Roles {
 		if string(r) == s {

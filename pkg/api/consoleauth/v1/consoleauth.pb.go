@@ -473,6 +473,9 @@ type ConnectInfo struct {
 	// The etcd revision that created the token. A revocation with a later
 	// revision ends the session: ordered by etcd, not by clocks.
 	TokenRevision int64 `protobuf:"varint,11,opt,name=token_revision,json=tokenRevision,proto3" json:"token_revision,omitempty"`
+	// Who minted the token (the API caller's identity name), for audit
+	// events; never a secret. Empty for tokens minted before it was recorded.
+	MintedBy      string `protobuf:"bytes,12,opt,name=minted_by,json=mintedBy,proto3" json:"minted_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -582,6 +585,13 @@ func (x *ConnectInfo) GetTokenRevision() int64 {
 		return x.TokenRevision
 	}
 	return 0
+}
+
+func (x *ConnectInfo) GetMintedBy() string {
+	if x != nil {
+		return x.MintedBy
+	}
+	return ""
 }
 
 type CheckTokenResponse struct {
@@ -924,7 +934,7 @@ const file_vncgate_consoleauth_v1_consoleauth_proto_rawDesc = "" +
 	"\aconsole\x18\x01 \x01(\v2\x1f.vncgate.consoleauth.v1.ConsoleR\aconsole\"L\n" +
 	"\x11CheckTokenRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +
-	"\fconsole_type\x18\x02 \x01(\tR\vconsoleType\"\xb8\x03\n" +
+	"\fconsole_type\x18\x02 \x01(\tR\vconsoleType\"\xd5\x03\n" +
 	"\vConnectInfo\x12#\n" +
 	"\rinstance_uuid\x18\x01 \x01(\tR\finstanceUuid\x12!\n" +
 	"\fconsole_type\x18\x02 \x01(\tR\vconsoleType\x12\x12\n" +
@@ -939,7 +949,8 @@ const file_vncgate_consoleauth_v1_consoleauth_proto_rawDesc = "" +
 	"\fcompute_host\x18\t \x01(\tR\vcomputeHost\x12\x1b\n" +
 	"\tview_only\x18\n" +
 	" \x01(\bR\bviewOnly\x12%\n" +
-	"\x0etoken_revision\x18\v \x01(\x03R\rtokenRevision\"\\\n" +
+	"\x0etoken_revision\x18\v \x01(\x03R\rtokenRevision\x12\x1b\n" +
+	"\tminted_by\x18\f \x01(\tR\bmintedBy\"\\\n" +
 	"\x12CheckTokenResponse\x12F\n" +
 	"\fconnect_info\x18\x01 \x01(\v2#.vncgate.consoleauth.v1.ConnectInfoR\vconnectInfo\"A\n" +
 	"\x1aGetConsoleAuthTokenRequest\x12#\n" +
