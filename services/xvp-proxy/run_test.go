@@ -155,7 +155,7 @@ func TestRevocationInEtcdEndsSessions(t *testing.T) {
 	}
 	t.Logf("session ended %v after the revocation was written", time.Since(start).Round(time.Millisecond))
 	echoOver(t, b, br, "other instance still served")
-	if !strings.Contains(logs.String(), `message="the instance was deleted" reason=revoked`) {
+	if !logs.WaitFor(ctx, `message="the instance was deleted" reason=revoked`) {
 		t.Errorf("no log line with the revocation reason:\n%s", logs)
 	}
 }

@@ -4,6 +4,7 @@
 package testlog
 
 import (
+	"context"
 	"strings"
 	"sync"
 	"testing"
@@ -40,14 +41,42 @@ func (w *Writer) Write(p []byte) (int, error) {
 // Buffer collects what loggers write from many goroutines, for a test to
 // read back (String). The zero value is ready to use.
 type Buffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
+	mu      sync.Mutex
+	buf     strings.Builder
+	written chan struct{} // closed and replaced on every Write
 }
 
 func (b *Buffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.written != nil {
+		close(b.written)
+		b.written = nil
+	}
 	return b.buf.Write(p)
+}
+
+// WaitFor returns once substr has been written, or false when ctx ends
+// first: a server logs after the client saw the effect, so a test waits for
+// the line rather than reading the buffer once.
+func (b *Buffer) WaitFor(ctx context.Context, substr string) bool {
+	for {
+		b.mu.Lock()
+		if strings.Contains(b.buf.String(), substr) {
+			b.mu.Unlock()
+			return true
+		}
+		if b.written == nil {
+			b.written = make(chan struct{})
+		}
+		written := b.written
+		b.mu.Unlock()
+		select {
+		case <-written:
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 // String is everything written so far.

@@ -1,8 +1,10 @@
 package testlog
 
 import (
+	"context"
 	"fmt"
 	"testing"
+	"time"
 )
 
 func TestQuietAfterTheTest(t *testing.T) {
@@ -14,5 +16,23 @@ func TestQuietAfterTheTest(t *testing.T) {
 	// t.Log on a finished test panics; the writer must not call it.
 	if n, err := fmt.Fprintln(w, "after the end"); err != nil || n != len("after the end\n") {
 		t.Fatalf("write after the end: got %d, %v; want it swallowed", n, err)
+	}
+}
+
+func TestBufferWaitFor(t *testing.T) {
+	var b Buffer
+	go func() {
+		b.Write([]byte("first line\n"))
+		b.Write([]byte("the line we wait for\n"))
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if !b.WaitFor(ctx, "we wait for") {
+		t.Fatal("WaitFor did not see a line that was written")
+	}
+	ctx, cancel = context.WithCancel(context.Background())
+	cancel()
+	if b.WaitFor(ctx, "never written") {
+		t.Fatal("WaitFor saw a line that was never written")
 	}
 }
