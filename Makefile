@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-MODULES  := pkg services/consoleauth services/compute-agent services/novnc-proxy services/xvp-proxy deploy testkit
+MODULES  := pkg services/consoleauth services/compute-agent services/novnc-proxy services/xvp-proxy cmd/vncgatectl deploy testkit
 SERVICES := consoleauth compute-agent novnc-proxy xvp-proxy
 BIN      := $(CURDIR)/bin
 TOOLS    := $(CURDIR)/.bin
@@ -41,6 +41,7 @@ deps: ## install what tests need and a clean machine lacks (npm packages, Debian
 build: ## build every service and the dev stack into bin/
 	@mkdir -p $(BIN)
 	for s in $(SERVICES); do (cd services/$$s && go build -o $(BIN)/$$s .) || exit 1; done
+	cd cmd/vncgatectl && go build -o $(BIN)/vncgatectl .
 	cd deploy && go build -o $(BIN)/devstack ./cmd/devstack
 
 .PHONY: images
@@ -69,6 +70,10 @@ race: ## run every module's tests under the race detector
 .PHONY: bench
 bench: deps build ## run the benchmarks and print ratios against baselines measured in the same run
 	cd deploy && go test -run '^$$' -bench . -benchtime 1x -timeout 30m ./bench/...
+
+.PHONY: chaos
+chaos: deps build ## run the fault suite on 3 etcd members, 2 replicas each, HAProxy; asserts its 1 s / 2 s limits and prints the table
+	cd deploy && CHAOS_STRICT=1 go test -count=1 -v -timeout 15m -run TestFaults ./chaos/
 
 .PHONY: run
 run: deps build ## run the whole system on this machine (embedded etcd, demo VM) and print the console URL

@@ -20,6 +20,8 @@ const (
 	targetURLsPerSecond = 2000                 // GetConsoleURL against one embedded etcd
 	targetSetupVsBase   = 3.0                  // session setup p99 / plain relay's (issue 11)
 	targetCheckVsGet    = 2.0                  // CheckToken p50 / one etcd Get p50 (issue 11)
+	targetMintVsTxn     = 0.5                  // GetConsoleURL rate / raw etcd txn rate, 1 and 3 members (issue 11)
+	targetStormBack     = 10 * time.Second     // a reconnect storm all back within (issue 11)
 	wantFileLimit       = 1 << 18              // open files for this process and the services
 )
 
@@ -198,6 +200,7 @@ func (r *report) print(out io.Writer) {
 	} else {
 		r.storm.printStorm(p)
 	}
+	r.printIssue11(p, table)
 	p("%s\n", rule)
 	io.WriteString(out, sb.String())
 }
@@ -325,14 +328,7 @@ func printMintRows(tw *tabwriter.Writer, etcdName string, res *mintResult, withT
 // printSetupTargets judges session setup against the plain relay and
 // CheckToken against one etcd Get (issue 11).
 func (r *report) printSetupTargets(p func(string, ...any)) {
-	find := func(name string) *setupFigures {
-		for i := range r.setup.paths {
-			if r.setup.paths[i].name == name {
-				return &r.setup.paths[i]
-			}
-		}
-		return nil
-	}
+	find := r.setupFigures
 	base := find(pathBaseline)
 	for _, name := range []string{pathNoVNC, pathXVP} {
 		if f := find(name); f != nil && base != nil {
@@ -346,4 +342,85 @@ func (r *report) printSetupTargets(p func(string, ...any)) {
 		p("   CheckToken p50 vs one etcd Get p50 (same etcd): %.1fx; target <= %.0fx: %s\n", ratio, targetCheckVsGet,
 			verdict(ratio <= targetCheckVsGet))
 	}
+}
+
+// printIssue11 is issue 11's table: each of its targets measured above,
+// with its verdict, in one place.
+func (r *report) printIssue11(p func(string, ...any), table func(func(*tabwriter.Writer))) {
+	p("\n6. Issue 11's targets, as measured above.\n")
+	table(func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "   measure\tfigure\ttarget\tverdict\t")
+		row := func(measure, figure, target string, ok bool) {
+			fmt.Fprintf(tw, "   %s\t%s\t%s\t%s\t\n", measure, figure, target, verdict(ok))
+		}
+		missing := func(measure, target string) {
+			fmt.Fprintf(tw, "   %s\tnot measured\t%s\t\t\n", measure, target)
+		}
+
+		stormTarget := fmt.Sprintf("all back within %v, no failure", targetStormBack)
+		if s := r.storm; s != nil {
+			figure := fmt.Sprintf("%s sessions (open-file limit %d), %s back, the last after %s, %d failed",
+				thousands(s.sessions), s.fileLimit, thousands(s.sessions-s.failures), ms(s.allBack), s.failures)
+			row("reconnect storm on xvp-proxy", figure, stormTarget, s.failures == 0 && s.allBack <= targetStormBack)
+			if t := s.cpuBoundTime(); t > 0 {
+				fmt.Fprintf(tw, "   storm on idle CPUs (estimate: CPU time per reconnect)\t%s sessions in %.1f s\t%s\t%s\t\n",
+					thousands(s.sessions), t.Seconds(), stormTarget, verdict(t <= targetStormBack))
+			}
+		} else {
+			missing("reconnect storm on xvp-proxy", stormTarget)
+		}
+
+		setupTarget := fmt.Sprintf("<= %.0fx", targetSetupVsBase)
+		base, check, get := r.setupFigures(pathBaseline), r.setupFigures(partCheckToken), r.setupFigures(partEtcdGet)
+		for _, name := range []string{pathNoVNC, pathXVP} {
+			measure := "setup p99 / plain relay's: " + name
+			if f := r.setupFigures(name); f != nil && base != nil {
+				ratio := float64(f.p99) / float64(base.p99)
+				row(measure, fmt.Sprintf("%.1fx (%s / %s)", ratio, ms(f.p99), ms(base.p99)), setupTarget, ratio <= targetSetupVsBase)
+			} else {
+				missing(measure, setupTarget)
+			}
+		}
+		checkTarget := fmt.Sprintf("<= %.0fx", targetCheckVsGet)
+		if check != nil && get != nil {
+			ratio := float64(check.p50) / float64(get.p50)
+			row("CheckToken p50 / one etcd Get p50", fmt.Sprintf("%.1fx (%s / %s)", ratio, ms(check.p50), ms(get.p50)), checkTarget,
+				ratio <= targetCheckVsGet)
+		} else {
+			missing("CheckToken p50 / one etcd Get p50", checkTarget)
+		}
+
+		mintTarget := fmt.Sprintf(">= %.1f", targetMintVsTxn)
+		for _, m := range []struct {
+			etcd string
+			res  *mintResult
+		}{{"1 member", r.mint}, {fmt.Sprintf("%d members", clusterMembers), r.mintCluster}} {
+			for _, way := range []string{mintREST, mintGRPC} {
+				measure := fmt.Sprintf("%s rate / etcd txn rate, %s", way, m.etcd)
+				var f, txn *mintFigures
+				if m.res != nil {
+					f, txn = m.res.find(way), m.res.find(mintEtcd)
+				}
+				if f == nil || txn == nil || txn.median == 0 {
+					missing(measure, mintTarget)
+					continue
+				}
+				ratio := f.median / txn.median
+				row(measure, fmt.Sprintf("%.2f (%.0f/s / %.0f/s)", ratio, f.median, txn.median), mintTarget, ratio >= targetMintVsTxn)
+			}
+		}
+	})
+}
+
+// setupFigures are the setup measurement's figures for path, or nil.
+func (r *report) setupFigures(path string) *setupFigures {
+	if r.setup == nil {
+		return nil
+	}
+	for i := range r.setup.paths {
+		if r.setup.paths[i].name == path {
+			return &r.setup.paths[i]
+		}
+	}
+	return nil
 }

@@ -7,7 +7,11 @@
 // 10,000 sessions, the GetConsoleURL rate over REST and gRPC on a single
 // embedded etcd and on a 3-member cluster (testkit/etcd), and a reconnect
 // storm: up to 10,000 xvp sessions (as many as the open-file limit allows)
-// reconnecting at once to a proxy that just restarted.
+// reconnecting at once to a proxy that just restarted, with the CPU each
+// process spends per reconnect (STORM_PROFILE_DIR=dir also writes CPU
+// profiles of the proxy and consoleauth during the storm). A last table
+// gathers issue 11's targets (storm, setup and CheckToken ratios, mint rate
+// against the etcd txn rate on one and three members) with their verdicts.
 //
 // Everything is measured in one run, on loopback, against the services
 // running as separate processes (deploy/devstack), and printed as one table

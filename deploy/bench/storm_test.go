@@ -2,16 +2,22 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -38,9 +44,14 @@ type stormResult struct {
 	allBack        time.Duration // from the release to the last reconnect done
 	p50, p99       time.Duration // per-client reconnect time
 	failures       int
+	failureKinds   map[string]int // failures by what the client saw (failureKind)
 	failureSamples []string
-	// logLines are the last warnings of consoleauth and of the proxy,
-	// kept when some reconnects failed: why they failed.
+	// cpu is the CPU time each process spent from the release to the
+	// last reconnect, divided by the sessions: what one reconnect costs,
+	// whatever else the machine runs at the time.
+	cpu []processCPU
+	// logLines are the most frequent warnings of consoleauth and of the
+	// proxy, kept when some reconnects failed: why they failed.
 	logLines []string
 }
 
@@ -221,10 +232,18 @@ func benchStorm(b *testing.B, limit uint64) *stormResult {
 		})
 	}
 	ready.Wait()
+	if dir := os.Getenv("STORM_PROFILE_DIR"); dir != "" {
+		profileStorm(b, dir, map[string]string{
+			"xvp-proxy":   net.JoinHostPort(loopback, strconv.Itoa(adminPort)),
+			"consoleauth": w.AdminAddr(w.Ports.ConsoleAuthAdmin),
+		})
+	}
+	cpuBefore, selfBefore := childCPU(), selfCPU()
 	t0 := time.Now()
 	close(release)
 	wg.Wait()
 	res.allBack = time.Since(t0)
+	res.cpu = cpuPerSession(cpuBefore, childCPU(), selfCPU()-selfBefore, res.sessions)
 
 	var ok []time.Duration
 	seen := map[string]bool{}
@@ -234,6 +253,10 @@ func benchStorm(b *testing.B, limit uint64) *stormResult {
 			continue
 		}
 		res.failures++
+		if res.failureKinds == nil {
+			res.failureKinds = map[string]int{}
+		}
+		res.failureKinds[failureKind(err)]++
 		var ne net.Error
 		msg := err.Error()
 		if errors.As(err, &ne) && ne.Timeout() {
@@ -251,7 +274,7 @@ func benchStorm(b *testing.B, limit uint64) *stormResult {
 	}
 	if res.failures > 0 {
 		for _, path := range []string{w.LogPath(devstack.ConsoleAuth), logPath} {
-			res.logLines = append(res.logLines, lastWarnings(path, 2)...)
+			res.logLines = append(res.logLines, topWarnings(path, 4)...)
 		}
 	}
 	b.ReportMetric(float64(res.allBack)/1e6, "storm-all-back-ms")
@@ -259,21 +282,141 @@ func benchStorm(b *testing.B, limit uint64) *stormResult {
 	return res
 }
 
-// lastWarnings are the last n lines of a log at level WARN or ERROR, cut
-// at 300 bytes.
-func lastWarnings(path string, n int) []string {
+// stormProfileTime is how long the CPU profiles of STORM_PROFILE_DIR run.
+const stormProfileTime = 8 * time.Second
+
+// profileStorm fetches a CPU profile of each of admins (name -> admin
+// listener address) from now on, for the storm's first stormProfileTime,
+// into dir/storm-NAME.pprof (go tool pprof): where a reconnect's time goes.
+// It returns at once; the benchmark's end waits for the profiles.
+func profileStorm(b *testing.B, dir string, admins map[string]string) {
+	var wg sync.WaitGroup
+	b.Cleanup(wg.Wait)
+	for name, addr := range admins {
+		wg.Go(func() {
+			url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(stormProfileTime.Seconds()))
+			resp, err := http.Get(url)
+			if err != nil {
+				b.Logf("profile of %s: %v", name, err)
+				return
+			}
+			defer resp.Body.Close()
+			path := filepath.Join(dir, "storm-"+name+".pprof")
+			f, err := os.Create(path)
+			if err == nil {
+				_, err = io.Copy(f, resp.Body)
+				f.Close()
+			}
+			b.Logf("profile of %s: %s (%v)", name, path, err)
+		})
+	}
+}
+
+// failureKind sorts a failed reconnect by what its client saw.
+func failureKind(err error) string {
+	var ne net.Error
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "HTTP/1.1 503"):
+		return "503 console service unavailable"
+	case strings.Contains(msg, "HTTP/1.1 502"):
+		return "502 console server unreachable"
+	case strings.Contains(msg, "HTTP/1.1 408"):
+		return "408 request timeout (no head in time)"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "client timeout"
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		return "closed without an answer"
+	case errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET):
+		return "connection refused or reset"
+	}
+	return "other"
+}
+
+// processCPU is one process's CPU time per reconnect.
+type processCPU struct {
+	name       string
+	perSession time.Duration
+}
+
+// childCPU is the CPU time of each live child process of this one (the
+// services and etcd), its descendants included, by command name.
+func childCPU() map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for _, pid := range childrenOf(os.Getpid()) {
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err != nil {
+			continue
+		}
+		out[strings.TrimSpace(string(comm))] += procCPU(pid, true)
+	}
+	return out
+}
+
+// cpuPerSession is each process's CPU time between two childCPU readings,
+// and this process's self, per session, the largest first.
+func cpuPerSession(before, after map[string]time.Duration, self time.Duration, sessions int) []processCPU {
+	out := []processCPU{{name: "this process (clients, VNC stand-in)", perSession: self / time.Duration(sessions)}}
+	for name, t := range after {
+		if d := t - before[name]; d > 0 {
+			out = append(out, processCPU{name: name, perSession: d / time.Duration(sessions)})
+		}
+	}
+	slices.SortFunc(out, func(a, b processCPU) int { return int(b.perSession - a.perSession) })
+	return out
+}
+
+// cpuBoundRate is the reconnects per second this machine's CPUs could
+// do with nothing else running: the inverse of the CPU time of one, all
+// processes together.
+func (r *stormResult) cpuBoundRate() float64 {
+	var total time.Duration
+	for _, c := range r.cpu {
+		total += c.perSession
+	}
+	if total <= 0 {
+		return 0
+	}
+	return float64(runtime.NumCPU()) * float64(time.Second) / float64(total)
+}
+
+// cpuBoundTime is how long the storm's sessions take at cpuBoundRate.
+func (r *stormResult) cpuBoundTime() time.Duration {
+	if rate := r.cpuBoundRate(); rate > 0 {
+		return time.Duration(float64(r.sessions) / rate * float64(time.Second))
+	}
+	return 0
+}
+
+// topWarnings are the n most frequent kinds of WARN and ERROR lines, and
+// of refusals at any level, of a JSON log (by message, reason and error,
+// the error cut at 160 bytes), each with its count: why the failed
+// reconnects failed.
+func topWarnings(path string, n int) []string {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil
 	}
-	var out []string
-	lines := strings.Split(string(raw), "\n")
-	for i := len(lines) - 1; i >= 0 && len(out) < n; i-- {
-		if l := lines[i]; strings.Contains(l, `"level":"WARN"`) || strings.Contains(l, `"level":"ERROR"`) {
-			out = append(out, filepath.Base(path)+": "+l[:min(len(l), 300)])
+	counts := map[string]int{}
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		var rec struct{ Level, Msg, Reason, Error string }
+		if json.Unmarshal([]byte(line), &rec) != nil || (rec.Level != "WARN" && rec.Level != "ERROR" && rec.Msg != "console refused") {
+			continue
 		}
+		key := rec.Msg
+		if rec.Reason != "" {
+			key += " (" + rec.Reason + ")"
+		}
+		if rec.Error != "" {
+			key += ": " + rec.Error[:min(len(rec.Error), 160)]
+		}
+		counts[key]++
 	}
-	slices.Reverse(out)
+	keys := slices.SortedFunc(maps.Keys(counts), func(a, b string) int { return counts[b] - counts[a] })
+	var out []string
+	for _, k := range keys[:min(n, len(keys))] {
+		out = append(out, fmt.Sprintf("%s: %d x %s", filepath.Base(path), counts[k], k))
+	}
 	return out
 }
 
@@ -303,6 +446,26 @@ func (r *stormResult) printStorm(p func(string, ...any)) {
 		thousands(r.sessions), thousands(r.sessions-r.failures), ms(r.allBack), ms(r.p50), ms(r.p99))
 	p("   Failures: %d of %s (target none: queue within the %v handshake timeout): %s.\n", r.failures, thousands(r.sessions),
 		stormHandshake, verdict(r.failures == 0))
+	kinds := slices.Sorted(maps.Keys(r.failureKinds))
+	for _, k := range kinds {
+		p("     %s: %d\n", k, r.failureKinds[k])
+	}
+	if len(r.cpu) > 0 {
+		var total time.Duration
+		parts := make([]string, len(r.cpu))
+		for i, c := range r.cpu {
+			total += c.perSession
+			parts[i] = fmt.Sprintf("%s %.2f", c.name, float64(c.perSession)/1e6)
+		}
+		p("   CPU per reconnect, ms: %s; in all %.2f ms, so %d CPUs do at most %s reconnects/s (%s in %.1f s) with nothing else running.\n",
+			strings.Join(parts, ", "), float64(total)/1e6, runtime.NumCPU(), thousands(int(r.cpuBoundRate())),
+			thousands(r.sessions), r.cpuBoundTime().Seconds())
+		if back := r.sessions - r.failures; back > 0 && r.allBack > 0 {
+			rate := float64(back) / r.allBack.Seconds()
+			p("   This run: %s reconnects/s, %.0f%% of that: the rest of the CPUs went to other work (see the load average).\n",
+				thousands(int(rate)), 100*rate/r.cpuBoundRate())
+		}
+	}
 	for _, s := range r.failureSamples {
 		p("     e.g. %q\n", s)
 	}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/vncgate/vncgate/pkg/authn"
@@ -37,23 +38,40 @@ func Identity(service string) certs.Identity {
 	return certs.Identity{Name: service}
 }
 
-// writeCerts makes the stack's CA and writes each service's certificate,
-// key and the CA certificate into dir/<service>/, for localhost, 127.0.0.1,
-// ::1 and host. The CA's key stays in memory (World.CA), never on disk.
-func writeCerts(dir, host string) (*certs.CA, map[string]tlsconfig.Files, error) {
+// writeCerts makes the stack's CA and writes the certificate, key and the
+// CA certificate of each process (names: process name → service) into
+// dir/<process>/, for localhost, 127.0.0.1, ::1 and host. The CA's key
+// stays in memory (World.CA), never on disk.
+func writeCerts(dir, host string, names map[string]string) (*certs.CA, map[string]tlsconfig.Files, error) {
 	ca, err := certs.NewCA("vncgate devstack CA", certValidity)
 	if err != nil {
 		return nil, nil, err
 	}
 	files := map[string]tlsconfig.Files{}
-	for _, s := range []string{ConsoleAuth, ComputeAgent, NoVNCProxy, XVPProxy} {
-		f, err := ca.WriteIdentityFiles(filepath.Join(dir, s), Identity(s), "localhost", "127.0.0.1", "::1", host)
+	for name, service := range names {
+		f, err := ca.WriteIdentityFiles(filepath.Join(dir, name), replicaIdentity(service, name), "localhost", "127.0.0.1", "::1", host)
 		if err != nil {
-			return nil, nil, fmt.Errorf("%s certificate: %w", s, err)
+			return nil, nil, fmt.Errorf("%s certificate: %w", name, err)
 		}
-		files[s] = tlsconfig.Files{Cert: f.Cert, Key: f.Key, CA: f.CA}
+		files[name] = tlsconfig.Files{Cert: f.Cert, Key: f.Key, CA: f.CA}
+		if _, ok := names[service]; !ok && name == service+"-1" {
+			files[service] = files[name] // GRPCFlags(service): the first replica's
+		}
 	}
 	return ca, files, nil
+}
+
+// replicaIdentity is Identity(service), a proxy replica named after
+// itself, an added agent (AddAgent) after its host.
+func replicaIdentity(service, name string) certs.Identity {
+	id := Identity(service)
+	switch {
+	case service == NoVNCProxy || service == XVPProxy:
+		id.Name = name
+	case service == ComputeAgent && name != ComputeAgent:
+		id.Name = strings.TrimPrefix(name, ComputeAgent+"-")
+	}
+	return id
 }
 
 // writeAPIKey makes a bearer key for the API layer (authn.NewKey) and

@@ -2,6 +2,15 @@
 // etcd, the demo VNC server, and the four services as separate processes,
 // wired together on loopback. `make run` and the end-to-end tests use it;
 // production runs each service on its own (see deploy/README.md).
+//
+// It also runs the world production runs (Options.EtcdMembers, Replicas,
+// LB): a cluster of etcd members each in a process of its own, several
+// replicas of consoleauth and of both proxies, each with its own ports,
+// certificate and log file, and HAProxy in front of the REST API and the
+// proxies, checking each replica's admin /readyz. Tests stop, kill, signal
+// and restart any replica (World.Processes) or etcd member (EtcdCluster),
+// and find the etcd leader (EtcdLeader); the fault suite (deploy/chaos)
+// does.
 package devstack
 
 import (
@@ -19,6 +28,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,7 +41,9 @@ import (
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/testkit/certs"
+	testetcd "github.com/vncgate/vncgate/testkit/etcd"
 	"github.com/vncgate/vncgate/testkit/etcdserver"
+	"github.com/vncgate/vncgate/testkit/haproxy"
 	"github.com/vncgate/vncgate/testkit/rfb"
 )
 
@@ -93,6 +105,24 @@ type Options struct {
 	// they need to listen in plaintext (etcd, and without TLS the REST API
 	// and the proxies) on a Host off loopback.
 	AllowPlaintext bool
+	// EtcdMembers is the etcd cluster's size: 0 or 1 runs one embedded
+	// member inside this process (Etcd); more run that many members, each
+	// a child process of its own on loopback (EtcdCluster, package
+	// testkit/etcd), which tests can stop, kill and start.
+	EtcdMembers int
+	// Replicas is how many processes of consoleauth, novnc-proxy and
+	// xvp-proxy run (0: one); each has its own ports, certificate and log
+	// file, and the proxies and the agent are given every consoleauth
+	// replica's gRPC address. Replicas beyond the first listen on free
+	// ports.
+	Replicas int
+	// LB runs HAProxy (Debian's haproxy) on Ports' REST, NoVNC and XVP
+	// addresses in front of the replicas, which then all listen on free
+	// ports: HTTP mode for the REST API and novnc-proxy (TCP without TLS
+	// passthrough with Options.TLS), TCP with a PROXY v2 header for
+	// xvp-proxy, every server checked on its admin /readyz. The base URLs
+	// and RESTURL name HAProxy.
+	LB bool
 }
 
 // Ports of one stack.
@@ -112,7 +142,17 @@ func DefaultPorts() Ports {
 // World is a running stack.
 type World struct {
 	Options
-	Etcd    *etcdserver.Server
+	// Etcd is the embedded etcd of a one-member stack (nil with
+	// EtcdCluster).
+	Etcd *etcdserver.Server
+	// EtcdCluster is the cluster of Options.EtcdMembers > 1, nil otherwise.
+	EtcdCluster *testetcd.Cluster
+	// EtcdEndpoints are every etcd member's client address, as the
+	// services are given them.
+	EtcdEndpoints []string
+	// HAProxy is the load balancer of Options.LB, nil otherwise.
+	HAProxy *haproxy.HAProxy
+	// Client is a client of every etcd member.
 	Client  *clientv3.Client
 	Demo    *rfb.Server
 	DemoVNC string // the demo VNC server's host:port
@@ -132,10 +172,15 @@ type World struct {
 	caPool     *x509.CertPool
 	httpClient *http.Client
 	restClient *http.Client
-	procs      []*proc
-	demoL      net.Listener
+	processes  []*Process // in start order
+	// restTransport is the API layer's transport, without the key.
+	restTransport http.RoundTripper
+	haproxyLog    *os.File
+	attempt       int // of Start
+	demoL         net.Listener
 }
 
+// proc is one run of a Process.
 type proc struct {
 	name string
 	cmd  *exec.Cmd
@@ -201,33 +246,55 @@ func (w *World) LogPath(service string) string {
 }
 
 // Start runs a stack and returns when every service is ready.
-func Start(ctx context.Context, opts Options) (_ *World, err error) {
+func Start(ctx context.Context, opts Options) (*World, error) {
 	if opts.Host == "" {
 		opts.Host = "127.0.0.1"
 	}
 	if opts.Logs == nil {
 		opts.Logs = io.Discard
 	}
+	var err error
 	if opts.Bin, err = filepath.Abs(opts.Bin); err != nil {
 		return nil, err
 	}
-	w := &World{Options: opts, httpClient: http.DefaultClient, restClient: http.DefaultClient}
+	// A port picked free may be taken by another process before the
+	// service binds it, seconds later: then start again on other ports.
+	for attempt := 1; ; attempt++ {
+		w, err := start(ctx, opts, attempt)
+		if err == nil || !errors.Is(err, errPortTaken) || attempt == startAttempts {
+			return w, err
+		}
+		fmt.Fprintf(opts.Logs, "devstack: %v; starting again on other ports\n", err)
+	}
+}
+
+// startAttempts bounds Start's attempts.
+const startAttempts = 3
+
+// errPortTaken is a process's exit because its port was taken.
+var errPortTaken = errors.New("a port picked free was taken")
+
+// start is one attempt of Start, with etcd's data in a folder of its own.
+func start(ctx context.Context, opts Options, attempt int) (_ *World, err error) {
+	w := &World{Options: opts, httpClient: http.DefaultClient, restClient: http.DefaultClient, attempt: attempt}
 	defer func() {
 		if err != nil {
 			w.Stop()
 		}
 	}()
+	if w.Replicas < 1 {
+		w.Replicas = 1
+	}
 	if err := w.pickPorts(); err != nil {
+		return nil, err
+	}
+	if err := w.pickReplicaPorts(); err != nil {
 		return nil, err
 	}
 	if err := w.setUpCredentials(); err != nil {
 		return nil, err
 	}
-	if w.Etcd, err = etcdserver.Start(filepath.Join(opts.Dir, "etcd"), w.Addr(w.Ports.Etcd), "127.0.0.1:0"); err != nil {
-		return nil, err
-	}
-	w.Client, err = etcdclient.New([]string{w.Etcd.Endpoint}, tlsconfig.Files{})
-	if err != nil {
+	if err := w.startEtcd(); err != nil {
 		return nil, err
 	}
 	if err := w.startDemo(); err != nil {
@@ -237,95 +304,194 @@ func Start(ctx context.Context, opts Options) (_ *World, err error) {
 	if err != nil {
 		return nil, err
 	}
+	w.plan(inventory)
+	for _, p := range w.processes {
+		if err := p.start(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if opts.LB {
+		if err := w.startLB(); err != nil {
+			return nil, err
+		}
+	}
+	return w, nil
+}
 
-	etcd := "--etcd_endpoints=" + w.Etcd.Endpoint
-	consoleauth := w.Addr(w.Ports.ConsoleAuthGRPC)
+// startEtcd runs the embedded member, or the cluster of Options.EtcdMembers,
+// and connects Client to it.
+func (w *World) startEtcd() (err error) {
+	if w.EtcdMembers > 1 {
+		if w.EtcdCluster, err = testetcd.StartClusterIn(w.etcdDir(), w.EtcdMembers); err != nil {
+			return fmt.Errorf("etcd cluster: %w", err)
+		}
+		w.EtcdEndpoints = w.EtcdCluster.Endpoints()
+	} else {
+		if w.Etcd, err = etcdserver.Start(w.etcdDir(), w.Addr(w.Ports.Etcd), "127.0.0.1:0"); err != nil {
+			return err
+		}
+		w.EtcdEndpoints = []string{w.Etcd.Endpoint}
+	}
+	w.Client, err = etcdclient.New(w.EtcdEndpoints, tlsconfig.Files{})
+	return err
+}
+
+// etcdDir is etcd's data folder: Dir/etcd, or Dir/etcd-N on Start's
+// attempt N, whose members have other addresses.
+func (w *World) etcdDir() string {
+	if w.attempt > 1 {
+		return filepath.Join(w.Dir, fmt.Sprintf("etcd-%d", w.attempt))
+	}
+	return filepath.Join(w.Dir, "etcd")
+}
+
+// plan makes a Process of every service replica, in start order:
+// consoleauth, the agent, novnc-proxy, xvp-proxy. It is the one place that
+// says how devstack runs each service.
+func (w *World) plan(inventory string) {
+	opts := w.Options
+	etcd := "--etcd_endpoints=" + strings.Join(w.EtcdEndpoints, ",")
+	cas := w.replicas(ConsoleAuth)
+	var caAddrs []string
+	for _, r := range cas {
+		caAddrs = append(caAddrs, w.Addr(r.Ports.ConsoleAuthGRPC))
+	}
+	consoleauth := strings.Join(caAddrs, ",")
 	ttl := []string{}
 	if opts.TokenTTL > 0 {
 		ttl = append(ttl, fmt.Sprintf("--token_ttl=%d", int(opts.TokenTTL.Seconds())))
 	}
 	// mTLS on every gRPC link: consoleauth's and the agent's servers, and
 	// every client of consoleauth (agent, proxies) and of the agent
-	// (consoleauth), each service presenting its own certificate, whose
+	// (consoleauth), each process presenting its own certificate, whose
 	// role says what it may call. REST callers need the API key. With
 	// Options.TLS: TLS on the REST API and the proxies' public ports
 	// (novnc-proxy refuses plain HTTP).
 	grpcTLS := w.GRPCFlags
-	publicTLS := func(service string) []string {
-		f := w.Certs[service]
+	publicTLS := func(name string) []string {
+		f := w.Certs[name]
 		return []string{"--cert=" + f.Cert, "--key=" + f.Key}
 	}
-	var restTLS, novncTLS, xvpTLS, plaintext []string
-	novncHealth := "http://" + w.Addr(w.Ports.NoVNC) + "/healthz"
-	xvpReady := w.tcpReady(w.Addr(w.Ports.XVP))
-	if opts.TLS {
-		f := w.Certs[ConsoleAuth]
-		restTLS = []string{"--rest_cert=" + f.Cert, "--rest_key=" + f.Key, "--rest_ca=" + f.CA}
-		novncTLS = append(publicTLS(NoVNCProxy), "--ssl_only")
-		xvpTLS = publicTLS(XVPProxy)
-		novncHealth = "https://" + w.Addr(w.Ports.NoVNC) + "/healthz"
-		xvpReady = w.tlsReady(w.Addr(w.Ports.XVP))
-	}
+	var plaintext, behindLB []string
 	if opts.AllowPlaintext {
 		plaintext = []string{"--allow_plaintext"}
 	}
-	starts := []struct {
-		name  string
-		args  []string
-		ready func(context.Context) error
-	}{
-		{ConsoleAuth, concat([]string{
-			"--grpc_listen=" + consoleauth,
-			"--rest_listen=" + w.Addr(w.Ports.ConsoleAuthREST),
+	shutdownDelay := "--shutdown_delay=0" // no load balancer to wait for
+	if opts.LB {
+		// HAProxy connects from the stack's host; its checks every 200 ms
+		// (down after 2) take a draining replica out well within 1 s.
+		behindLB = []string{"--trusted_proxies=" + strings.Join(uniq("127.0.0.1", w.Host), ",")}
+		shutdownDelay = "--shutdown_delay=1"
+	}
+	for _, r := range cas {
+		var restTLS []string
+		if opts.TLS {
+			f := w.Certs[r.Name]
+			restTLS = []string{"--rest_cert=" + f.Cert, "--rest_key=" + f.Key, "--rest_ca=" + f.CA}
+		}
+		r.args = concat([]string{
+			"--grpc_listen=" + w.Addr(r.Ports.ConsoleAuthGRPC),
+			"--rest_listen=" + w.Addr(r.Ports.ConsoleAuthREST),
 			etcd,
 			"--novncproxy_base_url=" + w.NoVNCBaseURL(),
 			"--xvpvncproxy_base_url=" + w.XVPBaseURL(),
 			"--api_keys_file=" + w.APIKeysFile,
-			"--admin_listen=" + w.AdminAddr(w.Ports.ConsoleAuthAdmin),
-		}, ttl, grpcTLS(ConsoleAuth), restTLS, plaintext), httpReady(w.restClient, w.RESTURL()+"/healthz")},
-		{ComputeAgent, concat([]string{
-			"--grpc_listen=" + w.Addr(w.Ports.ComputeAgent),
-			"--host=" + ComputeHost,
-			etcd,
-			"--driver=static",
-			"--inventory_file=" + inventory,
-			"--consoleauth_address=" + consoleauth,
-			"--registration_ttl=5",
-			"--admin_listen=" + w.AdminAddr(w.Ports.ComputeAgentAdmin),
-		}, grpcTLS(ComputeAgent), plaintext), w.agentReady},
-		{NoVNCProxy, concat([]string{
+			"--admin_listen=" + w.AdminAddr(r.Ports.ConsoleAuthAdmin),
+		}, ttl, grpcTLS(r.Name), restTLS, plaintext)
+		r.ready = httpReady(w.restClientFor(w.Addr(r.Ports.ConsoleAuthREST)), w.scheme()+"://"+w.Addr(r.Ports.ConsoleAuthREST)+"/healthz")
+	}
+	agent := w.newProcess(ComputeAgent, ComputeAgent, w.Ports)
+	agent.args = w.agentArgs(agent, ComputeHost, "--driver=static", "--inventory_file="+inventory)
+	agent.ready = w.agentReady
+	for _, r := range w.replicas(NoVNCProxy) {
+		var novncTLS []string
+		health := "http://" + w.Addr(r.Ports.NoVNC) + "/healthz"
+		if opts.TLS {
+			novncTLS = append(publicTLS(r.Name), "--ssl_only")
+			health = "https://" + w.Addr(r.Ports.NoVNC) + "/healthz"
+		}
+		r.args = concat([]string{
 			"--novncproxy_host=" + w.Host,
-			"--novncproxy_port=" + strconv.Itoa(w.Ports.NoVNC),
+			"--novncproxy_port=" + strconv.Itoa(r.Ports.NoVNC),
 			"--novncproxy_base_url=" + w.NoVNCBaseURL(),
 			"--consoleauth_address=" + consoleauth,
 			etcd,
-			"--admin_listen=" + w.AdminAddr(w.Ports.NoVNCAdmin),
-			"--shutdown_delay=0", // no load balancer to wait for
-		}, grpcTLS(NoVNCProxy), novncTLS, plaintext), httpReady(w.httpClient, novncHealth)},
-		{XVPProxy, concat([]string{
+			"--admin_listen=" + w.AdminAddr(r.Ports.NoVNCAdmin),
+			"--proxy_name=" + r.Name, // its live sessions' and drains' name
+			shutdownDelay,
+		}, grpcTLS(r.Name), novncTLS, plaintext, behindLB)
+		r.ready = httpReady(w.httpClient, health)
+	}
+	for _, r := range w.replicas(XVPProxy) {
+		var xvpTLS []string
+		r.ready = w.tcpReady(w.Addr(r.Ports.XVP))
+		if opts.TLS {
+			xvpTLS = publicTLS(r.Name)
+			r.ready = w.tlsReady(w.Addr(r.Ports.XVP))
+		}
+		if opts.LB {
+			// Behind HAProxy every connection starts with a PROXY
+			// header, which a plain connect does not send: ready is
+			// the admin listener's /readyz.
+			r.ready = httpReady(http.DefaultClient, "http://"+w.AdminAddr(r.Ports.XVPAdmin)+"/readyz")
+		}
+		r.args = concat([]string{
 			"--xvpvncproxy_host=" + w.Host,
-			"--xvpvncproxy_port=" + strconv.Itoa(w.Ports.XVP),
+			"--xvpvncproxy_port=" + strconv.Itoa(r.Ports.XVP),
 			"--consoleauth_address=" + consoleauth,
 			etcd,
-			"--admin_listen=" + w.AdminAddr(w.Ports.XVPAdmin),
-			"--shutdown_delay=0", // no load balancer to wait for
-		}, grpcTLS(XVPProxy), xvpTLS, plaintext), xvpReady},
+			"--admin_listen=" + w.AdminAddr(r.Ports.XVPAdmin),
+			"--proxy_name=" + r.Name,
+			shutdownDelay,
+		}, grpcTLS(r.Name), xvpTLS, plaintext, behindLB)
 	}
-	for _, s := range starts {
-		if opts.Skip[s.name] {
+	// Start order: consoleauth, agent, novnc-proxy, xvp-proxy; left out
+	// services go.
+	var order []*Process
+	for _, name := range []string{ConsoleAuth, ComputeAgent, NoVNCProxy, XVPProxy} {
+		if opts.Skip[name] {
 			continue
 		}
-		if err := w.startProc(s.name, append(s.args, opts.Args[s.name]...)); err != nil {
-			return nil, err
-		}
-		rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-		err := w.waitReady(rctx, s.name, s.ready)
-		cancel()
-		if err != nil {
-			return nil, err
+		for _, p := range w.processes {
+			if p.Service == name {
+				p.args = append(p.args, opts.Args[name]...)
+				order = append(order, p)
+			}
 		}
 	}
-	return w, nil
+	w.processes = order
+}
+
+// agentArgs are a compute agent's flags: devstack's for host (its ports,
+// etcd, every consoleauth replica, its certificate), then driver's.
+func (w *World) agentArgs(p *Process, host string, driver ...string) []string {
+	var caAddrs []string
+	for _, r := range w.replicas(ConsoleAuth) {
+		caAddrs = append(caAddrs, w.Addr(r.Ports.ConsoleAuthGRPC))
+	}
+	var plaintext []string
+	if w.AllowPlaintext {
+		plaintext = []string{"--allow_plaintext"}
+	}
+	return concat([]string{
+		"--grpc_listen=" + w.Addr(p.Ports.ComputeAgent),
+		"--host=" + host,
+		"--etcd_endpoints=" + strings.Join(w.EtcdEndpoints, ","),
+		"--consoleauth_address=" + strings.Join(caAddrs, ","),
+		"--registration_ttl=5",
+		"--admin_listen=" + w.AdminAddr(p.Ports.ComputeAgentAdmin),
+	}, driver, w.GRPCFlags(p.Name), plaintext)
+}
+
+// uniq is its arguments without repeats, in order.
+func uniq(s ...string) []string {
+	var out []string
+	for _, v := range s {
+		if !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // concat joins flag lists into a new slice.
@@ -341,7 +507,7 @@ func concat(lists ...[]string) []string {
 // the API key, and builds the clients: a browser's (trusts the CA) and the
 // API layer's (the key, and a certificate for a TLS REST API).
 func (w *World) setUpCredentials() error {
-	ca, files, err := writeCerts(filepath.Join(w.Dir, "tls"), w.Host)
+	ca, files, err := writeCerts(filepath.Join(w.Dir, "tls"), w.Host, w.certNames())
 	if err != nil {
 		return fmt.Errorf("certificates: %w", err)
 	}
@@ -357,32 +523,15 @@ func (w *World) setUpCredentials() error {
 	if api.TLSClientConfig, err = w.ClientTLS(authn.RoleAPI, APIName); err != nil {
 		return err
 	}
-	w.restClient = &http.Client{Transport: bearer{key: w.APIKey, host: w.Addr(w.Ports.ConsoleAuthREST), next: api}}
+	w.restTransport = api
+	w.restClient = w.restClientFor(w.Addr(w.Ports.ConsoleAuthREST))
 	return nil
 }
 
-// pickPorts fills the ports left 0. All listeners stay open until every
-// port is picked, so the kernel cannot hand out one port twice.
+// pickPorts fills the ports left 0 (see pickFree).
 func (w *World) pickPorts() error {
-	var held []net.Listener
-	defer func() {
-		for _, l := range held {
-			l.Close()
-		}
-	}()
-	for _, p := range []*int{&w.Ports.Etcd, &w.Ports.ConsoleAuthGRPC, &w.Ports.ConsoleAuthREST, &w.Ports.ComputeAgent, &w.Ports.NoVNC, &w.Ports.XVP,
-		&w.Ports.ConsoleAuthAdmin, &w.Ports.ComputeAgentAdmin, &w.Ports.NoVNCAdmin, &w.Ports.XVPAdmin} {
-		if *p != 0 {
-			continue
-		}
-		l, err := net.Listen("tcp", net.JoinHostPort(w.Host, "0"))
-		if err != nil {
-			return err
-		}
-		held = append(held, l)
-		*p = l.Addr().(*net.TCPAddr).Port
-	}
-	return nil
+	return w.pickFree([]*int{&w.Ports.Etcd, &w.Ports.ConsoleAuthGRPC, &w.Ports.ConsoleAuthREST, &w.Ports.ComputeAgent, &w.Ports.NoVNC, &w.Ports.XVP,
+		&w.Ports.ConsoleAuthAdmin, &w.Ports.ComputeAgentAdmin, &w.Ports.NoVNCAdmin, &w.Ports.XVPAdmin})
 }
 
 func (w *World) startDemo() error {
@@ -414,17 +563,19 @@ func (w *World) writeInventory() (string, error) {
 	return path, os.WriteFile(path, b, 0o600)
 }
 
-func (w *World) startProc(name string, args []string) error {
-	bin := filepath.Join(w.Bin, name)
+// startProc runs one process of the binary of service, named name in its
+// log file and output.
+func (w *World) startProc(service, name string, args []string) (*proc, error) {
+	bin := filepath.Join(w.Bin, service)
 	if _, err := os.Stat(bin); err != nil {
-		return fmt.Errorf("%s: %w (run make build)", name, err)
+		return nil, fmt.Errorf("%s: %w (run make build)", service, err)
 	}
 	if err := os.MkdirAll(filepath.Dir(w.LogPath(name)), 0o700); err != nil {
-		return err
+		return nil, err
 	}
 	log, err := os.OpenFile(w.LogPath(name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	p := &proc{name: name, out: &lineWriter{prefix: name, out: w.Logs}, done: make(chan struct{})}
 	cmd := exec.Command(bin, args...)
@@ -439,17 +590,16 @@ func (w *World) startProc(name string, args []string) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		log.Close()
-		return fmt.Errorf("start %s: %w", name, err)
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	p.cmd = cmd
-	w.procs = append(w.procs, p)
 	go func() {
 		p.err = cmd.Wait() // returns once the output is copied
 		p.out.flush()
 		log.Close()
 		close(p.done)
 	}()
-	return nil
+	return p, nil
 }
 
 // MaxShownLine caps each line a service writes as copied to Options.Logs;
@@ -499,8 +649,8 @@ func (l *lineWriter) flush() {
 	l.line, l.cut = l.line[:0], 0
 }
 
-func (w *World) waitReady(ctx context.Context, name string, ready func(context.Context) error) error {
-	p := w.procs[len(w.procs)-1]
+func waitReady(ctx context.Context, p *proc, ready func(context.Context) error) error {
+	name := p.name
 	var last error
 	for {
 		if last = ready(ctx); last == nil {
@@ -617,11 +767,15 @@ func TokenOf(consoleURL string) (string, error) {
 	return "", fmt.Errorf("no token in %s", consoleURL)
 }
 
-// Proc returns the running process of a service, nil if not started.
+// Proc returns the running process of a service (its first replica) or of
+// a replica by name, nil if not started.
 func (w *World) Proc(name string) *os.Process {
-	for _, p := range w.procs {
-		if p.name == name {
-			return p.cmd.Process
+	for _, p := range w.processes {
+		if p.Service == name || p.Name == name {
+			if c := p.current(); c != nil {
+				return c.cmd.Process
+			}
+			return nil
 		}
 	}
 	return nil
@@ -652,12 +806,16 @@ func (p *proc) stop(grace time.Duration) error {
 // etcd. It returns the first service that did not stop cleanly.
 func (w *World) Stop() error {
 	var first error
-	for i := len(w.procs) - 1; i >= 0; i-- {
-		if err := w.procs[i].stop(10 * time.Second); err != nil && first == nil {
+	if w.HAProxy != nil {
+		w.HAProxy.Close()
+		w.haproxyLog.Close()
+	}
+	for i := len(w.processes) - 1; i >= 0; i-- {
+		if err := w.processes[i].Stop(10 * time.Second); err != nil && first == nil {
 			first = err
 		}
 	}
-	w.procs = nil
+	w.processes = nil
 	if w.Demo != nil {
 		w.Demo.Close()
 	}
@@ -669,6 +827,9 @@ func (w *World) Stop() error {
 	}
 	if w.Etcd != nil {
 		w.Etcd.Stop()
+	}
+	if w.EtcdCluster != nil {
+		w.EtcdCluster.Close()
 	}
 	return first
 }

@@ -18,19 +18,26 @@ import (
 	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
-// TestServiceCertificatesNameTheirRoles reads each service's certificate as
+// TestServiceCertificatesNameTheirRoles reads each process's certificate as
 // the services do (pkg/authn): verified against the stack's CA, it speaks
-// for the service's role, and the agent's for its host.
+// for the service's role, the agent's for its host, a proxy replica's
+// under the replica's name; a service's first replica's files are also the
+// service's (GRPCFlags).
 func TestServiceCertificatesNameTheirRoles(t *testing.T) {
-	ca, files, err := writeCerts(t.TempDir(), "127.0.0.1")
+	ca, files, err := writeCerts(t.TempDir(), "127.0.0.1", map[string]string{
+		ConsoleAuth: ConsoleAuth, ComputeAgent: ComputeAgent, XVPProxy: XVPProxy,
+		"novnc-proxy-1": NoVNCProxy, "novnc-proxy-2": NoVNCProxy,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]authn.Identity{
-		ConsoleAuth:  {Name: "consoleauth", Role: authn.RoleConsoleAuth},
-		ComputeAgent: {Name: ComputeHost, Role: authn.RoleCompute, Host: ComputeHost},
-		NoVNCProxy:   {Name: "novnc-proxy", Role: authn.RoleProxy},
-		XVPProxy:     {Name: "xvp-proxy", Role: authn.RoleProxy},
+		ConsoleAuth:     {Name: "consoleauth", Role: authn.RoleConsoleAuth},
+		ComputeAgent:    {Name: ComputeHost, Role: authn.RoleCompute, Host: ComputeHost},
+		NoVNCProxy:      {Name: "novnc-proxy-1", Role: authn.RoleProxy},
+		"novnc-proxy-1": {Name: "novnc-proxy-1", Role: authn.RoleProxy},
+		"novnc-proxy-2": {Name: "novnc-proxy-2", Role: authn.RoleProxy},
+		XVPProxy:        {Name: "xvp-proxy", Role: authn.RoleProxy},
 	}
 	for service, id := range want {
 		f := files[service]
@@ -163,5 +170,35 @@ func chunks(s string, n int) func(func(string) bool) {
 			}
 			s = s[k:]
 		}
+	}
+}
+
+// TestPickFreeBelowEphemeral: ports left 0 get distinct free ports below the
+// kernel's ephemeral range (no outgoing connection takes them meanwhile);
+// ports given stay.
+func TestPickFreeBelowEphemeral(t *testing.T) {
+	w := &World{Options: Options{Host: "127.0.0.1"}}
+	ports := make([]int, 20)
+	ports[3] = 6080
+	var ptrs []*int
+	for i := range ports {
+		ptrs = append(ptrs, &ports[i])
+	}
+	if err := w.pickFree(ptrs); err != nil {
+		t.Fatal(err)
+	}
+	lo, hi := belowEphemeral()
+	seen := map[int]bool{}
+	for i, p := range ports {
+		if i == 3 {
+			if p != 6080 {
+				t.Errorf("a given port: got %d, want 6080 kept", p)
+			}
+			continue
+		}
+		if p < lo || p >= hi || seen[p] {
+			t.Errorf("port %d: want distinct, in [%d, %d)", p, lo, hi)
+		}
+		seen[p] = true
 	}
 }

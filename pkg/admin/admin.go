@@ -6,7 +6,8 @@
 //	GET /readyz         200 {"status": "ready"} when every check passes;
 //	                    503 {"status": "not ready", "failing": "...", "error": "..."}
 //	                    naming the first check that fails
-//	GET /metrics        the service's Prometheus registry
+//	GET /metrics        the service's Prometheus registry, plus vncgate_build_info
+//	                    and the /readyz checks as vncgate_ready{,_check}
 //	GET /debug/pprof/   net/http/pprof, on this mux only
 //
 // The listener is plain HTTP: it carries no token nor credential, but
@@ -115,7 +116,7 @@ func Handler(opts Options) http.Handler {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ready"})
 	})
 	if opts.Metrics != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Metrics, promhttp.HandlerOpts{}))
+		mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer(opts.Metrics, ready), promhttp.HandlerOpts{}))
 	}
 	for pattern, h := range opts.Routes {
 		mux.Handle(pattern, h)

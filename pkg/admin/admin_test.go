@@ -60,12 +60,22 @@ func TestServe(t *testing.T) {
 	if code != 503 || r.Status != "not ready" || r.Failing != "etcd" || r.Error != "etcd unreachable" {
 		t.Errorf("/readyz with etcd down: %d %s", code, body)
 	}
+	if _, body := get(t, base+"/metrics"); !strings.Contains(body, "vncgate_ready 0") || !strings.Contains(body, `vncgate_ready_check{check="etcd"} 0`) ||
+		!strings.Contains(body, `vncgate_ready_check{check="always"} 1`) {
+		t.Errorf("/metrics with etcd down: want vncgate_ready 0 and the etcd check at 0, got %s", body)
+	}
 	etcdDown.Store(false)
 	if code, _ := get(t, base+"/readyz"); code != 200 {
 		t.Errorf("/readyz after etcd came back: %d", code)
 	}
 	if code, body := get(t, base+"/metrics"); code != 200 || !strings.Contains(body, "vncgate_test_total 1") {
 		t.Errorf("/metrics: %d %s", code, body)
+	}
+	if _, body := get(t, base+"/metrics"); !strings.Contains(body, "vncgate_ready 1") {
+		t.Errorf("/metrics when ready: no vncgate_ready 1 in %s", body)
+	}
+	if _, body := get(t, base+"/metrics"); !strings.Contains(body, BuildInfoName+`{goversion="go`) || !strings.Contains(body, `revision="`) {
+		t.Errorf("/metrics: no %s with its labels in %s", BuildInfoName, body)
 	}
 	if code, body := get(t, base+"/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
 		t.Errorf("/debug/pprof/: %d", code)

@@ -143,6 +143,11 @@ var catalog = map[key]entry{
 
 	// [vncgate]: vncgate's own options, whichever service reads them.
 	{SectionVNCGate, "allow_plaintext"}:           {kind: supported},
+	{SectionVNCGate, "proxy_name"}:                {kind: supported},
+	{SectionVNCGate, "live_sessions_ttl"}:         {kind: supported},
+	{SectionVNCGate, "live_sessions_refresh"}:     {kind: supported},
+	{SectionVNCGate, "audit_file"}:                {kind: supported},
+	{SectionVNCGate, "audit_syslog"}:              {kind: supported},
 	{SectionVNCGate, "api_keys_file"}:             {kind: supported},
 	{SectionVNCGate, "cert_role_source"}:          {kind: supported},
 	{SectionVNCGate, "rest_auth"}:                 {kind: supported},
@@ -187,6 +192,7 @@ var catalog = map[key]entry{
 	{SectionVNCGate, "tcp_keepalive"}:             {kind: supported},
 	{SectionVNCGate, "log_level"}:                 {kind: supported},
 	{SectionVNCGate, "log_format"}:                {kind: supported},
+	{SectionVNCGate, "otlp_endpoint"}:             {kind: supported},
 	{SectionVNCGate, "vencrypt_verify_hostname"}:  {kind: supported},
 	{SectionVNCGate, "keystone_cache_size"}:       {kind: supported},
 

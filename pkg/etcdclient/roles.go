@@ -19,11 +19,23 @@ import (
 // (package registry's "who writes what").
 //
 //	role          permission  keys
-//	consoleauth   readwrite   /vncgate/tokens/, /vncgate/instances/, /vncgate/revocations/
-//	              read        /vncgate/computes/, /vncgate/compute-instances/
+//	consoleauth   readwrite   /vncgate/tokens/, /vncgate/instances/, /vncgate/revocations/,
+//	                          /vncgate/session-kills/, /vncgate/proxy-drains/ (vncgatectl's kills and drains)
+//	              read        /vncgate/computes/, /vncgate/compute-instances/,
+//	                          /vncgate/proxies/, /vncgate/sessions/, /vncgate/instance-sessions/
 //	proxy         read        /vncgate/revocations/
+//	              readwrite   /vncgate/instance-sessions/ (every instance: the slots capping an
+//	                          instance's sessions are shared by all proxies)
+//	proxy-P       readwrite   the key /vncgate/proxies/P, /vncgate/sessions/P/,
+//	                          /vncgate/session-kills/P/ (read, then delete once acted on)
+//	              read        the key /vncgate/proxy-drains/P
 //	compute-H     readwrite   the key /vncgate/computes/H, /vncgate/compute-instances/H/
 //	root          (all)       the administrator, for etcd itself
+//
+// A proxy user P has the roles proxy and proxy-P: P is both the CN of the
+// proxy's etcd certificate and its proxy_name (package livesessions), so
+// a proxy can write only its own records and act only on its own kills
+// and drain. Two proxies therefore need two certificates (and names).
 //
 // Users carry no password: each service proves its user with its etcd
 // client certificate, whose common name is the user name (etcd
@@ -43,12 +55,13 @@ type Roles struct {
 	ComputeHosts []string
 }
 
-// Role names, beside compute-H.
+// Role names, beside compute-H and proxy-P.
 const (
 	RoleRoot        = "root"
 	RoleConsoleAuth = "consoleauth"
 	RoleProxy       = "proxy"
 	computeRole     = "compute-"
+	proxyRole       = "proxy-"
 )
 
 // Grant is one permission of a role: Key alone, or every key starting with
@@ -94,6 +107,10 @@ func (r Roles) Check() error {
 		if err := add(u, "proxy user"); err != nil {
 			return err
 		}
+		// The user is the proxy's name, a segment of its keys.
+		if err := registry.CheckProxyName(u); err != nil {
+			return fmt.Errorf("proxy user: %w", err)
+		}
 	}
 	for _, h := range r.ComputeHosts {
 		if err := add(h, "compute host"); err != nil {
@@ -109,9 +126,23 @@ func (r Roles) Grants() []Grant {
 		{RoleConsoleAuth, true, registry.TokensPrefix, true},
 		{RoleConsoleAuth, true, registry.InstancesPrefix, true},
 		{RoleConsoleAuth, true, registry.RevocationsPrefix, true},
+		{RoleConsoleAuth, true, registry.SessionKillsPrefix, true},
+		{RoleConsoleAuth, true, registry.ProxyDrainsPrefix, true},
 		{RoleConsoleAuth, false, registry.ComputesPrefix, true},
 		{RoleConsoleAuth, false, registry.ComputeInstancesRoot, true},
+		{RoleConsoleAuth, false, registry.ProxiesPrefix, true},
+		{RoleConsoleAuth, false, registry.SessionsPrefix, true},
+		{RoleConsoleAuth, false, registry.InstanceSessionsPrefix, true},
 		{RoleProxy, false, registry.RevocationsPrefix, true},
+		{RoleProxy, true, registry.InstanceSessionsPrefix, true},
+	}
+	for _, u := range r.ProxyUsers {
+		g = append(g,
+			// Keys, not prefixes, where a prefix would cover p10 for p1.
+			Grant{proxyRole + u, true, registry.ProxyKey(u), false},
+			Grant{proxyRole + u, true, registry.ProxySessionsPrefix(u), true},
+			Grant{proxyRole + u, true, registry.ProxyKillsPrefix(u), true},
+			Grant{proxyRole + u, false, registry.ProxyDrainKey(u), false})
 	}
 	for _, h := range r.ComputeHosts {
 		g = append(g,
@@ -127,7 +158,7 @@ func (r Roles) Grants() []Grant {
 func (r Roles) userRoles() [][2]string {
 	ur := [][2]string{{RoleRoot, RoleRoot}, {r.ConsoleAuthUser, RoleConsoleAuth}}
 	for _, u := range r.ProxyUsers {
-		ur = append(ur, [2]string{u, RoleProxy})
+		ur = append(ur, [2]string{u, RoleProxy}, [2]string{u, proxyRole + u})
 	}
 	for _, h := range r.ComputeHosts {
 		ur = append(ur, [2]string{h, computeRole + h})
@@ -137,6 +168,9 @@ func (r Roles) userRoles() [][2]string {
 
 func (r Roles) roles() []string {
 	roles := []string{RoleRoot, RoleConsoleAuth, RoleProxy}
+	for _, u := range r.ProxyUsers {
+		roles = append(roles, proxyRole+u)
+	}
 	for _, h := range r.ComputeHosts {
 		roles = append(roles, computeRole+h)
 	}
@@ -213,8 +247,12 @@ func (r Roles) Script() (string, error) {
 		}
 		fmt.Fprintf(&b, "etcdctl role grant-permission %s %s %s --prefix=%v\n", shellQuote(g.Role), perm, shellQuote(g.Key), g.Prefix)
 	}
+	added := map[string]bool{}
 	for _, ur := range r.userRoles() {
-		fmt.Fprintf(&b, "etcdctl user add %s --no-password\n", shellQuote(ur[0]))
+		if !added[ur[0]] {
+			added[ur[0]] = true
+			fmt.Fprintf(&b, "etcdctl user add %s --no-password\n", shellQuote(ur[0]))
+		}
 		fmt.Fprintf(&b, "etcdctl user grant-role %s %s\n", shellQuote(ur[0]), shellQuote(ur[1]))
 	}
 	b.WriteString("etcdctl auth enable\n")

@@ -77,6 +77,47 @@ func TestRolesOnARealEtcd(t *testing.T) {
 		{"a proxy cannot plant a token", func() error { return put("xvp-proxy", tokenKey) }, false},
 		{"a proxy cannot read tokens", func() error { return get("novnc-proxy", registry.TokensPrefix) }, false},
 		{"a proxy cannot revoke", func() error { return put("novnc-proxy", registry.RevocationKey(instance)) }, false},
+		{"a proxy announces itself and its session on a lease, one txn", func() error {
+			id := lease("novnc-proxy")
+			_, err := users["novnc-proxy"].Txn(ctx).Then(
+				clientv3.OpPut(registry.ProxyKey("novnc-proxy"), "{}", clientv3.WithLease(id)),
+				clientv3.OpPut(registry.SessionKey("novnc-proxy", "s1"), "{}", clientv3.WithLease(id))).Commit()
+			return err
+		}, true},
+		{"a proxy takes an instance slot", func() error {
+			_, err := users["xvp-proxy"].Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(registry.InstanceSlotKey(instance, 0)), "=", 0)).
+				Then(clientv3.OpPut(registry.InstanceSlotKey(instance, 0), "xvp-proxy/s1", clientv3.WithLease(lease("xvp-proxy")))).Commit()
+			return err
+		}, true},
+		{"a proxy reads the slots of an instance", func() error { return get("novnc-proxy", registry.InstanceSlotsPrefix(instance)) }, true},
+		{"a proxy cannot announce another", func() error { return put("novnc-proxy", registry.ProxyKey("xvp-proxy")) }, false},
+		{"a proxy cannot announce one whose name it prefixes", func() error { return put("novnc-proxy", registry.ProxyKey("novnc-proxy-2")) }, false},
+		{"a proxy cannot publish another's session", func() error { return put("novnc-proxy", registry.SessionKey("xvp-proxy", "s1")) }, false},
+		{"a proxy reads its kills", func() error { return get("novnc-proxy", registry.ProxyKillsPrefix("novnc-proxy")) }, true},
+		{"a proxy deletes a kill it acted on", func() error {
+			_, err := users["novnc-proxy"].Delete(ctx, registry.SessionKillKey("novnc-proxy", "s1"))
+			return err
+		}, true},
+		{"a proxy cannot read another's kills", func() error { return get("novnc-proxy", registry.ProxyKillsPrefix("xvp-proxy")) }, false},
+		{"a proxy cannot kill another's session", func() error { return put("novnc-proxy", registry.SessionKillKey("xvp-proxy", "s1")) }, false},
+		{"a proxy reads its drain", func() error {
+			_, err := users["xvp-proxy"].Get(ctx, registry.ProxyDrainKey("xvp-proxy"))
+			return err
+		}, true},
+		{"a proxy cannot drain itself", func() error { return put("xvp-proxy", registry.ProxyDrainKey("xvp-proxy")) }, false},
+		{"a proxy cannot read another's drain", func() error {
+			_, err := users["xvp-proxy"].Get(ctx, registry.ProxyDrainKey("novnc-proxy"))
+			return err
+		}, false},
+		{"consoleauth lists proxies, sessions and slots", func() error {
+			return errors.Join(get("consoleauth", registry.ProxiesPrefix), get("consoleauth", registry.SessionsPrefix), get("consoleauth", registry.InstanceSessionsPrefix))
+		}, true},
+		{"consoleauth writes kills and drains", func() error {
+			return errors.Join(put("consoleauth", registry.SessionKillKey("novnc-proxy", "s1")), put("consoleauth", registry.ProxyDrainKey("xvp-proxy")))
+		}, true},
+		{"consoleauth cannot forge a live session", func() error { return put("consoleauth", registry.SessionKey("novnc-proxy", "s9")) }, false},
+		{"consoleauth cannot take a slot", func() error { return put("consoleauth", registry.InstanceSlotKey(instance, 1)) }, false},
+		{"h1 cannot read live sessions", func() error { return get("h1", registry.SessionsPrefix) }, false},
 		{"h1 registers on a lease", func() error {
 			_, err := users["h1"].Put(ctx, registry.ComputeKey("h1"), "{}", clientv3.WithLease(lease("h1")))
 			return err
@@ -110,6 +151,19 @@ func TestRolesOnARealEtcd(t *testing.T) {
 	}
 	if _, err := users["h1"].Revoke(ctx, id); err != nil {
 		t.Errorf("h1 revoking its own lease: %v", err)
+	}
+
+	// A proxy revokes its own lease, with its announcement, sessions and
+	// slots on it, on shutdown.
+	pid := lease("novnc-proxy")
+	if _, err := users["novnc-proxy"].Txn(ctx).Then(
+		clientv3.OpPut(registry.ProxyKey("novnc-proxy"), "{}", clientv3.WithLease(pid)),
+		clientv3.OpPut(registry.SessionKey("novnc-proxy", "s2"), "{}", clientv3.WithLease(pid)),
+		clientv3.OpPut(registry.InstanceSlotKey(instance, 5), "novnc-proxy/s2", clientv3.WithLease(pid))).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := users["novnc-proxy"].Revoke(ctx, pid); err != nil {
+		t.Errorf("a proxy revoking its own lease: %v", err)
 	}
 
 	// A proxy's watch of revocations sees consoleauth's writes.
@@ -160,6 +214,7 @@ func TestRolesCheck(t *testing.T) {
 		{"a host with a slash", etcdclient.Roles{ComputeHosts: []string{"h1/x"}}, "without '/'"},
 		{"an empty host", etcdclient.Roles{ComputeHosts: []string{""}}, "non-empty"},
 		{"a proxy named like a host", etcdclient.Roles{ProxyUsers: []string{"h1"}, ComputeHosts: []string{"h1"}}, "already the user of proxy user"},
+		{"a proxy user that cannot be a proxy name", etcdclient.Roles{ProxyUsers: []string{"novnc proxy"}}, "proxy user: proxy name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -189,6 +244,13 @@ func TestRolesScript(t *testing.T) {
 		"etcdctl role grant-permission compute-h1 readwrite /vncgate/compute-instances/h1/ --prefix=true\n",
 		"etcdctl user add 'rack 2' --no-password\n",
 		"etcdctl user grant-role novnc-proxy proxy\n",
+		"etcdctl user grant-role novnc-proxy proxy-novnc-proxy\n",
+		"etcdctl role grant-permission proxy readwrite /vncgate/instance-sessions/ --prefix=true\n",
+		"etcdctl role grant-permission proxy-novnc-proxy readwrite /vncgate/proxies/novnc-proxy --prefix=false\n",
+		"etcdctl role grant-permission proxy-novnc-proxy readwrite /vncgate/sessions/novnc-proxy/ --prefix=true\n",
+		"etcdctl role grant-permission proxy-novnc-proxy readwrite /vncgate/session-kills/novnc-proxy/ --prefix=true\n",
+		"etcdctl role grant-permission proxy-novnc-proxy read /vncgate/proxy-drains/novnc-proxy --prefix=false\n",
+		"etcdctl role grant-permission consoleauth readwrite /vncgate/session-kills/ --prefix=true\n",
 		"etcdctl user add root --no-password\netcdctl user grant-role root root\n",
 	} {
 		if !strings.Contains(script, want) {

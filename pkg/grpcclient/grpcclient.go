@@ -18,6 +18,10 @@
 //     (the DNS name, not the address it resolved to);
 //   - a lost address is dialled again at most about a second apart, so a
 //     replica that comes back is used again within about a second;
+//   - keepalive (ClientKeepalive): a replica that went silent without
+//     closing the connection is dropped about 40 s after its last frame,
+//     and calls in flight on it fail over as when it dies; servers take
+//     ServerOptions, which match;
 //   - it connects at once and never goes idle, so Ready says whether a
 //     call could be served now, and one log line per change between
 //     reachable and unreachable.
@@ -38,6 +42,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	_ "google.golang.org/grpc/health" // the client side of healthCheckConfig
+
+	"github.com/vncgate/vncgate/pkg/requestid"
 )
 
 // Retry policy of Options.Retry's methods: a few attempts, short backoff
@@ -129,7 +135,9 @@ func DialEndpoints(endpoints []Endpoint, creds credentials.TransportCredentials,
 		// proxy and reconnect only at the next call.
 		grpc.WithIdleTimeout(0),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnectBackoff, MinConnectTimeout: minConnectTimeout}),
-		grpc.WithChainUnaryInterceptor(trackTried),
+		grpc.WithKeepaliveParams(ClientKeepalive),
+		// The caller's request id travels with every call (package requestid).
+		grpc.WithChainUnaryInterceptor(trackTried, requestid.UnaryClientInterceptor()),
 	}, opts.DialOptions...)
 	cc, err := grpc.NewClient(scheme+":///"+opts.Name, dialOpts...)
 	if err != nil {

@@ -78,7 +78,7 @@ func (r *replica) startHealth(t *testing.T, serving bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.addr = l.Addr().String()
-	r.srv = grpc.NewServer(grpc.Creds(r.creds))
+	r.srv = grpc.NewServer(append(ServerOptions(), grpc.Creds(r.creds))...)
 	r.health = health.NewServer()
 	if !serving {
 		r.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)

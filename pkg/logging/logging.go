@@ -6,29 +6,39 @@
 // debug = true, oslo.log's option in nova.conf, means debug too). Every
 // record carries "service".
 //
-// Keys, the same for the same thing in every service:
+// Keys, the same for the same thing in every service (constants Key*;
+// Keys lists every key a record may carry, and a test keeps the services'
+// log calls to it):
 //
 //	key            value
 //	service        consoleauth, compute-agent, novnc-proxy, xvp-proxy (added by New)
 //	error          an error's text (never "err")
-//	instance       an instance UUID (never "uuid")
+//	instance       an instance UUID (never "uuid" nor "id")
 //	token_hash     the first 12 hex digits of a token's SHA-256 (registry.HashPrefix);
 //	               a token itself is never logged (never "token")
-//	session        a session's ID within its proxy
-//	client         a client's IP address, as the proxy believes it (trusted_proxies)
+//	session        a console session's ID within its proxy
+//	request_id     the request's id (package requestid): added by the handler
+//	               from the context of a *Context call (log.InfoContext(ctx, …))
+//	proxy          a proxy's name, as registered in etcd
+//	client         a client's IP address, as the service believes it (trusted_proxies)
+//	host           a compute host's name, as registered in etcd (never "compute_host")
+//	method         a gRPC full method name, or an HTTP method and path
+//	code           a gRPC code name (a WebSocket close code in audit events)
 //	console_type   novnc or xvpvnc
-//	compute_host   a compute host's name, as registered in etcd
 //	vnc            a VNC server's address, host:port
 //	addr           an address this service listens on
 //	reason         why something ended or was refused: a fixed word (revoked, idle_timeout, …)
 //	message        the sentence a user or operator is given with it (a revocation's text)
-//	duration       how long something lasted (a session, a call)
-//	close_code     a WebSocket close code (novnc-proxy)
+//	duration_ms    how long a call took, in milliseconds
+//	caller, role   an authenticated caller's name and role
 //	status         an HTTP status code
 //	retry_in       the wait before the next attempt
 //	attempt        the number of an attempt, from 1
 //	sessions       a count of sessions
-//	endpoints      etcd endpoints
+//	endpoints      etcd endpoints, or a callee's
+//
+// Every gRPC call a service serves is one "rpc" line (package grpcserver)
+// with request_id, method, code and duration_ms.
 //
 // No record can be made huge by what a caller sent: the message, every
 // string value, every error's text and every other value's rendering is cut
@@ -37,6 +47,7 @@
 package logging
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -46,6 +57,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/vncgate/vncgate/pkg/config"
+	"github.com/vncgate/vncgate/pkg/requestid"
 )
 
 // Options are the logging settings every service has.
@@ -81,7 +93,45 @@ func New(w io.Writer, service string, o Options) *slog.Logger {
 	if text {
 		h = slog.NewTextHandler(w, opts)
 	}
-	return slog.New(h).With("service", service)
+	return slog.New(requestIDHandler{h, false}).With(KeyService, service)
+}
+
+// requestIDHandler adds the request id of a record's context (package
+// requestid) to the record, unless the call or the logger names one itself.
+type requestIDHandler struct {
+	slog.Handler
+	has bool // With already added request_id
+}
+
+func (h requestIDHandler) Handle(ctx context.Context, r slog.Record) error {
+	if id := requestid.FromContext(ctx); id != "" && !h.has && !hasRequestID(r) {
+		r = r.Clone()
+		r.AddAttrs(slog.String(KeyRequestID, id))
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func hasRequestID(r slog.Record) bool {
+	found := false
+	r.Attrs(func(a slog.Attr) bool {
+		found = a.Key == KeyRequestID
+		return !found
+	})
+	return found
+}
+
+func (h requestIDHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	has := h.has
+	for _, a := range attrs {
+		has = has || a.Key == KeyRequestID
+	}
+	return requestIDHandler{h.Handler.WithAttrs(attrs), has}
+}
+
+// WithGroup: after it the id lands inside the group, like every attribute
+// of the record.
+func (h requestIDHandler) WithGroup(name string) slog.Handler {
+	return requestIDHandler{h.Handler.WithGroup(name), h.has}
 }
 
 // MaxValueLen caps, in bytes, a record's message, each attribute's key and

@@ -5,7 +5,7 @@
 //	vncgate_proxy_sessions_active                 gauge: sessions being relayed now
 //	vncgate_proxy_sessions_total{result}          counter: session attempts, "relayed" or why refused
 //	vncgate_proxy_session_ended_total{reason}     counter: relayed sessions that ended, by why
-//	vncgate_proxy_bytes_total{direction}          counter: bytes relayed, client_to_server or server_to_client
+//	vncgate_proxy_bytes_total{direction}          counter: bytes relayed, client_to_server or server_to_client, counted live
 //	vncgate_proxy_session_setup_seconds           histogram: accept (or upgrade request) to relay start
 //	vncgate_proxy_session_duration_seconds        histogram: relay start to session end
 //	vncgate_proxy_connections_open                gauge: accepted connections open now (pkg/edge)
@@ -18,7 +18,9 @@
 // token, an address or an instance; every value is exported from the start
 // (at zero), so rates and alerts work before the first event. Metrics are
 // registered with the Registerer the proxy passes in (its own registry, never
-// the global default one); bytes are added when a session ends.
+// the global default one). Bytes are counted as the relay writes them
+// (Session.Count), so a long session's traffic shows while it runs, not in
+// one step at its end.
 package proxymetrics
 
 import (
@@ -232,7 +234,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"reason"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "bytes_total",
-			Help: "Bytes relayed by ended sessions, by direction (client_to_server, server_to_client).",
+			Help: "Bytes relayed, counted as they move (live sessions included), by direction (client_to_server, server_to_client).",
 		}, []string{"direction"}),
 		setup: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "session_setup_seconds",
@@ -317,15 +319,33 @@ func (m *Metrics) Start(setup time.Duration) *Session {
 	return &Session{m: m, started: time.Now()}
 }
 
-// Session is one relayed session's share of the metrics.
+// Session is one relayed session's share of the metrics. It is the
+// relay's Counter (relay.Relay.Counter), so bytes are counted as they move.
 type Session struct {
 	m       *Metrics
 	started time.Time
 	ended   atomic.Bool
+	// Bytes counted live, so End adds only what was not.
+	toServer, fromServer atomic.Int64
+}
+
+// Count counts n bytes read from side from and written to the other side,
+// as the relay moves them.
+func (s *Session) Count(from relay.Side, n int) {
+	if n <= 0 {
+		return
+	}
+	if from == relay.Client {
+		s.toServer.Add(int64(n))
+		s.m.toServer.Add(float64(n))
+	} else {
+		s.fromServer.Add(int64(n))
+		s.m.fromServer.Add(float64(n))
+	}
 }
 
 // End counts the session's end, for reason, with the bytes its relay
-// moved. Only the first call counts.
+// moved that Count has not counted yet. Only the first call counts.
 func (s *Session) End(reason EndReason, res relay.Result) {
 	if !s.ended.CompareAndSwap(false, true) {
 		return
@@ -336,8 +356,8 @@ func (s *Session) End(reason EndReason, res relay.Result) {
 	if reason > 0 && reason < numEndReasons {
 		m.endedBy[reason].Inc()
 	}
-	m.toServer.Add(float64(max(res.ClientToServer, 0)))
-	m.fromServer.Add(float64(max(res.ServerToClient, 0)))
+	m.toServer.Add(float64(max(res.ClientToServer-s.toServer.Load(), 0)))
+	m.fromServer.Add(float64(max(res.ServerToClient-s.fromServer.Load(), 0)))
 }
 
 // NewRegistry returns a registry for one proxy, holding the Go runtime and

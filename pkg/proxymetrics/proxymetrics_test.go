@@ -177,3 +177,27 @@ func TestRegistriesAreIndependent(t *testing.T) {
 		t.Errorf("default registry: got %d series (%v), want 0", n, err)
 	}
 }
+
+// TestBytesCountLive: bytes show while a session runs (the relay's
+// Counter), and End adds only what was not counted yet.
+func TestBytesCountLive(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg)
+	s := m.Start(time.Millisecond)
+	s.Count(relay.Client, 100)
+	s.Count(relay.Server, 7000)
+	s.Count(relay.Server, 0)
+	if got := scrape.Value(t, reg, "vncgate_proxy_bytes_total", "direction", "server_to_client"); got != 7000 {
+		t.Errorf("server_to_client while live: got %v, want 7000", got)
+	}
+	if got := scrape.Value(t, reg, "vncgate_proxy_bytes_total", "direction", "client_to_server"); got != 100 {
+		t.Errorf("client_to_server while live: got %v, want 100", got)
+	}
+	s.End(EndClientClosed, relay.Result{ClientToServer: 150, ServerToClient: 7000})
+	if got := scrape.Value(t, reg, "vncgate_proxy_bytes_total", "direction", "client_to_server"); got != 150 {
+		t.Errorf("client_to_server after End: got %v, want 150 (not counted twice)", got)
+	}
+	if got := scrape.Value(t, reg, "vncgate_proxy_bytes_total", "direction", "server_to_client"); got != 7000 {
+		t.Errorf("server_to_client after End: got %v, want 7000", got)
+	}
+}

@@ -34,6 +34,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -123,6 +124,9 @@ type Token struct {
 	// ViewOnly: the proxies drop the client's input (absent in records
 	// written before view-only consoles existed: false).
 	ViewOnly bool `json:"view_only,omitempty"`
+	// MintedBy is the minting caller's identity name (authn.Identity.Name),
+	// for audit events; never a credential.
+	MintedBy string `json:"minted_by,omitempty"`
 }
 
 // Location is the value of a claim, ComputeInstanceKey(host, uuid) (JSON).
@@ -130,8 +134,51 @@ type Token struct {
 // write; the value repeats it for people reading etcd. A claim carries no
 // lease: when the agent dies the instance still exists, and consoleauth
 // answers "compute host down" (409) rather than "unknown instance" (404).
+//
+// The agent also publishes what it would answer ValidateConsolePort, so
+// that consoleauth can answer a token check without asking it: Lease is the
+// agent's registration lease when it wrote the value (the lease of
+// ComputeKey(host)); Console is the instance's VNC server then, or nil with
+// NoConsole saying why there is none (not running, gone, no VNC). The agent
+// rewrites the value before it acts on any change (and before revoking the
+// instance's tokens for it). A value without Lease (written before these
+// fields, or while the hypervisor could not say) or with a Lease other than
+// the live registration's vouches for nothing: consoleauth asks the agent.
 type Location struct {
-	ComputeHost string `json:"compute_host"`
+	ComputeHost string           `json:"compute_host"`
+	Lease       int64            `json:"lease,omitempty"`
+	Console     *LocationConsole `json:"console,omitempty"`
+	NoConsole   string           `json:"no_console,omitempty"`
+}
+
+// LocationConsole is an instance's VNC server as proxies reach it: what the
+// agent's GetConsole answers.
+type LocationConsole struct {
+	Host               string `json:"host"`
+	Port               int32  `json:"port"`
+	InternalAccessPath string `json:"internal_access_path,omitempty"`
+}
+
+// Mismatch says why host and port are not this console (the agent's
+// ValidateConsolePort reason), or "" when they are: the same port, and the
+// same host name without regard to case or the same IP address.
+func (c LocationConsole) Mismatch(host string, port int32) string {
+	switch {
+	case c.Port != port:
+		return fmt.Sprintf("port %d is not the instance's console (it is now %d)", port, c.Port)
+	case !sameHost(c.Host, host):
+		return fmt.Sprintf("host %q is not the instance's console (it is now %q)", host, c.Host)
+	}
+	return ""
+}
+
+func sameHost(a, b string) bool {
+	if strings.EqualFold(a, b) {
+		return true
+	}
+	ia, errA := netip.ParseAddr(a)
+	ib, errB := netip.ParseAddr(b)
+	return errA == nil && errB == nil && ia.Unmap() == ib.Unmap()
 }
 
 // Compute is an agent's registration (JSON).

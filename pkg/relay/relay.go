@@ -4,6 +4,8 @@
 // A relay never decides how a session ends: the caller ends it early by
 // closing either connection (after sending whatever goodbye its protocol
 // has), and reads the Result to learn which side finished first.
+// While it runs, Bytes and a Counter tell the bytes moved so far (live
+// records and metrics).
 package relay
 
 import (
@@ -70,8 +72,14 @@ type Relay struct {
 	// moved before it is closed; New sets DefaultLinger. Set it before Run.
 	Linger time.Duration
 
+	// Counter, if not nil, is told of every write as it happens (live
+	// metrics). Set it before Run.
+	Counter Counter
+
 	client, server net.Conn
 	trackIdle      bool         // IdleFor reports lastActive
+	toServer       atomic.Int64 // bytes written to the server so far
+	toClient       atomic.Int64 // bytes written to the client so far
 	lastActive     atomic.Int64 // unix nanoseconds of the last byte moved
 	writing        atomic.Int32 // writes in progress: a slow peer is not idle
 	closeOnce      sync.Once
@@ -111,6 +119,20 @@ func (r *Relay) idleFor() time.Duration {
 	return time.Since(time.Unix(0, r.lastActive.Load()))
 }
 
+// Counter counts bytes while a relay runs. from is the side the bytes were
+// read from (Client: client to server). Count must be fast and safe for
+// concurrent use: it runs on the relay's copy goroutines.
+type Counter interface {
+	Count(from Side, n int)
+}
+
+// Bytes returns the bytes relayed so far each way, while Run runs and
+// after: a live reading for a session's record and metrics. Safe for
+// concurrent use.
+func (r *Relay) Bytes() (clientToServer, serverToClient int64) {
+	return r.toServer.Load(), r.toClient.Load()
+}
+
 // Run relays until both directions end, then closes both connections.
 func (r *Relay) Run() Result {
 	var res Result
@@ -121,11 +143,11 @@ func (r *Relay) Run() Result {
 	// other direction end too.
 	go func() {
 		defer wg.Done()
-		res.ClientToServer, res.ClientErr = r.copy(r.server, r.client, func() { first.CompareAndSwap(0, int32(Client)) })
+		res.ClientToServer, res.ClientErr = r.copy(r.server, r.client, Client, func() { first.CompareAndSwap(0, int32(Client)) })
 	}()
 	go func() {
 		defer wg.Done()
-		res.ServerToClient, res.ServerErr = r.copy(r.client, r.server, func() { first.CompareAndSwap(0, int32(Server)) })
+		res.ServerToClient, res.ServerErr = r.copy(r.client, r.server, Server, func() { first.CompareAndSwap(0, int32(Server)) })
 	}()
 	wg.Wait()
 	r.Close()
@@ -173,10 +195,14 @@ type closeReader interface{ CloseRead() error }
 // copy moves src to dst, calls done, then half-closes: dst gets no more
 // writes and src no more reads. Without half-close support both connections
 // are closed, which ends the other direction too.
-func (r *Relay) copy(dst, src net.Conn, done func()) (int64, error) {
+func (r *Relay) copy(dst, src net.Conn, from Side, done func()) (int64, error) {
 	// Activity is tracked always: a half-closed session lingers while
 	// bytes move.
-	var w io.Writer = &activityWriter{w: dst, r: r}
+	total := &r.toServer
+	if from == Server {
+		total = &r.toClient
+	}
+	var w io.Writer = &activityWriter{w: dst, r: r, from: from, total: total}
 	var n int64
 	var err error
 	if wt, ok := lazy(src).(io.WriterTo); ok {
@@ -198,10 +224,12 @@ func (r *Relay) copy(dst, src net.Conn, done func()) (int64, error) {
 	return n, err
 }
 
-// activityWriter records when bytes last moved.
+// activityWriter records when bytes last moved, and how many so far.
 type activityWriter struct {
-	w io.Writer
-	r *Relay
+	w     io.Writer
+	r     *Relay
+	from  Side
+	total *atomic.Int64
 }
 
 func (a *activityWriter) Write(p []byte) (int, error) {
@@ -210,6 +238,12 @@ func (a *activityWriter) Write(p []byte) (int, error) {
 	a.r.lastActive.Store(time.Now().UnixNano())
 	n, err := a.w.Write(p)
 	a.r.lastActive.Store(time.Now().UnixNano())
+	if n > 0 {
+		a.total.Add(int64(n))
+		if a.r.Counter != nil {
+			a.r.Counter.Count(a.from, n)
+		}
+	}
 	return n, err
 }
 

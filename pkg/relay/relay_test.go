@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -144,5 +145,55 @@ func TestHalfClosedSessionLingersWhileBytesMove(t *testing.T) {
 	}
 	if res := <-done; res.ServerToClient != int64(len(got)) {
 		t.Errorf("server to client: got %d, want %d", res.ServerToClient, len(got))
+	}
+}
+
+// counter records what a relay tells its Counter.
+type counter struct{ from [3]atomic.Int64 }
+
+func (c *counter) Count(from Side, n int) { c.from[from].Add(int64(n)) }
+
+// TestBytesWhileRunning: Bytes and the Counter follow the bytes as they
+// move, before the relay ends, and agree with the Result.
+func TestBytesWhileRunning(t *testing.T) {
+	user, clientSide := loopback.Pair(t)
+	serverSide, vnc := loopback.Pair(t)
+	r := New(clientSide, serverSide, false)
+	c := &counter{}
+	r.Counter = c
+	done := make(chan Result, 1)
+	go func() { done <- r.Run() }()
+
+	user.SetDeadline(time.Now().Add(10 * time.Second)) // bounds a hang
+	vnc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := user.Write(make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(vnc, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vnc.Write(make([]byte, 300)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(user, make([]byte, 300)); err != nil {
+		t.Fatal(err)
+	}
+	// A write is counted once it returned, maybe just after the reader saw it.
+	for {
+		toServer, toClient := r.Bytes()
+		if toServer == 1000 && toClient == 300 && c.from[Client].Load() == 1000 && c.from[Server].Load() == 300 {
+			break
+		}
+		select {
+		case <-done:
+			t.Fatal("relay ended")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	user.Close()
+	vnc.Close()
+	res := <-done
+	if toServer, toClient := r.Bytes(); res.ClientToServer != toServer || res.ServerToClient != toClient {
+		t.Errorf("Bytes after the end: got %d/%d, result %d/%d", toServer, toClient, res.ClientToServer, res.ServerToClient)
 	}
 }

@@ -15,11 +15,13 @@ import (
 	"time"
 
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/audit"
 	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/failban"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/relay"
+	"github.com/vncgate/vncgate/pkg/requestid"
 	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
 )
@@ -28,6 +30,19 @@ import (
 // wrap the tokencheck reasons.
 type TokenChecker interface {
 	Check(ctx context.Context, token, consoleType string) (*consoleauthv1.ConnectInfo, error)
+}
+
+// Live is where a proxy publishes its live sessions and takes the
+// per-instance session slots shared by every proxy (*livesessions.Publisher
+// in etcd). Publishing is best-effort and must never block.
+type Live interface {
+	// TakeSlot takes one of instance's slots 0..max-1 for session: ok
+	// false without error when all are taken, an error when the store
+	// could not answer. release frees it.
+	TakeSlot(ctx context.Context, instance string, max int, session string) (release func(), ok bool, err error)
+	// Publish queues a live session's record; remove unpublishes it.
+	// bytes reports its counts so far.
+	Publish(rec registry.LiveSession, bytes func() (toClient, toServer int64)) (remove func())
 }
 
 // Config is a Core's dependencies and limits.
@@ -39,8 +54,25 @@ type Config struct {
 	// FailBan slows down the token checks of a client address and token
 	// prefix with too many invalid tokens (never refuses them); nil: no limit.
 	FailBan *failban.Limiter
-	// MaxPerInstance caps live sessions per instance; 0: no cap.
+	// MaxPerInstance caps live sessions per instance; 0: no cap. With
+	// Live, the cap holds across every proxy (Live.TakeSlot), besides
+	// this proxy's own count.
 	MaxPerInstance int
+	// ProxyName names the proxy in live records and audit events.
+	ProxyName string
+	// Live, if not nil, gets every live session and holds the shared
+	// per-instance cap. When it cannot answer, admission fails open to
+	// the local cap (logged once per outage): an etcd outage must not
+	// lock users out of their consoles.
+	Live Live
+	// Audit gets one event per session end and per refusal; nil: events
+	// go to Log only.
+	Audit *audit.Logger
+	// EndCode and RefusalCode are the protocol codes a client gets when
+	// the proxy ends or refuses its session (novnc-proxy's WebSocket close
+	// codes), for audit events; nil: 0.
+	EndCode     func(proxymetrics.EndReason) int
+	RefusalCode func(proxymetrics.Refusal) int
 	// Metrics counts attempts and sessions; nil: counted, not exported.
 	Metrics *proxymetrics.Metrics
 	Log     *slog.Logger
@@ -81,6 +113,9 @@ type Core struct {
 
 	mu      sync.Mutex
 	revoked map[string]revocationMark // instance -> latest revocation, kept two handshakes long
+
+	slotsDown atomic.Bool // Live could not take a slot: failing open (logged once)
+	drainOnce sync.Once   // an operator's drain acts once
 }
 
 // New returns a Core; a zero HandshakeTimeout means 10 s.
@@ -97,6 +132,9 @@ func New(cfg Config) *Core {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Audit == nil {
+		cfg.Audit = audit.New(cfg.Log)
+	}
 	return &Core{cfg: cfg, log: cfg.Log, table: NewTable(cfg.MaxPerInstance), revoked: map[string]revocationMark{}}
 }
 
@@ -109,6 +147,11 @@ type Refusal struct {
 	Message string
 	// Err is the cause, for the log.
 	Err error
+	// Client is the client's address, for the audit event of a refusal
+	// the edge made itself (Admit's carry it already).
+	Client string
+
+	event *audit.Event // the attempt as far as it went (Admit, Abort, Run)
 }
 
 // Attempt is one client's request for a console, as its edge read it.
@@ -142,6 +185,28 @@ func (c *Core) Refuse(log *slog.Logger, r *Refusal) {
 		level = slog.LevelInfo
 	}
 	log.Log(context.Background(), level, "console refused", "reason", why.String(), "message", r.Message, "error", r.Err)
+	ev := audit.Event{Started: time.Now()}
+	if r.event != nil {
+		ev = *r.event
+	}
+	if ev.Client == "" {
+		ev.Client = r.Client
+	}
+	ev.Event, ev.Reason, ev.Message = audit.Refusal, why.String(), r.Message
+	if c.cfg.RefusalCode != nil {
+		ev.Code = c.cfg.RefusalCode(why)
+	}
+	c.audit(ev)
+}
+
+// audit completes and writes an audit event.
+func (c *Core) audit(ev audit.Event) {
+	ev.Time = time.Now()
+	ev.ConsoleType, ev.Proxy = c.cfg.ConsoleType, c.cfg.ProxyName
+	if !ev.Started.IsZero() {
+		ev.DurationSeconds = ev.Time.Sub(ev.Started).Seconds()
+	}
+	c.cfg.Audit.Write(ev)
 }
 
 // Admit runs every step of a console attempt that can fail, in order:
@@ -156,10 +221,20 @@ func (c *Core) Admit(ctx context.Context, a Attempt) (*Session, *Refusal) {
 	if log == nil {
 		log = c.log
 	}
+	// The session id is born here and is the token check's request id, so
+	// consoleauth's log line of the check carries it too.
+	id := newID()
+	ev := &audit.Event{Session: id, RequestID: id, Client: a.ClientIP, Started: a.Start}
+	if ev.Started.IsZero() {
+		ev.Started = time.Now()
+	}
+	log = log.With("session", id, requestid.LogKey, id)
 	if a.Token != "" {
-		log = log.With("token_hash", registry.HashPrefix(registry.TokenHash(a.Token)))
+		ev.TokenHash = registry.HashPrefix(registry.TokenHash(a.Token))
+		log = log.With("token_hash", ev.TokenHash)
 	}
 	refuse := func(r *Refusal) (*Session, *Refusal) {
+		r.event = ev
 		c.Refuse(log, r)
 		return nil, r
 	}
@@ -180,23 +255,28 @@ func (c *Core) Admit(ctx context.Context, a Attempt) (*Session, *Refusal) {
 	// A revocation stamped after this instant must end the session even if
 	// it arrives before the session is in the table.
 	checked := time.Now()
-	info, err := c.cfg.Checker.Check(ctx, a.Token, c.cfg.ConsoleType)
+	info, err := c.cfg.Checker.Check(requestid.Outgoing(requestid.NewContext(ctx, id)), a.Token, c.cfg.ConsoleType)
 	if err != nil {
 		return refuse(c.tokenRefusal(a.ClientIP, a.Token, err))
 	}
-	log = log.With("instance", info.GetInstanceUuid(), "session", newID())
+	log = log.With("instance", info.GetInstanceUuid())
+	ev.Instance, ev.MintedBy = info.GetInstanceUuid(), info.GetMintedBy()
 
-	s := &Session{core: c, Info: info, Log: log, start: a.Start}
-	entry, err := c.table.AddAt(info.GetInstanceUuid(), checked, info.GetTokenRevision(), func(reason string) { s.end(c.endedBy(), reason) })
+	s := &Session{core: c, ID: id, Info: info, Log: log, start: ev.Started, client: a.ClientIP, event: ev}
+	entry, err := c.table.add(id, info.GetInstanceUuid(), checked, info.GetTokenRevision(), func(reason string) { s.end(c.endedBy(), reason) })
 	if err != nil {
 		return refuse(&Refusal{Why: proxymetrics.RefusedTooManySessions, Message: ErrTooMany.Error(), Err: err})
 	}
 	s.entry = entry
+	if r := c.takeSlot(ctx, s); r != nil {
+		s.unregister()
+		return refuse(r)
+	}
 	if r, ok := c.revokedDuring(info.GetInstanceUuid(), info.GetTokenRevision(), checked); ok {
 		s.end(proxymetrics.EndRevoked, r.Reason)
 	}
 	if r := s.endedEarly(); r != nil {
-		c.table.Remove(entry)
+		s.unregister()
 		return refuse(r)
 	}
 
@@ -205,18 +285,93 @@ func (c *Core) Admit(ctx context.Context, a Attempt) (*Session, *Refusal) {
 		if vnc != nil {
 			vnc.Close()
 		}
-		c.table.Remove(entry)
+		s.unregister()
 		return refuse(r)
 	}
 	if err != nil {
-		c.table.Remove(entry)
+		s.unregister()
 		return refuse(&Refusal{Why: proxymetrics.RefusedVNCUnreachable, Message: backend.ErrUnreachable.Error(), Err: err})
 	}
 	if !s.attach(vnc) {
-		c.table.Remove(entry)
+		s.unregister()
 		return refuse(s.endedEarly())
 	}
 	return s, nil
+}
+
+// slotTimeout bounds taking an instance slot: an etcd that does not
+// answer by then fails open rather than holding the handshake.
+const slotTimeout = 2 * time.Second
+
+// takeSlot holds one of the instance's cluster-wide session slots for s
+// (Config.Live), or returns the refusal when every slot is taken. When the
+// store cannot answer it admits (the local cap still holds), logging once
+// per outage.
+func (c *Core) takeSlot(ctx context.Context, s *Session) *Refusal {
+	if c.cfg.Live == nil || c.cfg.MaxPerInstance <= 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, slotTimeout)
+	defer cancel()
+	release, ok, err := c.cfg.Live.TakeSlot(ctx, s.Info.GetInstanceUuid(), c.cfg.MaxPerInstance, s.ID)
+	switch {
+	case err != nil:
+		if c.slotsDown.CompareAndSwap(false, true) {
+			c.log.Warn("cluster-wide session cap unavailable (etcd unreachable): admitting under this proxy's max_sessions_per_instance only",
+				"error", err, "max_sessions_per_instance", c.cfg.MaxPerInstance)
+		}
+		return nil
+	case !ok:
+		c.slotsBack()
+		return &Refusal{Why: proxymetrics.RefusedTooManySessions, Message: ErrTooMany.Error(),
+			Err: fmt.Errorf("%w: all %d slots of the instance are taken across the proxies", ErrTooMany, c.cfg.MaxPerInstance)}
+	}
+	c.slotsBack()
+	s.mu.Lock()
+	s.releases = append(s.releases, release)
+	s.mu.Unlock()
+	return nil
+}
+
+func (c *Core) slotsBack() {
+	if c.slotsDown.CompareAndSwap(true, false) {
+		c.log.Info("cluster-wide session cap available again")
+	}
+}
+
+// Kill ends session id with the sentence of reason (a
+// registry.RevocationReasons code; unknown ones are "admin"), as an
+// operator asked, and reports whether the session is live here.
+func (c *Core) Kill(id, reason, by string) bool {
+	sentence, ok := registry.RevocationSentence(reason)
+	if !ok || reason == "" {
+		reason = "admin"
+		sentence, _ = registry.RevocationSentence(reason)
+	}
+	found := c.table.EndID(id, sentence)
+	c.log.Info("session kill", "session", id, "reason", reason, "by", by, "found", found)
+	return found
+}
+
+// DrainUntil is an operator's drain (vncgatectl proxy drain) done as
+// SIGTERM's: readiness red now while still admitting, no new sessions
+// after delay, and at deadline the live sessions ended as by a shutdown
+// (EndAll; novnc-proxy's 1012, on which the page reconnects elsewhere).
+// The process goes on running. Only the first call acts.
+func (c *Core) DrainUntil(delay time.Duration, deadline time.Time) {
+	c.drainOnce.Do(func() {
+		c.Unready()
+		c.log.Info("operator drain: readiness red, still accepting", "shutdown_delay", delay.String(),
+			"deadline", deadline.Format(time.RFC3339), "sessions", c.Len())
+		time.AfterFunc(delay, func() {
+			c.Drain()
+			c.log.Info("operator drain: stopped accepting, draining", "sessions", c.Len())
+		})
+		time.AfterFunc(max(time.Until(deadline), delay), func() {
+			c.log.Info("operator drain: deadline reached, ending sessions", "sessions", c.Len())
+			c.EndAll()
+		})
+	})
 }
 
 // tokenRefusal sorts a failed check. Only an invalid token counts against
@@ -331,20 +486,27 @@ func (c *Core) WriteHealth(w http.ResponseWriter) { c.table.WriteHealth(w, c.unr
 // Session is one admitted console: registered, its VNC server dialled.
 type Session struct {
 	core *Core
+	// ID is the session's id, also its token check's request id.
+	ID string
 	// Info is where the token connects to.
 	Info *consoleauthv1.ConnectInfo
 	// Log carries the session's attributes; the edge may add its own
 	// before Run.
-	Log   *slog.Logger
-	start time.Time
-	entry *Entry
+	Log    *slog.Logger
+	start  time.Time
+	client string
+	entry  *Entry
+	event  *audit.Event // the audit event's fields known at admission
 
-	mu      sync.Mutex
-	vnc     net.Conn
-	why     proxymetrics.EndReason // why the proxy ended the session; 0 while it runs
-	message string
-	relay   *relay.Relay
-	goodbye func(proxymetrics.EndReason, string)
+	unregistered sync.Once
+
+	mu       sync.Mutex
+	releases []func() // slot and live record, released by unregister
+	vnc      net.Conn
+	why      proxymetrics.EndReason // why the proxy ended the session; 0 while it runs
+	message  string
+	relay    *relay.Relay
+	goodbye  func(proxymetrics.EndReason, string)
 }
 
 // Server is the VNC server's connection, for bytes the edge must send
@@ -363,8 +525,23 @@ func (s *Session) Abort(why proxymetrics.Refusal, err error) {
 		s.vnc.Close()
 	}
 	s.mu.Unlock()
-	s.core.table.Remove(s.entry)
-	s.core.Refuse(s.Log, &Refusal{Why: why, Message: "session not started", Err: err})
+	s.unregister()
+	s.core.Refuse(s.Log, &Refusal{Why: why, Message: "session not started", Err: err, event: s.event})
+}
+
+// unregister forgets the session: the table, its instance slot and its
+// live record. Once.
+func (s *Session) unregister() {
+	s.unregistered.Do(func() {
+		s.core.table.Remove(s.entry)
+		s.mu.Lock()
+		releases := s.releases
+		s.releases = nil
+		s.mu.Unlock()
+		for _, release := range releases {
+			release()
+		}
+	})
 }
 
 // End ends the session with why; message is shown to the user where the
@@ -428,11 +605,12 @@ func (s *Session) endedEarly() *Refusal {
 // handshake with both sides; when that fails, Run returns the refusal
 // (counted and logged) for the edge to answer, and relays nothing.
 func (s *Session) Run(client net.Conn, goodbye func(why proxymetrics.EndReason, message string)) *Refusal {
-	defer s.core.table.Remove(s.entry)
+	defer s.unregister()
 	cfg := s.core.cfg
 	if s.RFBAware() {
 		var r *Refusal
 		if client, r = s.handshake(client); r != nil {
+			r.event = s.event
 			s.core.Refuse(s.Log, r)
 			return r
 		}
@@ -443,8 +621,22 @@ func (s *Session) Run(client net.Conn, goodbye func(why proxymetrics.EndReason, 
 		"setup", setup.Round(time.Microsecond).String())
 
 	rl := relay.New(client, s.vnc, cfg.IdleTimeout > 0)
+	rl.Counter = metrics
 	if cfg.HalfCloseLinger > 0 {
 		rl.Linger = cfg.HalfCloseLinger
+	}
+	if cfg.Live != nil {
+		remove := cfg.Live.Publish(registry.LiveSession{
+			ID: s.ID, InstanceUUID: s.Info.GetInstanceUuid(), Proxy: cfg.ProxyName, ConsoleType: cfg.ConsoleType,
+			Client: s.client, ComputeHost: s.Info.GetComputeHost(), Started: s.start, MintedBy: s.Info.GetMintedBy(),
+			TokenHashPrefix: s.event.TokenHash,
+		}, func() (toClient, toServer int64) {
+			toServer, toClient = rl.Bytes()
+			return toClient, toServer
+		})
+		s.mu.Lock()
+		s.releases = append(s.releases, remove)
+		s.mu.Unlock()
 	}
 	s.mu.Lock()
 	s.relay, s.goodbye = rl, goodbye
@@ -485,15 +677,23 @@ func (s *Session) Run(client net.Conn, goodbye func(why proxymetrics.EndReason, 
 	s.mu.Unlock()
 	attrs := []any{"duration", time.Since(s.start).Round(time.Millisecond).String(),
 		"bytes_from_client", res.ClientToServer, "bytes_to_client", res.ServerToClient}
+	ev := *s.event
+	ev.Event, ev.BytesToClient, ev.BytesToServer = audit.SessionEnd, res.ServerToClient, res.ClientToServer
 	if why == 0 {
 		why = proxymetrics.EndServerClosed
 		if res.FirstDone == relay.Client {
 			why = proxymetrics.EndClientClosed
 		}
 		attrs = append(attrs, "ended_by", res.FirstDone.String())
+		ev.EndedBy = res.FirstDone.String()
 	} else {
 		attrs = append(attrs, "ended_by", "proxy", "message", message)
+		ev.EndedBy, ev.Message = "proxy", message
+		if cfg.EndCode != nil {
+			ev.Code = cfg.EndCode(why)
+		}
 	}
+	ev.Reason = why.String()
 	attrs = append(attrs, "reason", why.String())
 	if res.ClientErr != nil {
 		attrs = append(attrs, "client_error", res.ClientErr)
@@ -503,6 +703,7 @@ func (s *Session) Run(client net.Conn, goodbye func(why proxymetrics.EndReason, 
 	}
 	metrics.End(why, res)
 	s.Log.Info("session ended", attrs...)
+	s.core.audit(ev)
 	return nil
 }
 

@@ -11,6 +11,14 @@
 // live sessions, so a proxy can end an instance's sessions when its tokens are
 // revoked, cap sessions per instance, and wait for them on shutdown (an
 // http.Server does not track hijacked connections).
+//
+// Every session has an id, born at admission, which is also the request id
+// of its token check (x-request-id). With a Live (package livesessions, in
+// etcd) the core publishes each session while it runs, caps an instance's
+// sessions across every proxy (failing open to its own cap while the store
+// cannot answer), and an operator can end one (Core.Kill) or drain the
+// proxy (Core.DrainUntil). Every session end and every refusal is one audit
+// event (package audit).
 package sessions
 
 import (
@@ -29,6 +37,8 @@ var ErrTooMany = errors.New("too many console sessions for this instance")
 
 // Entry is one live session in a Table.
 type Entry struct {
+	// ID is the session's id ("" for none): End finds it by it (EndID).
+	ID       string
 	Instance string
 	// Started is when the session's token was checked.
 	Started time.Time
@@ -50,13 +60,14 @@ type Table struct {
 
 	mu         sync.Mutex
 	byInstance map[string]map[*Entry]struct{}
+	byID       map[string]*Entry
 	count      int
 	changed    chan struct{} // closed and replaced on every Remove
 }
 
 // NewTable caps sessions per instance at maxPerInstance; 0 means no cap.
 func NewTable(maxPerInstance int) *Table {
-	return &Table{maxPerInstance: maxPerInstance, byInstance: map[string]map[*Entry]struct{}{}, changed: make(chan struct{})}
+	return &Table{maxPerInstance: maxPerInstance, byInstance: map[string]map[*Entry]struct{}{}, byID: map[string]*Entry{}, changed: make(chan struct{})}
 }
 
 // Add registers a session of instance. end is called at most once, from any
@@ -70,6 +81,11 @@ func (t *Table) Add(instance string, end func(reason string)) (*Entry, error) {
 // revocation that Revokes it. A revocation handled before AddAt cannot
 // reach it; Core remembers those.
 func (t *Table) AddAt(instance string, started time.Time, tokenRevision int64, end func(reason string)) (*Entry, error) {
+	return t.add("", instance, started, tokenRevision, end)
+}
+
+// add is AddAt of a session with an id (unique; "" for none).
+func (t *Table) add(id, instance string, started time.Time, tokenRevision int64, end func(reason string)) (*Entry, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	set := t.byInstance[instance]
@@ -80,8 +96,11 @@ func (t *Table) AddAt(instance string, started time.Time, tokenRevision int64, e
 		set = map[*Entry]struct{}{}
 		t.byInstance[instance] = set
 	}
-	s := &Entry{Instance: instance, Started: started, TokenRevision: tokenRevision, end: end}
+	s := &Entry{ID: id, Instance: instance, Started: started, TokenRevision: tokenRevision, end: end}
 	set[s] = struct{}{}
+	if id != "" {
+		t.byID[id] = s
+	}
 	t.count++
 	return s, nil
 }
@@ -95,6 +114,9 @@ func (t *Table) Remove(s *Entry) {
 		return
 	}
 	delete(set, s)
+	if s.ID != "" && t.byID[s.ID] == s {
+		delete(t.byID, s.ID)
+	}
 	if len(set) == 0 {
 		delete(t.byInstance, s.Instance)
 	}
@@ -125,6 +147,19 @@ func (t *Table) EndInstance(instance string, r registry.Revocation) int {
 		s.End(r.Reason)
 	}
 	return len(victims)
+}
+
+// EndID ends the session with id, with reason, and reports whether it is
+// live here.
+func (t *Table) EndID(id, reason string) bool {
+	t.mu.Lock()
+	s := t.byID[id]
+	t.mu.Unlock()
+	if s == nil {
+		return false
+	}
+	s.End(reason)
+	return true
 }
 
 // EndAll ends every session.

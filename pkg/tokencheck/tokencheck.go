@@ -7,7 +7,9 @@
 // several addresses) in round-robin, health-checked, consoleauth's
 // idempotent calls retried on another replica (package grpcclient).
 // WriteUnreachable turns a proxy's readiness red while no replica can
-// answer.
+// answer. A Checker has at most MaxInFlight checks at consoleauth; in a
+// burst the others queue, each within its caller's deadline (a proxy's
+// handshake), so a reconnect storm waits instead of failing.
 package tokencheck
 
 import (
@@ -43,21 +45,37 @@ var (
 	ErrUnavailable = errors.New("console service unavailable")
 )
 
-// DefaultTimeout bounds one check, consoleauth's own etcd and agent calls included.
+// DefaultTimeout bounds one check whose context has no deadline,
+// consoleauth's own etcd and agent calls included.
 const DefaultTimeout = 5 * time.Second
 
-// Checker checks tokens against consoleauth.
+// MaxInFlight bounds the checks one Checker has at consoleauth at once;
+// more wait their turn, first come first served, each for as long as its
+// context allows. A burst (a reconnect storm after a proxy restart: every
+// client at once) sent all at once would make consoleauth, etcd and the
+// agent share their CPU among all of its checks, so every check would take
+// about as long as the whole burst and, past the handshake timeout, nearly
+// all would fail together; in turn, the first ones finish at the pace of
+// one check and only the last ones wait long. A check costs consoleauth
+// and etcd well under a millisecond of CPU, so a few in flight keep them
+// busy; 128 still do when each check waits ~100 ms for a CPU on a loaded
+// host (1,280 checks/s), and leave room for several replicas.
+const MaxInFlight = 128
+
+// Checker checks tokens against consoleauth. Safe for concurrent use.
 type Checker struct {
 	client  consoleauthv1.ConsoleAuthServiceClient
 	timeout time.Duration
+	slots   chan struct{} // a semaphore of MaxInFlight; its waiters queue in order
 }
 
-// New returns a Checker using conn; timeout <= 0 means DefaultTimeout.
+// New returns a Checker using conn; timeout bounds a check whose context
+// has no deadline, and <= 0 means DefaultTimeout.
 func New(conn grpc.ClientConnInterface, timeout time.Duration) *Checker {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	return &Checker{client: consoleauthv1.NewConsoleAuthServiceClient(conn), timeout: timeout}
+	return &Checker{client: consoleauthv1.NewConsoleAuthServiceClient(conn), timeout: timeout, slots: make(chan struct{}, MaxInFlight)}
 }
 
 // Option is the name of the address option, in errors.
@@ -108,12 +126,29 @@ func WriteUnreachable(w http.ResponseWriter, conn *grpc.ClientConn, sessions int
 
 // Check returns where token connects to, if it is valid for consoleType
 // ("novnc" or "xvpvnc").
+//
+// ctx's deadline, when it has one, is the check's only bound: a proxy
+// passes its handshake's, so in a burst (a reconnect storm after a
+// restart) a check waits its turn (MaxInFlight) for as long as the client
+// waits for its console, rather than failing at a shorter fixed timeout
+// while the client would still have waited. Without a deadline the
+// Checker's timeout bounds it. A check whose context ends while it waits
+// for its turn fails with ErrUnavailable and costs consoleauth nothing.
 func (c *Checker) Check(ctx context.Context, token, consoleType string) (*consoleauthv1.ConnectInfo, error) {
 	if token == "" {
 		return nil, fmt.Errorf("%w: no token", ErrInvalid)
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	select {
+	case c.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %d checks in flight: no turn before the deadline: %v", ErrUnavailable, MaxInFlight, ctx.Err())
+	}
+	defer func() { <-c.slots }()
 	resp, err := c.client.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token, ConsoleType: consoleType})
 	if err != nil {
 		return nil, classify(err)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 
+	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
 	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
 	"github.com/vncgate/vncgate/testkit/fakeconsoleauth"
@@ -137,5 +139,137 @@ func TestWriteUnreachable(t *testing.T) {
 	waitState(t, up, connectivity.Ready)
 	if wrote, _, _ := health(up); wrote || !grpcclient.Ready(up) {
 		t.Errorf("one replica up: WriteUnreachable wrote an answer, want none")
+	}
+}
+
+// TestCheckWaitsForTheCallersDeadline: a check whose context has a
+// deadline (a proxy's handshake) waits for consoleauth up to it, past the
+// Checker's own timeout: in a burst a console queues instead of failing.
+// Without a deadline the Checker's timeout bounds the check.
+func TestCheckWaitsForTheCallersDeadline(t *testing.T) {
+	auth := fakeconsoleauth.Start(t)
+	auth.Add("good", "xvpvnc", "inst", "127.0.0.1:5900", "")
+	const timeout, slow = 50 * time.Millisecond, 300 * time.Millisecond
+	c := tokencheck.New(dial(t, auth.Addr), timeout)
+	auth.SetDelay(slow)
+
+	// The deadline only bounds a hang.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.Check(ctx, "good", "xvpvnc"); err != nil {
+		t.Errorf("a check within its context's deadline, consoleauth answering after %v (more than the Checker's %v): got %v, want it to wait",
+			slow, timeout, err)
+	}
+	if _, err := c.Check(context.Background(), "good", "xvpvnc"); !errors.Is(err, tokencheck.ErrUnavailable) {
+		t.Errorf("a check without a deadline, consoleauth answering after %v: got %v, want ErrUnavailable after the Checker's %v",
+			slow, err, timeout)
+	}
+}
+
+// gate is a consoleauth whose CheckToken answers only once open is
+// closed; it counts the checks it holds and their peak.
+type gate struct {
+	consoleauthv1.UnimplementedConsoleAuthServiceServer
+	open            chan struct{}
+	mu              sync.Mutex
+	in, peak, calls int
+}
+
+func startGate(t *testing.T) (*gate, string) {
+	t.Helper()
+	g := &gate{open: make(chan struct{})}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	consoleauthv1.RegisterConsoleAuthServiceServer(srv, g)
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+	return g, l.Addr().String()
+}
+
+func (g *gate) CheckToken(ctx context.Context, _ *consoleauthv1.CheckTokenRequest) (*consoleauthv1.CheckTokenResponse, error) {
+	g.mu.Lock()
+	g.in++
+	g.calls++
+	g.peak = max(g.peak, g.in)
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		g.in--
+		g.mu.Unlock()
+	}()
+	select {
+	case <-g.open:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return &consoleauthv1.CheckTokenResponse{ConnectInfo: &consoleauthv1.ConnectInfo{Host: "127.0.0.1", Port: 5900}}, nil
+}
+
+func (g *gate) counts() (in, peak, calls int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.in, g.peak, g.calls
+}
+
+// waitHeld waits until g holds n checks (the bound only stops a hang).
+func (g *gate) waitHeld(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for in, _, _ := g.counts(); in != n; in, _, _ = g.counts() {
+		if time.Now().After(deadline) {
+			t.Fatalf("consoleauth holds %d checks, want %d", in, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestChecksQueueBeyondMaxInFlight: a burst of checks reaches consoleauth
+// MaxInFlight at a time; the others wait for their turn (not failing) and
+// all succeed once consoleauth answers. A check whose context ends while it
+// waits fails with ErrUnavailable and never reaches consoleauth.
+func TestChecksQueueBeyondMaxInFlight(t *testing.T) {
+	g, addr := startGate(t)
+	c := tokencheck.New(dial(t, addr), time.Second) // the contexts' deadlines win
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	const burst = 3 * tokencheck.MaxInFlight
+	errs := make(chan error, burst)
+	var wg sync.WaitGroup
+	for range burst {
+		wg.Go(func() {
+			_, err := c.Check(ctx, "t", "xvpvnc")
+			errs <- err
+		})
+	}
+	g.waitHeld(t, tokencheck.MaxInFlight)
+
+	short, cancelShort := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancelShort()
+	if _, err := c.Check(short, "t", "xvpvnc"); !errors.Is(err, tokencheck.ErrUnavailable) {
+		t.Errorf("a check whose context ends while it waits its turn: got %v, want ErrUnavailable", err)
+	}
+	if _, _, calls := g.counts(); calls != tokencheck.MaxInFlight {
+		t.Errorf("consoleauth got %d checks while %d were held, want %d: the others wait in the proxy",
+			calls, tokencheck.MaxInFlight, tokencheck.MaxInFlight)
+	}
+
+	close(g.open)
+	wg.Wait()
+	close(errs)
+	failed := 0
+	for err := range errs {
+		if err != nil {
+			if failed++; failed <= 3 {
+				t.Errorf("a check of the burst: %v", err)
+			}
+		}
+	}
+	if _, peak, calls := g.counts(); failed > 0 || peak != tokencheck.MaxInFlight || calls != burst {
+		t.Errorf("burst of %d: %d failed, at most %d at consoleauth at once, %d calls; want 0 failed, %d at once, %d calls",
+			burst, failed, peak, calls, tokencheck.MaxInFlight, burst)
 	}
 }

@@ -79,6 +79,14 @@ func TestAdminListener(t *testing.T) {
 		!strings.Contains(body, "vncgate_compute_agent_driver_up 1") || !strings.Contains(body, "go_goroutines") {
 		t.Errorf("/metrics: %d %s", code, body)
 	}
+	_, body := adminGet(t, addr, "/metrics")
+	for _, want := range []string{"vncgate_compute_agent_instances 1", `vncgate_compute_agent_driver_events_total{kind="stopped"} 0`,
+		`vncgate_compute_agent_revocations_total{result="revoked"} 0`, `grpc_server_handled_total{grpc_code="OK",grpc_method="GetConsole"`,
+		"vncgate_build_info{", "vncgate_ready 1"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics: no %s in %s", want, body)
+		}
+	}
 	if code, _ := adminGet(t, addr, "/debug/pprof/cmdline"); code != 200 {
 		t.Errorf("/debug/pprof/cmdline: %d", code)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/grpcclient"
+	"github.com/vncgate/vncgate/pkg/grpcserver"
 	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
@@ -56,6 +57,8 @@ type Config struct {
 	// /debug/pprof/ (package admin); empty turns it off.
 	AdminListen string
 	Log         logging.Options
+	// Tracing is [vncgate] otlp_endpoint: traces of gRPC calls.
+	Tracing grpcserver.TracingOptions
 }
 
 // loadConfig reads the agent's options from args, the environment and the
@@ -86,6 +89,7 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Choice(&c.CertRoleSource, config.SectionVNCGate, "cert_role_source", "san", []string{"san", "subject"},
 		"where a caller's certificate names its role: the URI SAN urn:vncgate:role:ROLE, or the subject's first OU")
 	c.Log.Declare(s)
+	c.Tracing.Declare(s)
 	s.String(&c.AdminListen, config.SectionVNCGate, admin.Option, "127.0.0.1:6192", admin.Help("127.0.0.1:6192"))
 	notes, err := s.Load(args)
 	if err != nil {
@@ -125,6 +129,9 @@ func (c Config) validate() error {
 		return fmt.Errorf("grpc_key: %w", err)
 	}
 	if _, err := authn.ParseRoleSource(c.CertRoleSource); err != nil {
+		return err
+	}
+	if err := c.Tracing.Validate(); err != nil {
 		return err
 	}
 	return admin.Validate(c.AdminListen)

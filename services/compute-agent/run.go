@@ -17,6 +17,7 @@ import (
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
 	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/etcdclient"
+	"github.com/vncgate/vncgate/pkg/grpcserver"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver/libvirt"
@@ -74,7 +75,14 @@ func run(ctx context.Context, cfg Config, env env) error {
 		return err
 	}
 	defer consoleauth.Close()
-	srv, healthSrv, err := newServer(cfg, drv, log)
+	tracing, err := grpcserver.StartTracing(ctx, cfg.Tracing, "compute-agent")
+	if err != nil {
+		return err
+	}
+	defer shutdownTracing(tracing, log) // after the server stopped: its last spans go out
+	reg := newRegistry()
+	kit := grpcserver.Options{Log: log, Metrics: grpcserver.NewMetrics(reg), Tracing: tracing}
+	srv, healthSrv, err := newServer(cfg, drv, log, kit)
 	if err != nil {
 		return err
 	}
@@ -93,8 +101,11 @@ func run(ctx context.Context, cfg Config, env env) error {
 		Address: advertise,
 		TTL:     cfg.RegistrationTTL,
 		Driver:  drv,
-		Revoker: revoker.New(consoleauthv1.NewConsoleAuthServiceClient(consoleauth), log),
+		Revoker: revoker.New(consoleauthv1.NewConsoleAuthServiceClient(consoleauth), log, reg),
+		Metrics: registration.NewMetrics(reg),
 		Logger:  log,
+		// Claims publish what GetConsole answers (the proxies' address).
+		Console: grpcapi.New(drv, cfg.ProxyClientAddress, log).Console,
 	})
 	if err != nil {
 		return err
@@ -119,11 +130,11 @@ func run(ctx context.Context, cfg Config, env env) error {
 	if err != nil {
 		return err
 	}
-	adminSrv := admin.Serve(adminL, admin.Options{Metrics: agentMetrics(agent, drv), Ready: agentReadiness(agent, drv), Log: log})
+	adminSrv := admin.Serve(adminL, admin.Options{Metrics: agentMetrics(reg, agent, drv), Ready: agentReadiness(agent, drv), Log: log})
 	defer adminSrv.Stop()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(l) }()
-	log.Info("compute agent serving", "addr", l.Addr().String(), "advertise", advertise, "compute_host", cfg.Host,
+	log.Info("compute agent serving", "addr", l.Addr().String(), "advertise", advertise, "host", cfg.Host,
 		"driver", cfg.Driver, "endpoints", cfg.EtcdEndpoints, "tls", cfg.GRPCTLS.Enabled())
 	if env.ready != nil {
 		env.ready(l.Addr().String())
@@ -173,16 +184,56 @@ func agentReadiness(agent *registration.Agent, drv driver.Driver) []admin.Check 
 	}
 }
 
-// agentMetrics is the agent's registry on /metrics: the Go runtime, the
-// process, and the two conditions of readiness as gauges.
-func agentMetrics(agent *registration.Agent, drv driver.Driver) *prometheus.Registry {
+// newRegistry is the agent's registry: the Go runtime and the process; the
+// gRPC server's, the revoker's and the registration's metrics join it.
+func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vncgate_compute_agent_registered",
-			Help: "1 while the agent's compute key is in etcd on a live lease"}, func() float64 { return bool01(agent.Registered()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vncgate_compute_agent_driver_up",
-			Help: "1 when the driver listed its instances at the last scrape"}, func() float64 { return bool01(driverUp(drv) == nil) }))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
+}
+
+// agentMetrics adds to reg what /metrics reads at each scrape: whether the
+// agent is registered, and the driver's answer (up, and how many instances).
+func agentMetrics(reg *prometheus.Registry, agent *registration.Agent, drv driver.Driver) *prometheus.Registry {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vncgate_compute_agent_registered",
+		Help: "1 while the agent's compute key is in etcd on a live lease"}, func() float64 { return bool01(agent.Registered()) }),
+		driverCollector{drv})
+	return reg
+}
+
+var (
+	driverUpDesc = prometheus.NewDesc("vncgate_compute_agent_driver_up",
+		"1 when the driver listed its instances at the last scrape", nil, nil)
+	instancesDesc = prometheus.NewDesc("vncgate_compute_agent_instances",
+		"Instances the driver listed at the last scrape (absent while it does not answer)", nil, nil)
+)
+
+// driverCollector asks the driver once per scrape.
+type driverCollector struct{ drv driver.Driver }
+
+func (c driverCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- driverUpDesc
+	ch <- instancesDesc
+}
+
+func (c driverCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), driverTimeout)
+	defer cancel()
+	ids, err := c.drv.Instances(ctx)
+	ch <- prometheus.MustNewConstMetric(driverUpDesc, prometheus.GaugeValue, bool01(err == nil))
+	if err == nil {
+		ch <- prometheus.MustNewConstMetric(instancesDesc, prometheus.GaugeValue, float64(len(ids)))
+	}
+}
+
+// shutdownTracing exports the spans still queued, waiting a few seconds at
+// most for a collector that does not answer.
+func shutdownTracing(t *grpcserver.Tracing, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := t.Shutdown(ctx); err != nil {
+		log.Warn("traces not exported at shutdown", "error", err)
+	}
 }
 
 func bool01(b bool) float64 {
@@ -220,7 +271,7 @@ func dialConsoleAuth(cfg Config, log *slog.Logger) (*grpc.ClientConn, error) {
 // newServer is the agent's gRPC server: the ComputeAgentService answering
 // from drv, only to consoleauth (grpcapi.Policy), and grpc.health.v1, open
 // to anyone.
-func newServer(cfg Config, drv driver.Driver, log *slog.Logger) (*grpc.Server, *health.Server, error) {
+func newServer(cfg Config, drv driver.Driver, log *slog.Logger, kit grpcserver.Options) (*grpc.Server, *health.Server, error) {
 	creds, err := cfg.GRPCTLS.ServerOption()
 	if err != nil {
 		return nil, nil, fmt.Errorf("grpc tls: %w", err)
@@ -231,11 +282,14 @@ func newServer(cfg Config, drv driver.Driver, log *slog.Logger) (*grpc.Server, *
 	}
 	guard := authn.NewGuard(authn.GuardOptions{Policy: grpcapi.Policy, Open: authn.HealthMethods, RoleSource: roleSource,
 		NoCertificate: "gRPC callers must present a certificate: configure grpc_cert/grpc_key/grpc_ca", Log: log})
-	srv := grpc.NewServer(creds, grpc.MaxRecvMsgSize(grpcapi.MaxRecvMsgSize),
-		grpc.UnaryInterceptor(guard.UnaryInterceptor()), grpc.StreamInterceptor(guard.StreamInterceptor()))
+	// Request ids, metrics, the rpc log line and tracing (package
+	// grpcserver) come before the guard, so its refusals carry the id.
+	srv := grpc.NewServer(append(grpcserver.ServerOptions(kit), creds, grpc.MaxRecvMsgSize(grpcapi.MaxRecvMsgSize),
+		grpc.ChainUnaryInterceptor(guard.UnaryInterceptor()), grpc.ChainStreamInterceptor(guard.StreamInterceptor()))...)
 	computeagentv1.RegisterComputeAgentServiceServer(srv, grpcapi.New(drv, cfg.ProxyClientAddress, log))
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)
+	kit.Metrics.Initialize(srv)
 	return srv, healthSrv, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"github.com/vncgate/vncgate/pkg/admin"
 	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/config"
+	"github.com/vncgate/vncgate/pkg/grpcserver"
 	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/server"
@@ -24,6 +25,8 @@ type Config struct {
 	// /debug/pprof/ (package admin); empty turns it off.
 	AdminListen string
 	Log         logging.Options
+	// Tracing is [vncgate] otlp_endpoint: traces of gRPC calls.
+	Tracing grpcserver.TracingOptions
 }
 
 // loadConfig reads consoleauth's options from args, the environment and
@@ -55,9 +58,12 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 		"Keystone roles that may mint console URLs (admin may also introspect and revoke)")
 	s.List(&c.RESTAllowedHosts, config.SectionVNCGate, "rest_allowed_hosts", nil,
 		"names the REST Host header may carry besides localhost, 127.0.0.1 and ::1 (* for any); default: rest_listen's host, or with rest_listen on all interfaces any name for callers with a certificate")
+	s.Seconds(&c.DrainTimeout, config.SectionVNCGate, "drain_timeout", 30*time.Second,
+		"deadline of a proxy drain (vncgatectl proxy drain) that names none: the proxies' own drain_timeout default")
 	s.String(&c.AdminListen, config.SectionVNCGate, admin.Option, "127.0.0.1:6190", admin.Help("127.0.0.1:6190"))
 	c.Keystone.Declare(s)
 	c.Log.Declare(s)
+	c.Tracing.Declare(s)
 	notes, err := s.Load(args)
 	if err != nil {
 		return Config{}, notes, err
@@ -86,6 +92,9 @@ func (c Config) check() error {
 		if err := g.files.Check(); err != nil {
 			return fmt.Errorf("%s_key: %w", g.name, err)
 		}
+	}
+	if err := c.Tracing.Validate(); err != nil {
+		return err
 	}
 	return admin.Validate(c.AdminListen)
 }

@@ -58,7 +58,7 @@ func main() {
 // first line and the file's line on the second.
 func keygen(w io.Writer, args []string) error {
 	if len(args) != 2 {
-		return errors.New("usage: consoleauth keygen NAME ROLE (ROLE: api, mint, proxy, compute or consoleauth)")
+		return errors.New("usage: consoleauth keygen NAME ROLE (ROLE: api, mint, proxy, compute, consoleauth or operator)")
 	}
 	key, line, err := authn.NewKey(args[0], authn.Role(args[1]))
 	if err != nil {

@@ -40,6 +40,7 @@ func defaults() Config {
 			CertRoleSource:      "san",
 			RESTAuth:            "keys",
 			KeystoneMintRoles:   []string{"admin", "member", "service"},
+			DrainTimeout:        30 * time.Second,
 			Keystone: keystone.Options{UserDomainName: "Default", ProjectDomainName: "Default",
 				Timeout: keystone.DefaultTimeout, CacheTime: keystone.DefaultCacheTime, CacheSize: keystone.DefaultCacheSize},
 		},

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"time"
 
 	"github.com/vncgate/vncgate/pkg/admin"
+	"github.com/vncgate/vncgate/pkg/grpcserver"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/server"
 )
 
@@ -25,6 +27,14 @@ func runAdmin(ctx context.Context, cfg Config, log *slog.Logger, adminReady func
 	if err := admin.CheckAddr(cfg.AdminListen, cfg.AllowPlaintext); err != nil {
 		return err
 	}
+	tracing, err := grpcserver.StartTracing(ctx, cfg.Tracing, "consoleauth")
+	if err != nil {
+		return err
+	}
+	// After the servers stop (deferred calls run last in, first out):
+	// their last spans are exported.
+	defer shutdownTracing(tracing, log)
+	cfg.Config.Tracing = tracing
 	srv, err := server.Start(ctx, cfg.Config, log)
 	if err != nil {
 		return err
@@ -47,6 +57,16 @@ func runAdmin(ctx context.Context, cfg Config, log *slog.Logger, adminReady func
 	case err = <-srv.Err():
 	}
 	return errors.Join(err, srv.Shutdown())
+}
+
+// shutdownTracing exports the spans still queued, waiting a few seconds at
+// most for a collector that does not answer.
+func shutdownTracing(t *grpcserver.Tracing, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := t.Shutdown(ctx); err != nil {
+		log.Warn("traces not exported at shutdown", "error", err)
+	}
 }
 
 // readiness is /readyz: consoleauth can serve while etcd answers and it is

@@ -13,6 +13,7 @@ import (
 	"github.com/vncgate/vncgate/pkg/admin"
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/grpcclient"
+	"github.com/vncgate/vncgate/pkg/livesessions"
 	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
@@ -70,6 +71,9 @@ type Config struct {
 
 	// RFB is the RFB security proxy's settings ([vnc] auth_schemes, vencrypt_*).
 	RFB rfbproxy.Options
+	// Live is the proxy's name, its live sessions' lease in etcd and its
+	// audit outputs ([vncgate] proxy_name, live_sessions_*, audit_*).
+	Live livesessions.Settings
 
 	Log logging.Options
 }
@@ -108,13 +112,14 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Seconds(&c.IdleTimeout, config.SectionVNCGate, "idle_timeout", 0, "end a session when no byte moved for this long (0: never)")
 	s.Seconds(&c.MaxSessionLength, config.SectionVNCGate, "max_session_length", 0, "end sessions after this long (0: never)")
 	s.Seconds(&c.RevocationGrace, config.SectionVNCGate, "revocation_grace", 3*time.Second, "when a VM's VNC server closes, wait this long for a revocation to tell the user why (hypervisors close the socket before they report the stop)")
-	s.Int(&c.MaxSessionsPerInstance, config.SectionVNCGate, "max_sessions_per_instance", 0, "concurrent sessions allowed per instance on this proxy (0: no cap)")
+	s.Int(&c.MaxSessionsPerInstance, config.SectionVNCGate, "max_sessions_per_instance", 0, "concurrent sessions allowed per instance, across every proxy sharing etcd (slots in etcd; this proxy's own count too, alone while etcd is unreachable) (0: no cap)")
 	s.Int(&c.FailedTokenLimit, config.SectionVNCGate, "failed_token_limit", 10, "invalid tokens per client address and token prefix per window before that key's checks are slowed down, never refused (0: no limit)")
 	s.Seconds(&c.FailedTokenWindow, config.SectionVNCGate, "failed_token_window", time.Minute, "window of failed_token_limit")
 	s.Seconds(&c.DrainTimeout, config.SectionVNCGate, "drain_timeout", 30*time.Second, "on shutdown, how long live sessions may go on before they are ended")
 	s.Seconds(&c.ShutdownDelay, config.SectionVNCGate, "shutdown_delay", DefaultShutdownDelay, "on shutdown, how long /healthz answers 503 while the proxy still accepts consoles (long enough for a load balancer to notice), before the port closes")
 	s.String(&c.AdminListen, config.SectionVNCGate, admin.Option, DefaultAdminListen, admin.Help(DefaultAdminListen))
 	c.RFB.Declare(s)
+	c.Live.Declare(s)
 	c.Log.Declare(s)
 	notes, err := s.Load(args)
 	if err != nil {
@@ -184,6 +189,12 @@ func (c Config) validate() error {
 	}
 	if _, err := c.RFB.Config(); err != nil {
 		return err
+	}
+	if err := c.Live.Check(); err != nil {
+		return err
+	}
+	if c.MaxSessionsPerInstance > livesessions.MaxSlots {
+		return fmt.Errorf("max_sessions_per_instance %d: want at most %d", c.MaxSessionsPerInstance, livesessions.MaxSlots)
 	}
 	return nil
 }

@@ -13,7 +13,6 @@ import (
 	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/edge"
-	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/failban"
 	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
@@ -88,7 +87,20 @@ func runAdmin(ctx context.Context, cfg Config, log *slog.Logger, listening, admi
 	if err != nil {
 		return err
 	}
+	// One etcd client (revocations, live sessions, kills, drains), the
+	// audit outputs, the live sessions' publisher.
+	day2, err := cfg.Live.Open("novnc-proxy", proxy.ConsoleType, cfg.Port, cfg.EtcdEndpoints, cfg.Etcd, log)
+	if err != nil {
+		return err
+	}
+	defer day2.Close() // last: revokes the lease, so the records vanish now
+	cli, live, proxyName := day2.Etcd, day2.Live, day2.Name
 	core := sessions.New(sessions.Config{
+		ProxyName:             proxyName,
+		Live:                  live.Live(),
+		Audit:                 day2.Audit,
+		EndCode:               proxy.EndCode,
+		RefusalCode:           proxy.RefusalCode,
 		ConsoleType:           proxy.ConsoleType,
 		Checker:               tokencheck.New(conn, cfg.HandshakeTimeout),
 		Dialer:                backend.Dialer{Timeout: cfg.DialTimeout},
@@ -117,13 +129,8 @@ func runAdmin(ctx context.Context, cfg Config, log *slog.Logger, listening, admi
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
 	var watch *revocation.Status // nil: no revocation watch
-	if len(cfg.EtcdEndpoints) > 0 {
+	if cli != nil {
 		watch = new(revocation.Status)
-		cli, err := etcdclient.New(cfg.EtcdEndpoints, cfg.Etcd)
-		if err != nil {
-			return err
-		}
-		defer cli.Close()
 		watched := make(chan struct{})
 		go func() { defer close(watched); revocation.WatchStatus(watchCtx, cli, log, core.Revoke, watch) }()
 		// Stop the watch before cli.Close, or it logs a lost watch on exit.
@@ -155,7 +162,8 @@ func runAdmin(ctx context.Context, cfg Config, log *slog.Logger, listening, admi
 	srv.Handler = consoleAuthReadiness(srv.Handler, core, conn)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	log.Info("novnc-proxy listening", "addr", ln.Addr().String(), "scheme", scheme,
+	live.Serve(core, ln.Addr(), cfg.ShutdownDelay)
+	log.Info("novnc-proxy listening", "addr", ln.Addr().String(), "scheme", scheme, "proxy", proxyName,
 		"base_url", cfg.BaseURL, "pages", pagesFrom, "consoleauth", cfg.ConsoleAuthAddress, "revocation_watch", len(cfg.EtcdEndpoints) > 0,
 		"max_connections", cfg.MaxConnections, "max_connections_per_client", cfg.MaxConnectionsPerClient)
 	if listening != nil {
@@ -171,6 +179,7 @@ func runAdmin(ctx context.Context, cfg Config, log *slog.Logger, listening, admi
 	// Phase 1: readiness red, still serving: closing the port now would
 	// refuse the users a load balancer sends before its next check.
 	core.Unready()
+	live.SetDraining(time.Now().Add(cfg.ShutdownDelay + cfg.DrainTimeout))
 	log.Info("shutting down: readiness red, still accepting", "shutdown_delay", cfg.ShutdownDelay.String(), "sessions", core.Len())
 	if cfg.ShutdownDelay > 0 {
 		time.Sleep(cfg.ShutdownDelay)

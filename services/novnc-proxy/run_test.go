@@ -19,6 +19,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/vncgate/vncgate/pkg/livesessions"
 	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/rfbproxy"
@@ -346,7 +347,8 @@ func defaults() Config {
 		HandshakeTimeout: 10 * time.Second, DialTimeout: 5 * time.Second, PingInterval: 20 * time.Second,
 		RevocationGrace: 3 * time.Second, FailedTokenLimit: 10, FailedTokenWindow: time.Minute, DrainTimeout: 30 * time.Second,
 		ShutdownDelay: 5 * time.Second, RFB: rfbproxy.Options{VerifyHostname: true}, AdminListen: "127.0.0.1:6180",
-		Log: logging.Options{Level: slog.LevelInfo, Format: "json"},
+		Log:  logging.Options{Level: slog.LevelInfo, Format: "json"},
+		Live: livesessions.Settings{TTL: livesessions.DefaultTTL, Refresh: livesessions.DefaultRefresh},
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/edge"
 	"github.com/vncgate/vncgate/pkg/grpcclient"
+	"github.com/vncgate/vncgate/pkg/livesessions"
 	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/rfbproxy"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
@@ -70,6 +71,9 @@ type Config struct {
 
 	// RFB is the RFB security proxy's settings ([vnc] auth_schemes, vencrypt_*).
 	RFB rfbproxy.Options
+	// Live is the proxy's name, its live sessions' lease in etcd and its
+	// audit outputs ([vncgate] proxy_name, live_sessions_*, audit_*).
+	Live livesessions.Settings
 
 	Log logging.Options
 }
@@ -106,8 +110,9 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Seconds(&c.ShutdownDelay, config.SectionVNCGate, "shutdown_delay", DefaultShutdownDelay, "on shutdown, how long /healthz answers 503 while the proxy still accepts clients (long enough for a load balancer to notice), before the port closes")
 	s.Int(&c.FailedTokenLimit, config.SectionVNCGate, "failed_token_limit", 10, "invalid tokens per client address and token prefix within failed_token_window before that key's checks are slowed down, never refused (0: no limit)")
 	s.Seconds(&c.FailedTokenWindow, config.SectionVNCGate, "failed_token_window", time.Minute, "window of failed_token_limit")
-	s.Int(&c.MaxSessionsPerInstance, config.SectionVNCGate, "max_sessions_per_instance", 0, "live sessions allowed per instance (0: no limit)")
+	s.Int(&c.MaxSessionsPerInstance, config.SectionVNCGate, "max_sessions_per_instance", 0, "live sessions allowed per instance, across every proxy sharing etcd (slots in etcd; this proxy's own count too, alone while etcd is unreachable) (0: no limit)")
 	c.RFB.Declare(s)
+	c.Live.Declare(s)
 	c.Log.Declare(s)
 	notes, err := s.Load(args)
 	if err != nil {
@@ -172,6 +177,12 @@ func (c Config) validate() error {
 	}
 	if _, err := c.RFB.Config(); err != nil {
 		return err
+	}
+	if err := c.Live.Check(); err != nil {
+		return err
+	}
+	if c.MaxSessionsPerInstance > livesessions.MaxSlots {
+		return fmt.Errorf("max_sessions_per_instance %d: want at most %d", c.MaxSessionsPerInstance, livesessions.MaxSlots)
 	}
 	_, err := c.public().Check()
 	return err

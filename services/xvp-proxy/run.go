@@ -13,7 +13,6 @@ import (
 	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/edge"
-	"github.com/vncgate/vncgate/pkg/etcdclient"
 	"github.com/vncgate/vncgate/pkg/failban"
 	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
@@ -69,7 +68,19 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 	if err != nil {
 		return err
 	}
+	// One etcd client (revocations, live sessions, kills, drains), the
+	// audit outputs, the live sessions' publisher.
+	day2, err := cfg.Live.Open("xvp-proxy", proxy.ConsoleType, cfg.Port, cfg.EtcdEndpoints, cfg.Etcd, log)
+	if err != nil {
+		return err
+	}
+	defer day2.Close() // last: revokes the lease, so the records vanish now
+	cli, live, proxyName := day2.Etcd, day2.Live, day2.Name
 	core := sessions.New(sessions.Config{
+		ProxyName:        proxyName,
+		Live:             live.Live(),
+		Audit:            day2.Audit,
+		RefusalCode:      proxy.RefusalStatus,
 		ConsoleType:      proxy.ConsoleType,
 		Checker:          tokencheck.New(caConn, 0),
 		Dialer:           backend.Dialer{Timeout: cfg.HandshakeTimeout, KeepAlive: cfg.TCPKeepAlive},
@@ -93,13 +104,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 	})
 
 	var watch *revocation.Status // nil: no revocation watch
-	if len(cfg.EtcdEndpoints) > 0 {
+	if cli != nil {
 		watch = new(revocation.Status)
-		cli, err := etcdclient.New(cfg.EtcdEndpoints, cfg.Etcd)
-		if err != nil {
-			return err
-		}
-		defer cli.Close()
 		// Not ended by ctx: sessions draining after SIGTERM stay revocable.
 		watchCtx, stopWatching := context.WithCancel(context.WithoutCancel(ctx))
 		var watcher sync.WaitGroup
@@ -125,13 +131,15 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 	if err != nil {
 		return err
 	}
-	log.Info("listening", "addr", l.Addr().String(), "tls", cfg.Cert != "", "consoleauth", cfg.ConsoleAuthAddress,
+	live.Serve(core, l.Addr(), cfg.ShutdownDelay)
+	log.Info("listening", "addr", l.Addr().String(), "proxy", proxyName, "tls", cfg.Cert != "", "consoleauth", cfg.ConsoleAuthAddress,
 		"trusted_proxies", cfg.TrustedProxies, "max_connections", cfg.MaxConnections, "max_connections_per_client", cfg.MaxConnectionsPerClient)
 	if ready != nil {
 		ready(l.Addr(), adminSrv.Addr())
 	}
 	err = srv.Serve(delayed(ctx, cfg.ShutdownDelay, func() {
 		core.Unready()
+		live.SetDraining(time.Now().Add(cfg.ShutdownDelay + cfg.DrainTimeout))
 		log.Info("shutting down: readiness red, still accepting", "shutdown_delay", cfg.ShutdownDelay.String(), "sessions", core.Len())
 	}), l)
 	log.Info("stopped")

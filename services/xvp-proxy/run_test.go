@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vncgate/vncgate/pkg/livesessions"
 	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/pkg/rfbproxy"
@@ -207,8 +208,9 @@ func defaults() Config {
 		HandshakeTimeout: 10 * time.Second, TCPKeepAlive: 30 * time.Second, DrainTimeout: 30 * time.Second,
 		ShutdownDelay: 5 * time.Second, AdminListen: "127.0.0.1:6181",
 		FailedTokenLimit: 10, FailedTokenWindow: time.Minute,
-		RFB: rfbproxy.Options{VerifyHostname: true},
-		Log: logging.Options{Level: slog.LevelInfo, Format: "json"},
+		RFB:  rfbproxy.Options{VerifyHostname: true},
+		Log:  logging.Options{Level: slog.LevelInfo, Format: "json"},
+		Live: livesessions.Settings{TTL: livesessions.DefaultTTL, Refresh: livesessions.DefaultRefresh},
 	}
 }
 

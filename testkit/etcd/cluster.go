@@ -1,8 +1,10 @@
 package etcd
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -50,30 +52,59 @@ func StartCluster(t testing.TB, n int) (*Cluster, *clientv3.Client) {
 // members are killed in t.Cleanup.
 func NewCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	c, err := startCluster(n, func() (string, error) { return t.TempDir(), nil }, t.Logf)
+	if c != nil {
+		t.Cleanup(c.Close)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// StartClusterIn runs an n-member cluster (n ≥ 1) outside a test, as
+// deploy/devstack does, with each member's data in a new folder in dir,
+// and returns once every member serves clients. The caller ends it with
+// Close; the members also end when this process does.
+func StartClusterIn(dir string, n int) (*Cluster, error) {
+	mkdir := func() (string, error) { return os.MkdirTemp(dir, "member-") }
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	c, err := startCluster(n, mkdir, func(string, ...any) {})
+	if err != nil {
+		if c != nil {
+			c.Close()
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+// startCluster picks addresses, starts every member and retries on other
+// ports (with fresh directories from mkdir) when one was taken meanwhile.
+// The returned cluster, even with an error, is for the caller to Close.
+func startCluster(n int, mkdir func() (string, error), logf func(string, ...any)) (*Cluster, error) {
 	if n < 1 {
-		t.Fatalf("etcd cluster of %d members: want at least one", n)
+		return nil, fmt.Errorf("etcd cluster of %d members: want at least one", n)
 	}
 	c := &Cluster{}
-	all := make([]int, n)
-	for i := range all {
-		all[i] = i
-	}
-	// Killed together: stopped one by one, each would first hand its
-	// leadership over or wait for a quorum that is going.
-	t.Cleanup(func() { c.Kill(all...) })
 	// Ports picked free may be taken by another process before etcd binds
 	// them (tests run in parallel): then pick again, with fresh directories.
 	for attempt := 1; ; attempt++ {
 		c.Members = nil
 		var peers []string
 		for i := range n {
-			s := &Server{dir: t.TempDir(), name: fmt.Sprintf("m%d", i), electionMs: ClusterElectionMs}
+			s := &Server{name: fmt.Sprintf("m%d", i), electionMs: ClusterElectionMs}
 			var err error
+			if s.dir, err = mkdir(); err != nil {
+				return c, err
+			}
 			if s.Endpoint, err = freeport.Resolve("127.0.0.1:0"); err != nil {
-				t.Fatal(err)
+				return c, err
 			}
 			if s.peer, err = freeport.Resolve("127.0.0.1:0"); err != nil {
-				t.Fatal(err)
+				return c, err
 			}
 			peers = append(peers, s.name+"=http://"+s.peer)
 			c.Members = append(c.Members, s)
@@ -83,17 +114,74 @@ func NewCluster(t testing.TB, n int) *Cluster {
 		}
 		// Each member is ready only once a quorum elected a leader: they
 		// start together.
-		err := c.Start(all...)
+		err := c.Start(c.all()...)
 		if err == nil {
-			return c
+			return c, nil
 		}
-		c.Kill(all...)
+		c.Close()
 		if attempt == startAttempts {
-			t.Fatal(err)
+			return c, err
 		}
-		t.Logf("etcd cluster: %v; trying other ports", err)
+		logf("etcd cluster: %v; trying other ports", err)
 	}
 }
+
+// all is every member's index.
+func (c *Cluster) all() []int {
+	all := make([]int, len(c.Members))
+	for i := range all {
+		all[i] = i
+	}
+	return all
+}
+
+// Close kills every member, together: stopped one by one, each would first
+// hand its leadership over or wait for a quorum that is going.
+func (c *Cluster) Close() { c.Kill(c.all()...) }
+
+// Leader returns the index of the member that a quorum elected leader,
+// asking the members that run, each within ctx: an error when none
+// answers or none knows a leader (no quorum, or an election under way).
+func (c *Cluster) Leader(ctx context.Context) (int, error) {
+	var errs []error
+	for i, s := range c.Members {
+		if !s.running() {
+			continue
+		}
+		id, leader, err := s.status(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("member %d: %w", i, err))
+			continue
+		}
+		if leader == 0 {
+			errs = append(errs, fmt.Errorf("member %d knows no leader", i))
+			continue
+		}
+		if id == leader {
+			return i, nil
+		}
+	}
+	return -1, fmt.Errorf("no etcd leader: %w", errors.Join(errs...))
+}
+
+// status is the member's own ID and its leader's (0: none), from the
+// Maintenance Status call of a client of this member alone.
+func (s *Server) status(ctx context.Context) (id, leader uint64, err error) {
+	cli, err := etcdclient.New([]string{s.Endpoint}, tlsconfig.Files{})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer cli.Close()
+	resp, err := cli.Status(ctx, s.Endpoint)
+	if err != nil {
+		return 0, 0, err
+	}
+	return resp.Header.MemberId, resp.Leader, nil
+}
+
+// Running reports whether member i's process runs (it is not stopped or
+// killed).
+func (c *Cluster) Running(i int) bool { return c.Members[i].running() }
 
 // Endpoints are the client addresses of every member.
 func (c *Cluster) Endpoints() []string {

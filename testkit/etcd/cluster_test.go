@@ -65,3 +65,52 @@ func TestClusterLosesAndRegainsQuorum(t *testing.T) {
 		t.Error("starting a running member: got nil error, want one")
 	}
 }
+
+// TestClusterInDirFindsItsLeader: a cluster started outside a test (as
+// devstack does) names one leader; once that member is killed, the others
+// elect another, which Leader finds; Close ends every member.
+func TestClusterInDirFindsItsLeader(t *testing.T) {
+	c, err := StartClusterIn(t.TempDir(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	first := waitLeader(ctx, t, c)
+	c.Kill(first)
+	if c.Running(first) {
+		t.Fatalf("member %d runs after Kill", first)
+	}
+	if second := waitLeader(ctx, t, c); second == first {
+		t.Fatalf("leader %d after it was killed", second)
+	}
+	c.Close()
+	for i := range c.Members {
+		if c.Running(i) {
+			t.Errorf("member %d runs after Close", i)
+		}
+	}
+	if _, err := c.Leader(ctx); err == nil {
+		t.Error("Leader of a closed cluster: got nil error, want one")
+	}
+}
+
+// waitLeader returns the leader once the members agree on one (an election
+// may be under way); ctx bounds a hang.
+func waitLeader(ctx context.Context, t *testing.T, c *Cluster) int {
+	t.Helper()
+	for {
+		short, cancel := context.WithTimeout(ctx, time.Second)
+		i, err := c.Leader(short)
+		cancel()
+		if err == nil {
+			return i
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no leader: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

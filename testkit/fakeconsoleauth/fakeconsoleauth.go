@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"github.com/vncgate/vncgate/pkg/registry"
 )
 
@@ -53,7 +54,7 @@ func Start(t testing.TB) *Server {
 		t.Fatal(err)
 	}
 	s := &Server{Addr: l.Addr().String(), tokens: map[string]*consoleauthv1.ConnectInfo{}, errs: map[string]codes.Code{}}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(grpcclient.ServerOptions()...) // keepalive as consoleauth's
 	consoleauthv1.RegisterConsoleAuthServiceServer(gs, s)
 	go gs.Serve(l)
 	t.Cleanup(gs.Stop)
@@ -72,6 +73,9 @@ func (s *Server) Add(token, consoleType, instance, addr, path string) {
 	}
 }
 
+// ComputeHost is the compute host of every console Mint stores.
+const ComputeHost = "fake-compute"
+
 // Mint stores a new random token for instance's console of consoleType at
 // host:port, valid for ttl, and returns it. Its ConnectInfo carries creation
 // and expiry times and the token's hash prefix, as consoleauth's does.
@@ -85,6 +89,7 @@ func (s *Server) Mint(instance, consoleType, host string, port int32, ttl time.D
 		ConsoleType:     consoleType,
 		Host:            host,
 		Port:            port,
+		ComputeHost:     ComputeHost,
 		CreatedAt:       timestamppb.New(now),
 		ExpiresAt:       timestamppb.New(now.Add(ttl)),
 		TokenHashPrefix: registry.HashPrefix(registry.TokenHash(token)),

@@ -14,6 +14,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"github.com/vncgate/vncgate/testkit/loopback"
 )
 
@@ -57,7 +58,7 @@ func (r *Replica) Restart(t testing.TB) {
 }
 
 func (r *Replica) serve(l net.Listener) {
-	var opts []grpc.ServerOption
+	opts := grpcclient.ServerOptions() // keepalive as consoleauth's
 	if r.tls != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(r.tls)))
 	}

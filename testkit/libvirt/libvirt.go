@@ -167,6 +167,14 @@ func StopLibvirtd(t testing.TB) {
 	})
 }
 
+// MayRestart reports whether StopLibvirtd would stop libvirtd rather than
+// skip: this test binary started it, or CI=true or
+// VNCGATE_LIBVIRTD_RESTART=1 say that it is the tests' to restart. Call
+// Require first.
+func MayRestart() bool {
+	return started || os.Getenv("CI") == "true" || os.Getenv("VNCGATE_LIBVIRTD_RESTART") == "1"
+}
+
 // ReadPID reads a PID file such as /run/libvirtd.pid or libvirt's
 // /run/libvirt/qemu/{guest}.pid.
 func ReadPID(file string) (int, error) {

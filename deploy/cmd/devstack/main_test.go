@@ -31,7 +31,7 @@ func TestBannerURLsOpenTheDemoConsole(t *testing.T) {
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		err := run(ctx, pw, bin, "127.0.0.1", t.TempDir(), devstack.Ports{})
+		err := run(ctx, pw, devstack.Options{Bin: bin, Host: "127.0.0.1", Dir: t.TempDir()})
 		pw.Close()
 		done <- err
 	}()
@@ -62,6 +62,8 @@ func TestBannerURLsOpenTheDemoConsole(t *testing.T) {
 
 	// The curl, pasted as printed, mints a console URL that opens too.
 	checkNoVNC(tctx, t, pasteCurl(tctx, t, text))
+	// And the operator's command shows the fleet.
+	pasteOperate(tctx, t, text)
 
 	cancel()
 	select {
@@ -100,6 +102,30 @@ func pasteCurl(ctx context.Context, t *testing.T, banner string) string {
 		t.Fatalf("pasted curl: got %s (%v), want a remote_console with a URL", out, err)
 	}
 	return answer.RemoteConsole.URL
+}
+
+// pasteOperate runs the banner's vncgatectl command as pasted: its status
+// shows etcd healthy, the agent and both proxies (which publish themselves
+// as they start; the status is asked again until they show or ctx ends).
+func pasteOperate(ctx context.Context, t *testing.T, banner string) {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^  operate +(\S.*)$`).FindStringSubmatch(banner)
+	if m == nil || !strings.Contains(m[1], "vncgatectl --config ") || !strings.HasSuffix(m[1], " status") {
+		t.Fatalf("banner lacks the vncgatectl status command:\n%s", banner)
+	}
+	for {
+		out, err := exec.CommandContext(ctx, "bash", "-c", m[1]).CombinedOutput()
+		text := string(out)
+		if err == nil && strings.Contains(text, "ETCD healthy") && strings.Contains(text, devstack.ComputeHost) &&
+			strings.Contains(text, "PROXIES 2") && strings.Contains(text, " novnc ") && strings.Contains(text, " xvpvnc ") {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("pasted %s: got %v\n%s\nwant etcd healthy, %s and both proxies", m[1], err, text, devstack.ComputeHost)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // checkNoVNC opens the WebSocket the console page opens and reads the demo

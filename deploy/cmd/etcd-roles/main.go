@@ -1,8 +1,10 @@
 // Command etcd-roles applies vncgate's least-privilege etcd plan
 // (pkg/etcdclient.Roles) to an etcd cluster that authenticates clients by
-// certificate: roles consoleauth, proxy and compute-H per compute host H,
-// users without passwords named as the services' certificates' common
-// names, a root user, and then `auth enable`. Run it again with more -hosts
+// certificate: roles consoleauth, proxy, proxy-P per proxy P (its own
+// announcement, live sessions, kills and drain; P is both the CN of the
+// proxy's etcd certificate and its proxy_name) and compute-H per compute
+// host H, users without passwords named as the services' certificates'
+// common names, a root user, and then `auth enable`. Run it again with more -hosts
 // to add compute hosts (once auth is on, with a certificate whose CN is
 // root). With -print it writes the same plan as etcdctl commands instead.
 //
@@ -47,7 +49,7 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	keyFile := fs.String("key", "", "its key")
 	hosts := fs.String("hosts", "", "compute hosts, comma-separated: each gets the user H (CN of its agent's certificate) and the role compute-H")
 	consoleauth := fs.String("consoleauth-user", "consoleauth", "CN of consoleauth's etcd client certificate")
-	proxies := fs.String("proxy-users", "novnc-proxy,xvp-proxy", "CNs of the proxies' etcd client certificates, comma-separated")
+	proxies := fs.String("proxy-users", "novnc-proxy,xvp-proxy", "CNs of the proxies' etcd client certificates, comma-separated; each is also that proxy's proxy_name (one per proxy process)")
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on the whole run")
 	printOnly := fs.Bool("print", false, "print the plan as etcdctl commands instead of applying it")
 	if err := fs.Parse(args); err != nil {

@@ -40,6 +40,14 @@ func TestRun(t *testing.T) {
 	if _, err := cn3.Put(ctx, registry.ComputeInstanceKey("cn1", "6f2b4c3e-8d1a-4e5f-9a7b-0c1d2e3f4a5b"), "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 		t.Errorf("cn3 claiming for cn1: got %v, want permission denied", err)
 	}
+	// A proxy user writes its own records only (its name is its CN).
+	proxy := srv.ClientAs(t, "novnc-proxy")
+	if _, err := proxy.Put(ctx, registry.ProxyKey("novnc-proxy"), "{}"); err != nil {
+		t.Errorf("novnc-proxy announcing itself: %v", err)
+	}
+	if _, err := proxy.Put(ctx, registry.SessionKey("xvp-proxy", "s1"), "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Errorf("novnc-proxy publishing xvp-proxy's session: got %v, want permission denied", err)
+	}
 	// Not as another user.
 	notRoot := srv.ClientFiles(t, "consoleauth")
 	err := run(ctx, []string{"-endpoints", srv.Endpoint, "-cacert", notRoot.CA, "-cert", notRoot.Cert, "-key", notRoot.Key, "-hosts", "cn4"}, &out, &errOut)

@@ -40,7 +40,8 @@ func RepoRoot() (string, error) {
 	}
 }
 
-// Binaries builds the four services (once per process) and returns their folder.
+// Binaries builds the four services and vncgatectl (once per process) and
+// returns their folder.
 func Binaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -60,6 +61,12 @@ func Binaries(t testing.TB) string {
 				buildErr = fmt.Errorf("go build %s: %v\n%s", s, err, out)
 				return
 			}
+		}
+		// The operator's CLI, which tests drive as an operator would.
+		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, devstack.VNCGateCtl), ".")
+		cmd.Dir = filepath.Join(root, "cmd", "vncgatectl")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build vncgatectl: %v\n%s", err, out)
 		}
 	})
 	if buildErr != nil {

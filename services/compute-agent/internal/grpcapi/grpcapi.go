@@ -15,10 +15,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strings"
 
 	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
 	"github.com/vncgate/vncgate/pkg/authn"
+	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/services/compute-agent/internal/driver"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -83,7 +83,7 @@ func (s *Server) GetConsole(ctx context.Context, req *computeagentv1.GetConsoleR
 		s.logError("get console", req.GetInstanceUuid(), err)
 		return nil, toStatus(err)
 	}
-	s.log.Debug("get console", "instance", req.GetInstanceUuid(), "host", c.Host, "port", c.Port)
+	s.log.DebugContext(ctx, "get console", "instance", req.GetInstanceUuid(), "vnc", net.JoinHostPort(c.Host, fmt.Sprint(c.Port)))
 	return &computeagentv1.GetConsoleResponse{Host: c.Host, Port: c.Port, InternalAccessPath: c.InternalAccessPath}, nil
 }
 
@@ -107,16 +107,22 @@ func (s *Server) ValidateConsolePort(ctx context.Context, req *computeagentv1.Va
 	case err != nil:
 		s.logError("validate console port", uuid, err)
 		return nil, toStatus(err)
-	case c.Port != req.GetPort():
-		reason = fmt.Sprintf("port %d is not the instance's console (it is now %d)", req.GetPort(), c.Port)
-	case !sameHost(c.Host, req.GetHost()):
-		reason = fmt.Sprintf("host %q is not the instance's console (it is now %q)", req.GetHost(), c.Host)
+	default:
+		// The same judgement consoleauth makes from the instance's claim.
+		reason = registry.LocationConsole{Host: c.Host, Port: c.Port}.Mismatch(req.GetHost(), req.GetPort())
 	}
 	if reason != "" {
-		s.log.Info("console port refused", "instance", uuid, "host", req.GetHost(), "port", req.GetPort(), "reason", reason)
+		s.log.InfoContext(ctx, "console port refused", "instance", uuid, "vnc", net.JoinHostPort(req.GetHost(), fmt.Sprint(req.GetPort())), "reason", reason)
 		return &computeagentv1.ValidateConsolePortResponse{Valid: false, Reason: reason}, nil
 	}
 	return &computeagentv1.ValidateConsolePortResponse{Valid: true}, nil
+}
+
+// Console is what GetConsole answers for an instance, as a driver error
+// (driver.ErrNotFound and the like) when there is none: what the agent
+// publishes in the instance's claim (package registration).
+func (s *Server) Console(ctx context.Context, uuid string) (driver.Console, error) {
+	return s.console(ctx, uuid, "")
 }
 
 // console checks the request and asks the driver, resolving the host.
@@ -151,13 +157,4 @@ func (s *Server) logError(op, uuid string, err error) {
 		level = slog.LevelWarn
 	}
 	s.log.Log(context.Background(), level, op+" failed", "instance", uuid, "error", err)
-}
-
-// sameHost compares host names without case and IP addresses by value.
-func sameHost(a, b string) bool {
-	if strings.EqualFold(a, b) {
-		return true
-	}
-	ia, ib := net.ParseIP(a), net.ParseIP(b)
-	return ia != nil && ib != nil && ia.Equal(ib)
 }

@@ -9,11 +9,20 @@
 //     disappears at once;
 //   - every instance the driver lists (by canonical UUID; other ids are
 //     skipped with a warning) has this host's claim
-//     registry.ComputeInstanceKey(host, uuid) = registry.Location{ComputeHost:
-//     host} (no lease); an instance this host published before but no longer
-//     runs loses its claim. The agent writes nothing else but its own
+//     registry.ComputeInstanceKey(host, uuid) = registry.Location (no
+//     lease) naming host and, under the current registration's lease, the
+//     instance's console as Config.Console answers it (or why it has none),
+//     so that consoleauth can check a token's host and port without asking
+//     the agent; an instance this host published before but no longer runs
+//     loses its claim. The agent writes nothing else but its own
 //     registry.ComputeKey(host), so its etcd role needs no more (see
 //     package registry for who wins when two hosts claim an instance);
+//   - a claim is rewritten before the agent acts on a driver event: the
+//     claim of an instance that stopped, moved its console, migrated or
+//     went says so before its revocation is queued, so that no token check
+//     answered from the claim after the revocation still vouches for the
+//     old console. When the hypervisor cannot say (driver.ErrUnavailable),
+//     the claim carries no lease: consoleauth asks the agent;
 //   - when the keep-alive stream ends or etcd cannot be reached, the agent
 //     registers again with capped, jittered exponential backoff until ctx
 //     ends, and publishes everything again once registered, and again every
@@ -82,15 +91,21 @@ type Config struct {
 	// keys changed behind the agent's back and to follow drivers that send
 	// no events: 1m. Unchanged keys are not rewritten.
 	ResyncInterval time.Duration
+	// Console is what the agent's GetConsole answers for an instance
+	// (grpcapi.Server.Console: the driver's answer with the address
+	// proxies dial), published in its claim; nil is Driver.Console.
+	Console func(ctx context.Context, uuid string) (driver.Console, error)
+	// Metrics counts the events handled; nil counts nothing.
+	Metrics *Metrics
 }
 
 // Agent is a running registration; see Run.
 type Agent struct {
 	cfg         Config
 	log         *slog.Logger
-	location    string // JSON of registry.Location naming this host
 	revocations *revocationQueue
-	registered  atomic.Bool // the compute key is on a live lease
+	registered  atomic.Bool  // the compute key is on a live lease
+	lease       atomic.Int64 // the lease of the latest registration
 }
 
 // Registered reports whether the agent's compute key is in etcd on a lease
@@ -130,18 +145,16 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.ResyncInterval <= 0 {
 		cfg.ResyncInterval = time.Minute
 	}
+	if cfg.Console == nil {
+		cfg.Console = cfg.Driver.Console
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	loc, err := json.Marshal(registry.Location{ComputeHost: cfg.Host})
-	if err != nil {
-		return nil, err
-	}
 	return &Agent{
 		cfg:         cfg,
 		log:         log.With("host", cfg.Host),
-		location:    string(loc),
 		revocations: newRevocationQueue(cfg.MaxPendingRevocations),
 	}, nil
 }
@@ -218,6 +231,10 @@ func (a *Agent) register(ctx context.Context) (clientv3.LeaseID, <-chan *clientv
 		a.revokeLease(lease.ID)
 		return 0, nil, fmt.Errorf("keep lease alive: %w", err)
 	}
+	// Claims vouch for their console under this lease from now on; those
+	// written under an earlier one vouch for nothing until the first sync
+	// rewrites them.
+	a.lease.Store(int64(lease.ID))
 	return lease.ID, keepAlive, nil
 }
 
@@ -281,32 +298,43 @@ func (a *Agent) wait(ctx context.Context, d time.Duration, events *<-chan driver
 	}
 }
 
-// handle acts on one driver event; with registered false it only queues
-// revocations (the next registration publishes everything anyway).
+// handle acts on one driver event: registered, it first rewrites the
+// instance's claim with what the driver says now (so that consoleauth stops
+// vouching for an old console before any revocation is sent), then queues
+// the revocation the event calls for. With registered false it only queues
+// revocations (the next registration publishes everything anyway; until
+// then the compute key is gone or on a lease no claim outlives by more
+// than its TTL, and the revocation deletes the instance's tokens).
 func (a *Agent) handle(ctx context.Context, ev driver.Event, registered bool) error {
 	log := a.log.With("instance", ev.UUID, "event", ev.Kind.String(), "reason", ev.Reason)
 	log.Info("instance event")
+	a.cfg.Metrics.event(ev.Kind)
 	uuid, err := registry.ParseInstanceUUID(ev.UUID)
 	if err != nil {
 		log.Warn("instance event ignored: the instance id is not a UUID", "error", err)
 		return nil
 	}
+	var published error
 	switch ev.Kind {
-	case driver.Started:
-		a.revocations.runsHere(uuid) // back here: no unpublish after its revocation
+	case driver.Started, driver.Stopped, driver.ConsoleChanged, driver.MigratedAway, driver.Deleted:
 		if registered {
-			return a.publish(ctx, uuid)
-		}
-	case driver.Stopped, driver.ConsoleChanged:
-		a.queueRevocation(uuid, ev.Reason, false)
-	case driver.MigratedAway, driver.Deleted:
-		if !a.queueRevocation(uuid, ev.Reason, true) && registered {
-			return a.unpublish(ctx, uuid)
+			published = a.publish(ctx, uuid)
 		}
 	default:
 		log.Warn("unknown instance event ignored")
+		return nil
 	}
-	return nil
+	switch ev.Kind {
+	case driver.Started:
+		a.revocations.runsHere(uuid) // back here: no unpublish after its revocation
+	case driver.Stopped, driver.ConsoleChanged:
+		a.queueRevocation(uuid, ev.Reason, false)
+	case driver.MigratedAway, driver.Deleted:
+		if !a.queueRevocation(uuid, ev.Reason, true) && registered && published == nil {
+			return a.unpublish(ctx, uuid)
+		}
+	}
+	return published
 }
 
 // sync publishes every instance of the driver and unpublishes those this
@@ -324,7 +352,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	for _, raw := range ids {
 		id, err := registry.ParseInstanceUUID(raw)
 		if err != nil {
-			a.log.Warn("instance not published: its id is not a UUID", "error", err, "id", raw)
+			a.log.Warn("instance not published: its id is not a UUID", "error", err, "instance", raw)
 			continue
 		}
 		runs[id] = true
@@ -369,20 +397,55 @@ func (a *Agent) publish(ctx context.Context, uuid string) error {
 }
 
 // write puts this host's claim on an instance unless it already holds it
-// (a resync then writes nothing and wakes no watcher); it reports whether
-// it wrote.
+// with the same value (a resync then writes nothing and wakes no watcher);
+// it reports whether it wrote.
 func (a *Agent) write(ctx context.Context, uuid string) (bool, error) {
 	key := registry.ComputeInstanceKey(a.cfg.Host, uuid)
 	op, cancel := context.WithTimeout(ctx, a.cfg.OpTimeout)
 	defer cancel()
+	location, err := a.location(op, uuid)
+	if err != nil {
+		return false, err
+	}
 	resp, err := a.cfg.Client.Txn(op).
-		If(clientv3.Compare(clientv3.Value(key), "=", a.location)).
-		Else(clientv3.OpPut(key, a.location)).
+		If(clientv3.Compare(clientv3.Value(key), "=", location)).
+		Else(clientv3.OpPut(key, location)).
 		Commit()
 	if err != nil {
 		return false, fmt.Errorf("publish instance %s: %w", uuid, err)
 	}
 	return !resp.Succeeded, nil
+}
+
+// maxNoConsole bounds the reason a claim gives for having no console: a
+// token check may repeat it to a proxy.
+const maxNoConsole = 200
+
+// location is the claim's value for an instance (JSON registry.Location):
+// under the current lease, what Config.Console says now, as the agent's
+// ValidateConsolePort would judge it (a console, or not running, unknown
+// here or without VNC); without a lease when the driver cannot say.
+func (a *Agent) location(ctx context.Context, uuid string) (string, error) {
+	loc := registry.Location{ComputeHost: a.cfg.Host}
+	c, err := a.cfg.Console(ctx, uuid)
+	switch {
+	case err == nil:
+		loc.Lease = a.lease.Load()
+		loc.Console = &registry.LocationConsole{Host: c.Host, Port: c.Port, InternalAccessPath: c.InternalAccessPath}
+	case errors.Is(err, driver.ErrNotFound), errors.Is(err, driver.ErrNotRunning), errors.Is(err, driver.ErrNoConsole):
+		loc.Lease = a.lease.Load()
+		loc.NoConsole = err.Error()
+		if len(loc.NoConsole) > maxNoConsole {
+			loc.NoConsole = strings.ToValidUTF8(loc.NoConsole[:maxNoConsole], "")
+		}
+	default:
+		a.log.Debug("instance published without its console: the driver cannot say", "instance", uuid, "error", err)
+	}
+	b, err := json.Marshal(loc)
+	if err != nil {
+		return "", fmt.Errorf("encode the claim of instance %s: %w", uuid, err)
+	}
+	return string(b), nil
 }
 
 // unpublish deletes this host's claim on an instance.

@@ -224,8 +224,14 @@ func (w *world) published(want string, uuids ...string) error {
 			if err != nil {
 				return err
 			}
-			if !ok || loc != locationOf(want) || lease != 0 {
-				return fmt.Errorf("claim of %s by %s: got %q (present %v, lease %d), want %s on no lease", id, want, loc, ok, lease, locationOf(want))
+			var l registry.Location
+			if ok {
+				if err := json.Unmarshal([]byte(loc), &l); err != nil {
+					return fmt.Errorf("claim of %s by %s: %q: %v", id, want, loc, err)
+				}
+			}
+			if !ok || l.ComputeHost != want || lease != 0 {
+				return fmt.Errorf("claim of %s by %s: got %q (present %v, lease %d), want a Location naming %s on no lease", id, want, loc, ok, lease, want)
 			}
 		}
 		if want != host {

@@ -97,7 +97,7 @@ func TestRevocationsSurviveConsoleauthDown(t *testing.T) {
 	}
 	t.Cleanup(func() { conn.Close() })
 	rev := &counting{
-		Revoker:  revoker.New(consoleauthv1.NewConsoleAuthServiceClient(conn), slog.New(slog.DiscardHandler)),
+		Revoker:  revoker.New(consoleauthv1.NewConsoleAuthServiceClient(conn), slog.New(slog.DiscardHandler), nil),
 		attempts: map[string]int{},
 	}
 

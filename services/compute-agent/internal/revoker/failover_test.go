@@ -72,7 +72,7 @@ func TestRevocationRetriedOnAnotherReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	r := New(consoleauthv1.NewConsoleAuthServiceClient(conn), slog.New(slog.DiscardHandler))
+	r := New(consoleauthv1.NewConsoleAuthServiceClient(conn), slog.New(slog.DiscardHandler), nil)
 
 	for i := range 20 {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -1,25 +1,27 @@
 // Package agentclient calls the compute agents: it asks an instance's agent
 // where its VNC server listens and whether a host and port still belong to
-// it. It keeps one gRPC connection per agent address, and turns the agent's
-// gRPC codes into sentinel errors for consoleauth's RPC edge.
+// it. It keeps one gRPC connection per agent address (pkg/grpcclient:
+// health-checked, both calls retried on UNAVAILABLE, connected at once and
+// never idle), and turns the agent's gRPC codes into sentinel errors for
+// consoleauth's RPC edge.
 //
 // An agent that restarts is used again at once: a connection that failed
 // is dialed anew as soon as the agent registers again in etcd (a newer
 // Agent.Registration), rather than after the reconnect backoff it reached
-// while the agent was down; without a new registration, reconnects back off
-// from 100 ms to at most MaxReconnectDelay.
+// while the agent was down (at most about a second, grpcclient's).
 package agentclient
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
 	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
+	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
@@ -45,10 +47,6 @@ var (
 // DefaultTimeout bounds each agent call when Options.Timeout is zero.
 const DefaultTimeout = 5 * time.Second
 
-// MaxReconnectDelay caps the wait between attempts to reach an agent again
-// (gRPC's default grows to two minutes).
-const MaxReconnectDelay = time.Second
-
 // Agent is the compute agent to call, as registered in etcd.
 type Agent struct {
 	// Host is the compute host's name, Address the agent's gRPC address.
@@ -66,6 +64,12 @@ type Options struct {
 	// TLS, when set, is the client side of mTLS to the agents; nil dials
 	// plaintext.
 	TLS credentials.TransportCredentials
+	// DialOptions are added to each connection's own (the request id,
+	// metrics and tracing of package grpcserver).
+	DialOptions []grpc.DialOption
+	// Log receives each agent's changes between reachable and not; nil
+	// discards.
+	Log *slog.Logger
 }
 
 // Pool holds one gRPC connection per agent address. It is safe for
@@ -73,6 +77,8 @@ type Options struct {
 type Pool struct {
 	timeout time.Duration
 	creds   credentials.TransportCredentials
+	dial    []grpc.DialOption
+	log     *slog.Logger
 
 	mu     sync.Mutex
 	conns  map[string]*agentConn
@@ -96,7 +102,7 @@ func New(opts Options) *Pool {
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
-	return &Pool{timeout: opts.Timeout, creds: creds, conns: map[string]*agentConn{}}
+	return &Pool{timeout: opts.Timeout, creds: creds, dial: opts.DialOptions, log: opts.Log, conns: map[string]*agentConn{}}
 }
 
 // Console is where an instance's VNC server listens.
@@ -170,7 +176,7 @@ func (p *Pool) client(agent Agent) (computeagentv1.ComputeAgentServiceClient, er
 	c, ok := p.conns[agent.Address]
 	if ok && agent.Registration > c.registration {
 		// In TRANSIENT_FAILURE every call fails at once until the next
-		// attempt, up to MaxReconnectDelay away; a new connection tries
+		// attempt, up to a second away; a new connection tries
 		// now. Other states are kept: READY works, IDLE connects on the
 		// next call, CONNECTING is trying already.
 		if c.conn.GetState() == connectivity.TransientFailure {
@@ -182,12 +188,16 @@ func (p *Pool) client(agent Agent) (computeagentv1.ComputeAgentServiceClient, er
 		}
 	}
 	if !ok {
-		conn, err := grpc.NewClient(agent.Address,
-			grpc.WithTransportCredentials(p.creds),
-			grpc.WithConnectParams(grpc.ConnectParams{
-				Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: MaxReconnectDelay},
-				MinConnectTimeout: 2 * time.Second,
-			}))
+		// One ClientConn per agent, as every service dials another:
+		// health-checked, idempotent calls retried, reconnects at most
+		// about a second apart, connected at once and never idle (so Down
+		// follows the agent between calls).
+		conn, err := grpcclient.Dial("compute agent address", agent.Address, p.creds, grpcclient.Options{
+			Name:        "compute agent " + agent.Host,
+			Retry:       retried,
+			Log:         p.log,
+			DialOptions: p.dial,
+		})
 		if err != nil {
 			return nil, fmt.Errorf("%w: agent address %q: %v", ErrUnreachable, agent.Address, err)
 		}
@@ -195,6 +205,29 @@ func (p *Pool) client(agent Agent) (computeagentv1.ComputeAgentServiceClient, er
 		p.conns[agent.Address] = c
 	}
 	return c.client, nil
+}
+
+// retried are the agent's methods, both reads: retried when the agent
+// answers UNAVAILABLE or drops the call.
+var retried = []string{
+	computeagentv1.ComputeAgentService_GetConsole_FullMethodName,
+	computeagentv1.ComputeAgentService_ValidateConsolePort_FullMethodName,
+}
+
+// Down reports whether the connection to the agent's address is failing
+// now (every connection attempt failed, or the agent's health service says
+// NOT_SERVING, as while it stops): a claim it published is not to be taken
+// for its answer then. It makes the connection when there is none yet, so
+// that its state follows the agent from then on; a new connection is not
+// down.
+func (p *Pool) Down(agent Agent) bool {
+	if _, err := p.client(agent); err != nil {
+		return true
+	}
+	p.mu.Lock()
+	c, ok := p.conns[agent.Address]
+	p.mu.Unlock()
+	return ok && c.conn.GetState() == connectivity.TransientFailure
 }
 
 // fail maps an agent's gRPC error to a sentinel, with a message that names

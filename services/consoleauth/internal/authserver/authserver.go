@@ -1,13 +1,15 @@
 // Package authserver implements consoleauth's gRPC service: it validates
 // requests with Nova-like messages, mints tokens for an instance's console
-// after asking its compute agent where the VNC server listens, checks tokens
-// for the proxies (re-validating with the instance's current agent), and
-// revokes an instance's tokens. Domain errors become gRPC codes in one
-// table (errors.go); the REST gateway maps those codes to HTTP. No answer
-// carries etcd's own errors or key paths: while etcd cannot serve (the
-// token store's health probe says so within a second) every call is
-// answered UNAVAILABLE with UnavailableMessage at once, and an unexpected
-// fault INTERNAL with InternalMessage, its detail logged.
+// where its compute agent says the VNC server listens, checks tokens for
+// the proxies (re-validating the host and port with the instance's current
+// agent, or with what that agent published in etcd while it vouches for
+// it: published.go), and revokes an instance's tokens. Domain errors
+// become gRPC codes in one table (errors.go); the REST gateway maps those
+// codes to HTTP. No answer carries etcd's own errors or key paths: while
+// etcd cannot serve (the token store's health probe says so within a
+// second) every call is answered UNAVAILABLE with UnavailableMessage at
+// once, and an unexpected fault INTERNAL with InternalMessage, its detail
+// logged.
 //
 // Input is bounded before it is used (input.go): instance ids must be UUIDs,
 // tokens must have the one shape this service mints, console types,
@@ -130,34 +132,18 @@ func (s *Server) consoleURL(ctx context.Context, uuid, consoleType string, viewO
 	if err := s.checkType(consoleType); err != nil {
 		return "", err
 	}
-	agent, err := s.store.Locate(ctx, uuid)
-	if err != nil {
-		return "", err
-	}
-	console, err := s.agents.GetConsole(ctx, agentOf(agent), uuid, consoleType)
-	if errors.Is(err, agentclient.ErrUnreachable) {
-		// Nova answers 409 when the instance's compute host is down.
-		err = detail(tokenstore.ErrComputeDown,
-			fmt.Sprintf("compute host %s of instance %s is down: %v", agent.ComputeHost, uuid, err))
-	}
-	if err != nil {
-		return "", err
-	}
-	minted, err := s.store.Mint(ctx, registry.Token{
-		InstanceUUID:       uuid,
-		ConsoleType:        consoleType,
-		ComputeHost:        agent.ComputeHost,
-		Host:               console.Host,
-		Port:               console.Port,
-		InternalAccessPath: console.InternalAccessPath,
-		ViewOnly:           viewOnly,
+	minted, agent, err := s.mint(ctx, registry.Token{
+		InstanceUUID: uuid,
+		ConsoleType:  consoleType,
+		ViewOnly:     viewOnly,
+		MintedBy:     callerName(ctx),
 	})
 	if err != nil {
 		return "", err
 	}
 	s.metrics.minted.WithLabelValues(consoleType).Inc()
 	s.log.InfoContext(ctx, "console token minted", "instance", uuid, "console_type", consoleType,
-		"compute_host", agent.ComputeHost, "token_hash", registry.HashPrefix(minted.Hash), "view_only", viewOnly)
+		"host", agent.ComputeHost, "token_hash", registry.HashPrefix(minted.Hash), "view_only", viewOnly)
 	if consoleType == TypeXVPVNC {
 		return xvpURL(s.cfg.XVPBaseURL, minted.Token), nil
 	}
@@ -165,7 +151,7 @@ func (s *Server) consoleURL(ctx context.Context, uuid, consoleType string, viewO
 }
 
 // CheckToken returns where a valid token connects to, after the instance's
-// current agent confirmed the host and port.
+// current agent (or its published claim) confirmed the host and port.
 func (s *Server) CheckToken(ctx context.Context, req *consoleauthv1.CheckTokenRequest) (*consoleauthv1.CheckTokenResponse, error) {
 	resp, err := s.checkToken(ctx, req)
 	err = s.answer(ctx, err)
@@ -208,6 +194,7 @@ func (s *Server) checkToken(ctx context.Context, req *consoleauthv1.CheckTokenRe
 		ComputeHost:        rec.ComputeHost,
 		ViewOnly:           rec.ViewOnly,
 		TokenRevision:      entry.Revision,
+		MintedBy:           rec.MintedBy,
 	}}, nil
 }
 
@@ -223,6 +210,9 @@ func (s *Server) revalidate(ctx context.Context, rec registry.Token) error {
 		return detail(ErrAgentGone, err.Error())
 	case err != nil:
 		return err
+	}
+	if s.vouched(agent) {
+		return checkPublished(agent, rec)
 	}
 	valid, reason, err := s.agents.ValidateConsolePort(ctx, agentOf(agent),
 		rec.InstanceUUID, rec.ConsoleType, rec.Host, rec.Port)
@@ -315,7 +305,7 @@ func (s *Server) mayRevoke(ctx context.Context, uuid string) error {
 		return nil
 	}
 	s.log.WarnContext(ctx, "revocation refused: not the instance's compute host",
-		"caller", id.Name, "compute_host", id.Host, "instance", uuid, "owner", owner)
+		"caller", id.Name, "host", id.Host, "instance", uuid, "owner", owner)
 	return detail(ErrNotOwner, fmt.Sprintf("compute host %s may only revoke its own instances", quoteShort(id.Host)))
 }
 
@@ -345,4 +335,11 @@ func (s *Server) checkType(consoleType string) error {
 		return detail(ErrTypeDisabled, fmt.Sprintf("console type %q is not enabled (enabled_console_types)", consoleType))
 	}
 	return nil
+}
+
+// callerName is the authenticated caller's name, recorded as the token's
+// minted_by ("" when the call was not authenticated, as in unit tests).
+func callerName(ctx context.Context) string {
+	id, _ := authn.FromContext(ctx)
+	return id.Name
 }

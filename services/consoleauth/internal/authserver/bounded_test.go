@@ -15,6 +15,7 @@ import (
 
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
 	"github.com/vncgate/vncgate/pkg/authn"
+	"github.com/vncgate/vncgate/pkg/grpcserver"
 	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/registry"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/agentclient"
@@ -77,7 +78,7 @@ func newWorldOn(t *testing.T, cli *clientv3.Client, opts tokenstore.Options) *wo
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(LogUnary(log)))
+	gs := grpc.NewServer(grpcserver.ServerOptions(grpcserver.Options{Log: log, Quiet: EtcdOutage})...)
 	consoleauthv1.RegisterConsoleAuthServiceServer(gs, w.srv)
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)

@@ -2,6 +2,7 @@ package authserver
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
 )
 
 // Metrics counts what the service does. Its counters work unregistered, so
@@ -28,6 +29,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "vncgate", Subsystem: "consoleauth", Name: "tokens_revoked_total",
 			Help: "Console tokens deleted by RevokeInstanceTokens.",
 		}),
+	}
+	// The usual series at zero from the start, so rates and dashboards
+	// work before the first call.
+	for _, t := range []string{TypeNoVNC, TypeXVPVNC} {
+		m.minted.WithLabelValues(t)
+	}
+	for _, c := range []codes.Code{codes.OK, codes.NotFound, codes.Unavailable} {
+		m.checked.WithLabelValues(c.String())
 	}
 	if reg != nil {
 		reg.MustRegister(m.minted, m.checked, m.revoked)

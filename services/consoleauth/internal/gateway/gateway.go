@@ -13,6 +13,12 @@
 // API is 400 (DNS rebinding), a POST or PUT body that is not
 // application/json 415 (cross-site form posts).
 //
+// Every request gets an id: the caller's X-Request-Id when valid
+// (requestid.Valid), else a new one. It is answered in X-Request-Id, sent to
+// the gRPC server as x-request-id metadata (the one header that goes on, and
+// only after validation) and logged with every line of the request, here, in
+// consoleauth's rpc line and in the compute agent's.
+//
 // The error handler here is the one place that maps gRPC codes to HTTP.
 package gateway
 
@@ -28,6 +34,7 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
+	"github.com/vncgate/vncgate/pkg/requestid"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/openapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -66,6 +73,8 @@ func New(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.Handler
 		// Auth.metadataOf says, nothing else.
 		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithMetadata(opts.Auth.metadataOf),
+		// The request id (requestid.HTTP below) goes on as x-request-id.
+		runtime.WithMetadata(requestid.Metadata),
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &jsonMarshaler{JSONPb: &runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
@@ -77,6 +86,9 @@ func New(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.Handler
 	)
 	if err := consoleauthv1.RegisterConsoleAuthServiceHandler(ctx, gw, conn); err != nil {
 		return nil, fmt.Errorf("register gateway: %w", err)
+	}
+	if err := consoleauthv1.RegisterOperationsServiceHandler(ctx, gw, conn); err != nil {
+		return nil, fmt.Errorf("register operations gateway: %w", err)
 	}
 
 	mux := http.NewServeMux()
@@ -102,7 +114,9 @@ func New(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.Handler
 		// a bearer key or a certificate): they name instances' hosts.
 		mux.Handle("GET /metrics", opts.Auth.protect(opts.Metrics, opts.Log))
 	}
-	return mux, nil
+	// Every request has an id: the caller's valid X-Request-Id or a new
+	// one, answered in X-Request-Id and logged on each of its lines.
+	return requestid.HTTP(mux), nil
 }
 
 // httpStatus maps a gRPC code to an HTTP status, the way Nova answers.
@@ -183,7 +197,7 @@ func errorHandler(log *slog.Logger, challenges []string) runtime.ErrorHandlerFun
 		st := status.Convert(err)
 		code := httpStatus(st.Code())
 		if code == http.StatusInternalServerError {
-			log.WarnContext(ctx, "rest request failed", "method", r.Method, "pattern", pattern(ctx),
+			log.WarnContext(ctx, "rest request failed", "method", r.Method+" "+pattern(ctx),
 				"code", st.Code().String(), "error", st.Message())
 		}
 		if code == http.StatusUnauthorized {

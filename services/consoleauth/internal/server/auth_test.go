@@ -64,7 +64,7 @@ var allowed = map[string][]authn.Role{
 	"GetConsoleURL":        {authn.RoleAPI, authn.RoleMint},
 	"GetVNCConsole":        {authn.RoleAPI, authn.RoleMint},
 	"GetConsoleAuthToken":  {authn.RoleAPI},
-	"RevokeInstanceTokens": {authn.RoleAPI, authn.RoleCompute},
+	"RevokeInstanceTokens": {authn.RoleAPI, authn.RoleCompute, authn.RoleOperator},
 	"CheckToken":           {authn.RoleProxy},
 }
 
@@ -78,7 +78,7 @@ func TestGRPCRoles(t *testing.T) {
 	w.agent.AddInstance(t, vm, testworld.Console{Host: "10.1.2.3", Port: 5901})
 	ctx := testworld.Ctx(t)
 	names := map[authn.Role]string{authn.RoleAPI: "nova-api", authn.RoleMint: "horizon", authn.RoleProxy: "novnc-1",
-		authn.RoleCompute: "compute-1", authn.RoleConsoleAuth: "consoleauth-2"}
+		authn.RoleCompute: "compute-1", authn.RoleConsoleAuth: "consoleauth-2", authn.RoleOperator: "alice"}
 	refusals := 0
 	for _, role := range authn.Roles {
 		client := w.client(t, names[role], role)

@@ -14,8 +14,13 @@ var Policy = authn.Policy{
 	consoleauthv1.ConsoleAuthService_GetConsoleURL_FullMethodName:        {authn.RoleAPI, authn.RoleMint},
 	consoleauthv1.ConsoleAuthService_GetVNCConsole_FullMethodName:        {authn.RoleAPI, authn.RoleMint},
 	consoleauthv1.ConsoleAuthService_GetConsoleAuthToken_FullMethodName:  {authn.RoleAPI},
-	consoleauthv1.ConsoleAuthService_RevokeInstanceTokens_FullMethodName: {authn.RoleAPI, authn.RoleCompute},
+	consoleauthv1.ConsoleAuthService_RevokeInstanceTokens_FullMethodName: {authn.RoleAPI, authn.RoleCompute, authn.RoleOperator},
 	consoleauthv1.ConsoleAuthService_CheckToken_FullMethodName:           {authn.RoleProxy},
+	// The operator's fleet view (vncgatectl): its role alone.
+	consoleauthv1.OperationsService_ListSessions_FullMethodName: {authn.RoleOperator},
+	consoleauthv1.OperationsService_KillSession_FullMethodName:  {authn.RoleOperator},
+	consoleauthv1.OperationsService_DrainProxy_FullMethodName:   {authn.RoleOperator},
+	consoleauthv1.OperationsService_GetStatus_FullMethodName:    {authn.RoleOperator},
 }
 
 // noCertificate is the refusal of a gRPC call without a client

@@ -29,11 +29,13 @@ import (
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
 	"github.com/vncgate/vncgate/pkg/authn"
 	"github.com/vncgate/vncgate/pkg/etcdclient"
+	"github.com/vncgate/vncgate/pkg/grpcserver"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/agentclient"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/authserver"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/gateway"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/keystone"
+	"github.com/vncgate/vncgate/services/consoleauth/internal/operations"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/tokenstore"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
@@ -95,6 +97,11 @@ type Config struct {
 
 	// ShutdownTimeout bounds the graceful part of Shutdown.
 	ShutdownTimeout time.Duration
+	// Tracing traces gRPC calls (grpcserver.StartTracing); nil: off.
+	Tracing *grpcserver.Tracing
+	// DrainTimeout is [vncgate] drain_timeout: the deadline of a proxy
+	// drain that names none (OperationsService.DrainProxy).
+	DrainTimeout time.Duration
 }
 
 // Server is a running consoleauth.
@@ -176,11 +183,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if err != nil {
 		return nil, fmt.Errorf("grpc client tls: %w", err)
 	}
-	s.agents = agentclient.New(agentclient.Options{Timeout: cfg.ComputeTimeout, TLS: agentCreds})
-
 	reg := prometheus.NewRegistry()
 	s.metrics, s.store = reg, store
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	kit := grpcserver.Options{Log: log, Metrics: grpcserver.NewMetrics(reg), Tracing: cfg.Tracing, Quiet: authserver.EtcdOutage}
+	s.agents = agentclient.New(agentclient.Options{Timeout: cfg.ComputeTimeout, TLS: agentCreds, DialOptions: grpcserver.DialOptions(kit)})
 	svc, err := authserver.New(authserver.Config{
 		NoVNCBaseURL: noVNCBase,
 		XVPBaseURL:   xvpBase,
@@ -202,17 +209,23 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	guard := authn.NewGuard(authn.GuardOptions{Policy: Policy, Open: authn.HealthMethods, RoleSource: roleSource,
 		NoCertificate: noCertificate, Log: log})
 	gwGuard := authn.NewGuard(authn.GuardOptions{Policy: Policy, Open: authn.HealthMethods, GatewaySecret: auth.GatewaySecret, Log: log})
-	s.grpcServer = grpc.NewServer(serverCreds, grpc.MaxRecvMsgSize(MaxRecvMsgSize),
-		grpc.ChainUnaryInterceptor(authserver.LogUnary(log), guard.UnaryInterceptor()), grpc.StreamInterceptor(guard.StreamInterceptor()))
+	// Request ids, metrics, the rpc log line and tracing (package
+	// grpcserver) come before the guard, so its refusals carry the id.
+	s.grpcServer = grpc.NewServer(append(grpcserver.ServerOptions(kit), serverCreds, grpc.MaxRecvMsgSize(MaxRecvMsgSize),
+		grpc.ChainUnaryInterceptor(guard.UnaryInterceptor()), grpc.ChainStreamInterceptor(guard.StreamInterceptor()))...)
 	consoleauthv1.RegisterConsoleAuthServiceServer(s.grpcServer, svc)
+	ops := operations.New(s.etcd, operations.Options{Timeout: cfg.EtcdTimeout, Drain: cfg.DrainTimeout, Log: log})
+	consoleauthv1.RegisterOperationsServiceServer(s.grpcServer, ops)
 	// Callers (proxies, agents: package grpcclient) watch it and send
 	// their calls to replicas that say SERVING.
 	s.health = health.NewServer()
 	s.setServing(false)
 	healthpb.RegisterHealthServer(s.grpcServer, s.health)
-	s.gwServer = grpc.NewServer(grpc.MaxRecvMsgSize(MaxRecvMsgSize),
-		grpc.ChainUnaryInterceptor(authserver.LogUnary(log), gwGuard.UnaryInterceptor()), grpc.StreamInterceptor(gwGuard.StreamInterceptor()))
+	kit.Metrics.Initialize(s.grpcServer)
+	s.gwServer = grpc.NewServer(append(grpcserver.ServerOptions(kit), grpc.MaxRecvMsgSize(MaxRecvMsgSize),
+		grpc.ChainUnaryInterceptor(gwGuard.UnaryInterceptor()), grpc.ChainStreamInterceptor(gwGuard.StreamInterceptor()))...)
 	consoleauthv1.RegisterConsoleAuthServiceServer(s.gwServer, svc)
+	consoleauthv1.RegisterOperationsServiceServer(s.gwServer, ops)
 
 	gwLis := bufconn.Listen(1 << 20)
 	s.gwConn, err = grpc.NewClient("passthrough:///consoleauth-internal",

@@ -511,7 +511,7 @@ func TestHealthOpenAPIMetrics(t *testing.T) {
 	if code, _ := w.doRaw(t, "GET", "/metrics", ""); code != http.StatusNotFound {
 		t.Errorf("/metrics on REST: got %d, want 404", code)
 	}
-	if n, err := testutil.GatherAndCount(w.srv.Metrics(), "vncgate_consoleauth_tokens_minted_total"); err != nil || n != 1 {
-		t.Errorf("tokens_minted_total series: got %d (%v), want 1", n, err)
+	if n, err := testutil.GatherAndCount(w.srv.Metrics(), "vncgate_consoleauth_tokens_minted_total"); err != nil || n != 2 {
+		t.Errorf("tokens_minted_total series: got %d (%v), want 2 (novnc and xvpvnc, from the start)", n, err)
 	}
 }

@@ -18,13 +18,13 @@ func TestSlowProbeWhileCallsAreAnsweredKeepsEtcdHealthy(t *testing.T) {
 	var logs testlog.Buffer
 	h := newHealth(nil, time.Hour, time.Minute, slog.New(slog.NewJSONHandler(&logs, nil)))
 	h.answered()
-	h.report(1, context.DeadlineExceeded)
+	h.report(1, context.DeadlineExceeded, false)
 	if ok, _ := h.state(); !ok || h.current().Err() != nil {
 		t.Fatalf("probe timed out right after an answered call: healthy %v, calls cut %v; want healthy and not cut", ok, h.current().Err())
 	}
 
 	h.timeout = time.Nanosecond // the last answer is now older than a probe's timeout
-	h.report(2, context.DeadlineExceeded)
+	h.report(2, context.DeadlineExceeded, false)
 	if ok, _ := h.state(); ok || h.current().Err() == nil {
 		t.Fatalf("probe timed out with no recent answer: healthy %v; want unhealthy and calls cut", ok)
 	}

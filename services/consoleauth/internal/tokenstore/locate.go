@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -24,6 +26,10 @@ var (
 	ErrComputeDown = errors.New("compute host down")
 )
 
+// ErrClaimChanged: MintFromClaim found the instance's claim or its host's
+// registration changed since Locate read them; locate it afresh.
+var ErrClaimChanged = errors.New("the instance's location changed while minting")
+
 // Agent is the compute agent that runs an instance.
 type Agent struct {
 	// ComputeHost is the hypervisor host's name.
@@ -34,13 +40,51 @@ type Agent struct {
 	// (registry.ComputeKey's ModRevision): it grows when the agent
 	// registers again, after a restart.
 	Registration int64
+
+	// Vouched says that Console (or NoConsole) is what the agent
+	// published in its claim under its live registration (see
+	// registry.Location), read from the index while it follows etcd: it
+	// stands for the agent's own answer. Otherwise the agent is to be
+	// asked.
+	Vouched bool
+	// Console is the instance's VNC server, when Vouched and NoConsole is
+	// empty.
+	Console registry.LocationConsole
+	// NoConsole, when Vouched, says why the instance has no console (not
+	// running, not on this host, no VNC).
+	NoConsole string
+
+	claimRev int64 // the claim's ModRevision, when Vouched: MintFromClaim's guard
 }
 
 // Locate finds the agent of an instance: the host whose claim
 // registry.ComputeInstanceKey(host, uuid) is the oldest (see package
 // registry), and that host's registry.ComputeKey, present only while its
 // agent keeps its lease alive.
+//
+// While the index follows etcd and the winning claim vouches for the
+// console under its agent's live registration, the answer comes from
+// memory, Vouched, without an etcd call: the claim is at most as old as
+// the watch's delivery (milliseconds), and the agent rewrites a claim
+// before it revokes the instance's tokens for the change, so a check
+// answered from a claim an instant too old is followed by a revocation
+// with a higher etcd revision than the token's, which ends the session it
+// let in (the proxies order revocations and tokens by revision). A mint
+// from a claim is guarded in etcd itself (MintFromClaim). Otherwise (the
+// watch down or resyncing, no claim in memory, a claim of an older format
+// or another registration's, the host without a live agent) it is
+// LocateFresh.
 func (s *Store) Locate(ctx context.Context, uuid string) (Agent, error) {
+	if a, ok := s.locations.vouched(uuid); ok && s.health.current().Err() == nil {
+		return a, nil
+	}
+	return s.LocateFresh(ctx, uuid)
+}
+
+// LocateFresh is Locate confirmed in etcd: the winning claim the index
+// knows still exists with the revision it knows, read in one transaction
+// with its host's registration. Its answer is never Vouched.
+func (s *Store) LocateFresh(ctx context.Context, uuid string) (Agent, error) {
 	host, compute, err := s.locate(ctx, uuid)
 	if err != nil {
 		return Agent{}, s.locateError(ctx, uuid, err)
@@ -83,14 +127,18 @@ func (s *Store) locateError(ctx context.Context, uuid string, err error) error {
 	return s.fail(ctx, "locate instance "+uuid, err)
 }
 
-// index keeps every claim of registry.ComputeInstancesRoot in memory, from
-// one read and a watch, so that finding an instance's host does not scan
-// etcd. It is only a hint: every answer is confirmed in etcd (the winning
-// claim still exists with the revision the index knows), and a miss is
-// answered only once the index has caught up with etcd's revision at the
-// time of the miss. Claims are keys only; their values are not read.
+// index keeps every claim of registry.ComputeInstancesRoot and every
+// registration of registry.ComputesPrefix in memory, from one read and two
+// watches (on one stream), so that finding an instance's host does not
+// scan etcd. For LocateFresh it is only a hint: every answer is confirmed
+// in etcd (the winning claim still exists with the revision the index
+// knows), and a miss is answered only once the index has caught up with
+// etcd's revision at the time of the miss. For Locate, a claim that
+// vouches for its console (vouched) is answered from memory while the
+// watches run; between watches (after an error, a compaction, a member
+// that lost its leader: the watches require one) nothing is.
 //
-// The watch starts on first use and runs until the etcd client is closed.
+// The watches start on first use and run until the etcd client is closed.
 type index struct {
 	cli     *clientv3.Client
 	timeout time.Duration
@@ -98,19 +146,41 @@ type index struct {
 
 	start sync.Once
 
-	mu      sync.Mutex
-	claims  map[string][]claim // by instance, oldest first
-	rev     int64              // every change up to rev is applied; 0 before the first read
-	loadErr error              // why the first read failed
-	advance chan struct{}      // closed and replaced whenever rev or loadErr changes
-	wctx    context.Context    // the watch's context, to ask for progress; nil between watches
+	mu       sync.Mutex
+	claims   map[string][]claim // by instance, oldest first
+	computes map[string]compute // by host
+	// Every change of claims up to claimsRev, of registrations up to
+	// computesRev, is applied; rev is the lower (0 before the first read).
+	claimsRev, computesRev, rev int64
+	loadErr                     error           // why the first read failed
+	advance                     chan struct{}   // closed and replaced whenever rev or loadErr changes
+	wctx                        context.Context // the watches' context, to ask for progress; nil between watches
+
+	// heard is when etcd last spoke on the watches (UnixNano): an event
+	// or a progress report, asked for every heartbeatEvery. clientv3
+	// resumes a broken watch stream by itself, silently; a watch not
+	// heard from within heardWithin is taken for one.
+	heard atomic.Int64
 }
 
 // claim is one host's claim on an instance.
 type claim struct {
 	host    string
-	created int64 // CreateRevision of the claim's key
+	created int64             // CreateRevision of the claim's key
+	mod     int64             // ModRevision of the claim's key
+	loc     registry.Location // its value; zero when it does not decode
 }
+
+// compute is a host's registration: its agent's address on its lease.
+type compute struct {
+	address string
+	lease   int64
+	mod     int64
+}
+
+// maxNoConsole bounds the reason a claim gives for having no console, as
+// the index keeps it (a token check may repeat it to a proxy).
+const maxNoConsole = 200
 
 // Waits between attempts to follow the claims again after the watch failed.
 const (
@@ -119,10 +189,49 @@ const (
 	// progressEvery re-asks etcd for the watch's progress while a miss
 	// waits (a request sent before the watch exists is lost).
 	progressEvery = 25 * time.Millisecond
+	// heartbeatEvery asks for the watches' progress while they run, so
+	// that a live watch is heard from within heardWithin even when no
+	// claim changes.
+	heartbeatEvery = 250 * time.Millisecond
+	heardWithin    = time.Second
 )
 
 func newIndex(cli *clientv3.Client, timeout time.Duration, log *slog.Logger) *index {
-	return &index{cli: cli, timeout: timeout, log: log, claims: map[string][]claim{}, advance: make(chan struct{})}
+	return &index{cli: cli, timeout: timeout, log: log, claims: map[string][]claim{},
+		computes: map[string]compute{}, advance: make(chan struct{})}
+}
+
+// vouched answers Locate from memory: the winning claim on uuid when the
+// watches run, its host has a registration, and the claim was written
+// under that registration's lease (registry.Location.Lease).
+func (x *index) vouched(uuid string) (Agent, bool) {
+	x.start.Do(func() { go x.run(x.cli.Ctx()) })
+	if time.Now().UnixNano()-x.heard.Load() > int64(heardWithin) {
+		return Agent{}, false
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.wctx == nil || x.wctx.Err() != nil {
+		return Agent{}, false
+	}
+	cs := x.claims[uuid]
+	if len(cs) == 0 {
+		return Agent{}, false
+	}
+	c := cs[0]
+	comp, ok := x.computes[c.host]
+	if !ok || comp.address == "" || c.loc.Lease == 0 || c.loc.Lease != comp.lease {
+		return Agent{}, false
+	}
+	a := Agent{ComputeHost: c.host, Address: comp.address, Registration: comp.mod,
+		Vouched: true, NoConsole: c.loc.NoConsole, claimRev: c.mod}
+	switch {
+	case c.loc.Console != nil:
+		a.Console = *c.loc.Console
+	case a.NoConsole == "":
+		return Agent{}, false // a console or why not: anything else vouches for nothing
+	}
+	return a, true
 }
 
 // locate returns the winning claim's host and that host's compute record
@@ -265,11 +374,15 @@ func (x *index) run(ctx context.Context) {
 	}
 }
 
-// follow reads every claim, then applies the watch's changes until it
-// fails. It reports whether it got as far as watching.
+// follow reads every claim and registration at one revision, then applies
+// the watches' changes until one fails. It reports whether it got as far
+// as watching.
 func (x *index) follow(ctx context.Context) (bool, error) {
 	rctx, cancel := context.WithTimeout(ctx, x.timeout)
-	resp, err := x.cli.Get(rctx, registry.ComputeInstancesRoot, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	resp, err := x.cli.Txn(rctx).Then(
+		clientv3.OpGet(registry.ComputeInstancesRoot, clientv3.WithPrefix()),
+		clientv3.OpGet(registry.ComputesPrefix, clientv3.WithPrefix()),
+	).Commit()
 	cancel()
 	if err != nil {
 		x.mu.Lock()
@@ -281,66 +394,166 @@ func (x *index) follow(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("read instance claims: %w", err)
 	}
 	claims := map[string][]claim{}
-	for _, kv := range resp.Kvs {
+	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
 		if host, uuid, ok := registry.ParseComputeInstanceKey(string(kv.Key)); ok {
-			claims[uuid] = put(claims[uuid], claim{host: host, created: kv.CreateRevision})
+			claims[uuid] = put(claims[uuid], claimOf(host, kv))
 		}
 	}
+	computes := map[string]compute{}
+	for _, kv := range resp.Responses[1].GetResponseRange().GetKvs() {
+		if host, ok := parseComputeKey(string(kv.Key)); ok {
+			computes[host] = computeOf(kv)
+		}
+	}
+	rev := resp.Header.Revision
 	wctx, stop := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer stop()
+	// One context: both watches share one gRPC stream, so a progress
+	// request reaches both. They start at rev, not after it: etcd answers
+	// no progress request of a watch that starts beyond its revision (an
+	// idle etcd would leave the index unheard), and the changes of rev
+	// itself, which the read holds already, apply again to the same state.
+	claimsW := x.cli.Watch(wctx, registry.ComputeInstancesRoot, clientv3.WithPrefix(), clientv3.WithRev(rev))
+	computesW := x.cli.Watch(wctx, registry.ComputesPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
 	x.mu.Lock()
-	x.claims, x.rev, x.loadErr, x.wctx = claims, resp.Header.Revision, nil, wctx
+	x.claims, x.computes, x.loadErr, x.wctx = claims, computes, nil, wctx
+	x.claimsRev, x.computesRev, x.rev = rev, rev, rev
 	x.broadcast()
 	x.mu.Unlock()
+	x.heard.Store(time.Now().UnixNano())
 	defer func() {
 		x.mu.Lock()
 		x.wctx = nil
 		x.mu.Unlock()
 	}()
+	go x.heartbeat(wctx)
 
-	for wr := range x.cli.Watch(wctx, registry.ComputeInstancesRoot, clientv3.WithPrefix(),
-		clientv3.WithRev(resp.Header.Revision+1)) {
+	for {
+		var wr clientv3.WatchResponse
+		var ok, isClaims bool
+		select {
+		case wr, ok = <-claimsW:
+			isClaims = true
+		case wr, ok = <-computesW:
+		}
+		if !ok {
+			return true, errors.New("watch closed")
+		}
 		if err := wr.Err(); err != nil {
 			return true, err // a compaction too: read everything again
 		}
 		if wr.Canceled {
 			return true, fmt.Errorf("watch canceled: %s", wr.CancelReason)
 		}
-		x.apply(wr)
+		x.apply(wr, isClaims)
 	}
-	return true, errors.New("watch closed")
+}
+
+// heartbeat asks etcd for the watches' progress every heartbeatEvery until
+// ctx (the watches') ends.
+func (x *index) heartbeat(ctx context.Context) {
+	tick := time.NewTicker(heartbeatEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			_ = x.cli.RequestProgress(ctx) // a lost request shows as silence
+		}
+	}
 }
 
 // apply records one watch response. Events come in revision order and a
 // response never splits a revision, so after it every change up to its last
 // event's revision is known; a progress report (no events) vouches for its
 // header's revision.
-func (x *index) apply(wr clientv3.WatchResponse) {
+func (x *index) apply(wr clientv3.WatchResponse, isClaims bool) {
+	x.heard.Store(time.Now().UnixNano())
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	rev := x.rev
+	rev := x.computesRev
+	if isClaims {
+		rev = x.claimsRev
+	}
 	if wr.IsProgressNotify() {
 		rev = max(rev, wr.Header.Revision)
 	}
 	for _, ev := range wr.Events {
 		rev = max(rev, ev.Kv.ModRevision)
-		host, uuid, ok := registry.ParseComputeInstanceKey(string(ev.Kv.Key))
-		if !ok {
-			continue
+		if isClaims {
+			x.applyClaim(ev)
+		} else {
+			x.applyCompute(ev)
 		}
-		if ev.Type == clientv3.EventTypeDelete {
-			x.claims[uuid] = slices.DeleteFunc(x.claims[uuid], func(c claim) bool { return c.host == host })
-			if len(x.claims[uuid]) == 0 {
-				delete(x.claims, uuid)
-			}
-			continue
-		}
-		x.claims[uuid] = put(x.claims[uuid], claim{host: host, created: ev.Kv.CreateRevision})
 	}
-	if rev != x.rev {
-		x.rev = rev
+	if isClaims {
+		x.claimsRev = rev
+	} else {
+		x.computesRev = rev
+	}
+	if low := min(x.claimsRev, x.computesRev); low != x.rev {
+		x.rev = low
 		x.broadcast()
 	}
+}
+
+// applyClaim records one change of a claim. Called with x.mu held.
+func (x *index) applyClaim(ev *clientv3.Event) {
+	host, uuid, ok := registry.ParseComputeInstanceKey(string(ev.Kv.Key))
+	if !ok {
+		return
+	}
+	if ev.Type == clientv3.EventTypeDelete {
+		x.claims[uuid] = slices.DeleteFunc(x.claims[uuid], func(c claim) bool { return c.host == host })
+		if len(x.claims[uuid]) == 0 {
+			delete(x.claims, uuid)
+		}
+		return
+	}
+	x.claims[uuid] = put(x.claims[uuid], claimOf(host, ev.Kv))
+}
+
+// applyCompute records one change of a registration. Called with x.mu held.
+func (x *index) applyCompute(ev *clientv3.Event) {
+	host, ok := parseComputeKey(string(ev.Kv.Key))
+	if !ok {
+		return
+	}
+	if ev.Type == clientv3.EventTypeDelete {
+		delete(x.computes, host)
+		return
+	}
+	x.computes[host] = computeOf(ev.Kv)
+}
+
+// claimOf is the claim a key holds. A value that does not decode vouches
+// for nothing (Locate then asks etcd and the agent, as for an old claim).
+func claimOf(host string, kv *mvccpb.KeyValue) claim {
+	c := claim{host: host, created: kv.CreateRevision, mod: kv.ModRevision}
+	if err := json.Unmarshal(kv.Value, &c.loc); err != nil {
+		c.loc = registry.Location{}
+	}
+	if len(c.loc.NoConsole) > maxNoConsole {
+		c.loc.NoConsole = strings.ToValidUTF8(c.loc.NoConsole[:maxNoConsole], "")
+	}
+	return c
+}
+
+// computeOf is the registration a key holds: an address is kept only on
+// a lease (the agent's), as the agent writes it.
+func computeOf(kv *mvccpb.KeyValue) compute {
+	var c registry.Compute
+	if kv.Lease == 0 || json.Unmarshal(kv.Value, &c) != nil {
+		return compute{mod: kv.ModRevision}
+	}
+	return compute{address: c.Address, lease: kv.Lease, mod: kv.ModRevision}
+}
+
+// parseComputeKey returns the host of a registration's key.
+func parseComputeKey(key string) (string, bool) {
+	host, ok := strings.CutPrefix(key, registry.ComputesPrefix)
+	return host, ok && host != "" && !strings.Contains(host, "/")
 }
 
 // broadcast wakes the waiters. Called with x.mu held.

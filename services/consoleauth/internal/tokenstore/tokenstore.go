@@ -30,8 +30,14 @@
 // fails at once with an error wrapping ErrStoreUnavailable, instead of each
 // waiting for its timeout; the outage is logged once, and its end once.
 // Tokens are never cached, so the store serves again with the first probe
-// etcd answers. Instance locations are indexed in memory from a watch, and
-// every answer is confirmed against etcd (locate.go).
+// etcd answers. A leader election is not an outage: while most members
+// answer, calls wait for the new leader (up to ElectionGrace), and writes
+// sent to the leader that died are sent again once the new one is known.
+//
+// Instance locations are indexed in memory from a watch (locate.go): a
+// claim in which the instance's agent published its console under its
+// live registration is answered from memory (Locate, Agent.Vouched), and
+// every other answer is confirmed against etcd (LocateFresh).
 package tokenstore
 
 import (
@@ -92,6 +98,10 @@ const (
 	DefaultRevocationTTL = 60 * time.Second
 )
 
+// maxResend bounds how often a write cut by a leader election is sent
+// again.
+const maxResend = 2
+
 // maxTxnOps is etcd's default limit of operations in one transaction
 // (--max-txn-ops=128). Revoke splits larger revocations into batches of this
 // size: each batch is atomic, the revocation as a whole is not.
@@ -109,6 +119,10 @@ type Options struct {
 	// ProbeInterval is how often etcd's health is probed, ProbeTimeout how
 	// long a probe may wait for its answer (see health.go).
 	ProbeInterval, ProbeTimeout time.Duration
+	// ElectionGrace is how long etcd may answer nothing while most of its
+	// members are up (a leader election) before it is declared
+	// unavailable: DefaultElectionGrace.
+	ElectionGrace time.Duration
 	// Logger receives what the store refuses to trust and etcd's outages;
 	// nil discards.
 	Logger *slog.Logger
@@ -164,8 +178,12 @@ func New(cli *clientv3.Client, opts Options) (*Store, error) {
 	if opts.ProbeTimeout == 0 {
 		opts.ProbeTimeout = DefaultProbeTimeout
 	}
-	if opts.ProbeInterval < 0 || opts.ProbeTimeout < 0 {
-		return nil, fmt.Errorf("etcd probe interval %v, timeout %v: want positive durations", opts.ProbeInterval, opts.ProbeTimeout)
+	if opts.ElectionGrace == 0 {
+		opts.ElectionGrace = DefaultElectionGrace
+	}
+	if opts.ProbeInterval < 0 || opts.ProbeTimeout < 0 || opts.ElectionGrace < 0 {
+		return nil, fmt.Errorf("etcd probe interval %v, timeout %v, election grace %v: want positive durations",
+			opts.ProbeInterval, opts.ProbeTimeout, opts.ElectionGrace)
 	}
 	if opts.TTL < time.Second {
 		return nil, fmt.Errorf("token ttl %v: want at least 1s", opts.TTL)
@@ -187,6 +205,8 @@ func New(cli *clientv3.Client, opts Options) (*Store, error) {
 		untrusted:     map[string]bool{},
 	}
 	s.health = newHealth(s.probe, opts.ProbeInterval, opts.ProbeTimeout, log)
+	s.health.quorate = s.quorate
+	s.health.grace = opts.ElectionGrace
 	// Probes run until the etcd client is closed, as the location index does.
 	go s.health.run(cli.Ctx())
 	return s, nil
@@ -206,6 +226,26 @@ type Minted struct {
 
 // Mint creates a token for rec, setting its CreatedAt and ExpiresAt.
 func (s *Store) Mint(ctx context.Context, rec registry.Token) (Minted, error) {
+	return s.mint(ctx, rec, nil)
+}
+
+// MintFromClaim is Mint for a record whose console is the one agent (a
+// Vouched answer of Locate) published: the token is written only if the
+// instance's claim and its host's registration are still those Locate
+// read, in the same transaction; ErrClaimChanged otherwise. So no token is
+// ever minted from a claim older than etcd's at the time of the mint.
+func (s *Store) MintFromClaim(ctx context.Context, agent Agent, rec registry.Token) (Minted, error) {
+	if !agent.Vouched {
+		return Minted{}, errors.New("mint from claim: the location vouches for no console")
+	}
+	return s.mint(ctx, rec, []clientv3.Cmp{
+		clientv3.Compare(clientv3.ModRevision(registry.ComputeInstanceKey(agent.ComputeHost, rec.InstanceUUID)), "=", agent.claimRev),
+		clientv3.Compare(clientv3.ModRevision(registry.ComputeKey(agent.ComputeHost)), "=", agent.Registration),
+	})
+}
+
+// mint writes a new token for rec if the guards hold.
+func (s *Store) mint(ctx context.Context, rec registry.Token, guards []clientv3.Cmp) (Minted, error) {
 	token, err := newToken()
 	if err != nil {
 		return Minted{}, err
@@ -219,29 +259,51 @@ func (s *Store) Mint(ctx context.Context, rec registry.Token) (Minted, error) {
 		return Minted{}, fmt.Errorf("encode token record: %w", err)
 	}
 	key := registry.TokenKey(hash)
-	for attempt := 0; ; attempt++ {
+	leaseRetried, resent := false, 0
+	for {
 		lease, err := s.lease(ctx, now)
 		if err != nil {
 			return Minted{}, err
 		}
-		cctx, done := s.call(ctx)
+		cctx, done := s.callWrite(ctx)
 		resp, err := s.cli.Txn(cctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			If(append(guards, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))...).
 			Then(
 				clientv3.OpPut(key, string(value), clientv3.WithLease(lease)),
 				clientv3.OpPut(registry.InstanceTokenKey(rec.InstanceUUID, hash), "", clientv3.WithLease(lease)),
-			).Commit()
+			).
+			Else(clientv3.OpGet(key)).
+			Commit()
 		err = done(err)
-		if errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0 {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) && !leaseRetried {
 			// The shared lease ended early (revoked by an operator, or
 			// expired while etcd was down): forget it and grant another.
+			leaseRetried = true
 			s.forgetLease(lease)
+			continue
+		}
+		if errors.Is(err, errNewTerm) && resent < maxResend {
+			// Sent to a leader that died: send it again (the guard makes
+			// it one write however often it lands; see below).
+			resent++
 			continue
 		}
 		if err != nil {
 			return Minted{}, s.fail(ctx, "mint token", err)
 		}
+		if !resp.Succeeded && resent > 0 {
+			// An earlier sending landed after all: the token is ours if
+			// its record is the one written.
+			if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 1 && string(kvs[0].Value) == string(value) {
+				return Minted{Token: token, Hash: hash, Record: rec}, nil
+			}
+		}
 		if !resp.Succeeded {
+			if len(guards) > 0 {
+				// A collision of two 256-bit random tokens is not to be
+				// expected: the claim changed.
+				return Minted{}, ErrClaimChanged
+			}
 			// Two equal 256-bit random tokens: not expected in practice.
 			return Minted{}, errors.New("mint token: token hash collision")
 		}
@@ -265,15 +327,32 @@ type Entry struct {
 // unknown or expired (even if its lease has not ended yet), or when its
 // record is not one consoleauth wrote (no lease). A string that cannot be
 // a token is ErrMalformedToken, without a look-up.
+//
+// It reads one member (a serializable read, no round of the quorum) that
+// has a leader (clientv3.WithRequireLeader: a member cut off from the
+// quorum loses it within an election timeout), and again linearizably when
+// that fails or the token is not there (a member behind the leader may not
+// have a token minted an instant ago). A follower with a leader trails it
+// by the time to apply what was committed: a token found there may have
+// been revoked that instant, and then the revocation's etcd revision is
+// above the token's (Revoke deletes, then announces), so the proxies end
+// the session such an answer lets in, as they end every session of a
+// token older than a revocation. Consume, the one use a token can have
+// when single-use, is a linearizable guarded transaction.
 func (s *Store) Lookup(ctx context.Context, token string) (Entry, error) {
 	if err := CheckToken(token); err != nil {
 		return Entry{}, err
 	}
 	hash := registry.TokenHash(token)
 	key := registry.TokenKey(hash)
-	cctx, done := s.call(ctx)
-	resp, err := s.cli.Get(cctx, key)
-	if err := done(err); err != nil {
+	cctx, done := s.callLocal(ctx)
+	resp, err := s.cli.Get(clientv3.WithRequireLeader(cctx), key, clientv3.WithSerializable())
+	if err = done(err); ctx.Err() == nil && (err != nil || len(resp.Kvs) == 0) {
+		cctx, done = s.call(ctx)
+		resp, err = s.cli.Get(cctx, key)
+		err = done(err)
+	}
+	if err != nil {
 		return Entry{}, s.fail(ctx, "get token", err)
 	}
 	if len(resp.Kvs) == 0 {
@@ -416,12 +495,21 @@ func (s *Store) lease(ctx context.Context, now time.Time) (clientv3.LeaseID, err
 		s.grant = g
 		s.mu.Unlock()
 		// Not bound to this caller's cancellation: others wait on it too.
-		gctx, done := s.call(context.WithoutCancel(ctx))
-		resp, err := s.cli.Grant(gctx, s.leaseTTL)
-		if err := done(err); err != nil {
-			g.err = s.fail(ctx, "grant token lease", err)
-		} else {
-			g.id = resp.ID
+		// A grant cut by an election is sent again: a lease granted twice
+		// leaves one unused, which expires.
+		for resent := 0; ; resent++ {
+			gctx, done := s.callWrite(context.WithoutCancel(ctx))
+			resp, err := s.cli.Grant(gctx, s.leaseTTL)
+			err = done(err)
+			if errors.Is(err, errNewTerm) && resent < maxResend {
+				continue
+			}
+			if err != nil {
+				g.err = s.fail(ctx, "grant token lease", err)
+			} else {
+				g.id = resp.ID
+			}
+			break
 		}
 		close(g.done)
 	} else {

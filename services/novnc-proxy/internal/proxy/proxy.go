@@ -298,12 +298,12 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		defer release()
 	}
 	if err := checkUpgrade(r); err != nil {
-		s.core.Refuse(log, &sessions.Refusal{Why: proxymetrics.RefusedBadRequest, Message: err.Error(), Err: err})
+		s.core.Refuse(log, &sessions.Refusal{Why: proxymetrics.RefusedBadRequest, Message: err.Error(), Err: err, Client: ip})
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	if err := s.opts.Origin.Check(r.Header.Get("Origin"), s.opts.Trust.Scheme(r)); err != nil {
-		s.core.Refuse(log, &sessions.Refusal{Why: proxymetrics.RefusedOriginRefused, Message: err.Error(), Err: err})
+		s.core.Refuse(log, &sessions.Refusal{Why: proxymetrics.RefusedOriginRefused, Message: err.Error(), Err: err, Client: ip})
 		writeError(w, http.StatusForbidden, err.Error())
 		return
 	}
@@ -400,6 +400,13 @@ func refusalCode(why proxymetrics.Refusal) closecode.Code {
 	}
 	return closecode.Unavailable
 }
+
+// EndCode and RefusalCode are the close codes a client gets when the proxy
+// ends or refuses its session, for audit events (sessions.Config).
+func EndCode(why proxymetrics.EndReason) int { return int(endCode(why)) }
+
+// RefusalCode: see EndCode.
+func RefusalCode(why proxymetrics.Refusal) int { return int(refusalCode(why)) }
 
 // endCode is the close code of a session the proxy ended.
 func endCode(why proxymetrics.EndReason) closecode.Code {

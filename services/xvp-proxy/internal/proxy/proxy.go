@@ -7,8 +7,9 @@
 //     runs before the 200, and each failure gets its own status line (see
 //     replies.go) and one log line;
 //   - the whole handshake, from accept to the 200, is bounded by
-//     Config.HandshakeTimeout and reads at most 4 KiB; the deadline is
-//     cleared once the 200 is sent;
+//     Config.HandshakeTimeout and reads at most 4 KiB (writing the 200
+//     of a session whose steps all ended in time may take up to
+//     lingerTimeout more); the deadline is cleared once the 200 is sent;
 //   - bytes the client pipelined after its head reach the VNC server first;
 //   - the token is never logged: log lines carry a prefix of its SHA-256
 //     and the client IP, never the request line;
@@ -173,7 +174,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	conn, client, err := s.open(raw)
 	if err != nil {
 		if !errors.Is(err, errHealthCheck) {
-			s.core.Refuse(s.log.With("client", clientIP(raw)), &sessions.Refusal{Why: proxymetrics.RefusedClientGone, Message: "no session", Err: err})
+			s.core.Refuse(s.log.With("client", clientIP(raw)), &sessions.Refusal{Why: proxymetrics.RefusedClientGone, Message: "no session", Err: err, Client: clientIP(raw)})
 		}
 		raw.Close()
 		return
@@ -193,7 +194,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 
 	head, rest, err := xvphead.Read(conn)
 	if err != nil {
-		s.refuseHead(conn, log, err)
+		s.refuseHead(conn, log, ip, err)
 		return
 	}
 	hctx, cancel := context.WithDeadline(ctx, deadline)
@@ -221,6 +222,11 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 			return
 		}
 	}
+	// Every step ended within the handshake's deadline, but on a loaded
+	// host (a reconnect storm) the deadline may pass before this write
+	// runs: the console is ready, so the 200 gets a moment of its own
+	// rather than the client a connection closed without a word.
+	conn.SetWriteDeadline(time.Now().Add(lingerTimeout))
 	if _, err := conn.Write(replyOK); err != nil {
 		sess.Abort(proxymetrics.RefusedClientGone, fmt.Errorf("client gone before the 200: %w", err))
 		conn.Close()
@@ -337,6 +343,22 @@ func (c *prefixedConn) CloseRead() error {
 	return errors.ErrUnsupported
 }
 
+// RefusalStatus is the HTTP status a client gets when the proxy refuses
+// it, for audit events (sessions.Config); 0 when it gets none.
+func RefusalStatus(why proxymetrics.Refusal) int {
+	switch why { // refused before Admit: refuseHead's answers
+	case proxymetrics.RefusedBadRequest:
+		return http.StatusBadRequest
+	case proxymetrics.RefusedHandshakeTimeout:
+		return http.StatusRequestTimeout
+	case proxymetrics.RefusedClientGone:
+		return 0 // nobody left to answer
+	}
+	var status int
+	fmt.Sscanf(string(replyTo(&sessions.Refusal{Why: why})), "HTTP/1.1 %d", &status)
+	return status
+}
+
 // replyTo is the status line of a refusal after the head was read.
 func replyTo(r *sessions.Refusal) []byte {
 	switch r.Why {
@@ -355,7 +377,7 @@ func replyTo(r *sessions.Refusal) []byte {
 }
 
 // refuseHead answers and counts a head that could not be read or parsed.
-func (s *Server) refuseHead(conn net.Conn, log *slog.Logger, err error) {
+func (s *Server) refuseHead(conn net.Conn, log *slog.Logger, ip string, err error) {
 	var reply []byte
 	why := proxymetrics.RefusedBadRequest
 	switch {
@@ -376,7 +398,7 @@ func (s *Server) refuseHead(conn net.Conn, log *slog.Logger, err error) {
 	default:
 		reply = replyMalformed
 	}
-	s.core.Refuse(log, &sessions.Refusal{Why: why, Message: "bad request", Err: err})
+	s.core.Refuse(log, &sessions.Refusal{Why: why, Message: "bad request", Err: err, Client: ip})
 	if reply == nil {
 		conn.Close()
 		return

@@ -275,7 +275,7 @@ func (d *Driver) drop(l *golibvirt.Libvirt, why string) {
 	}
 	d.conn = nil
 	d.mu.Unlock()
-	d.log.Warn("dropping libvirt connection", "why", why)
+	d.log.Warn("dropping libvirt connection", "reason", why)
 	go l.Disconnect()
 }
 

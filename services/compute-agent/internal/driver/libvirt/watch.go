@@ -224,7 +224,7 @@ func (w *watcher) reconcile(ctx context.Context, snap map[string]domainState, an
 func (w *watcher) handle(ctx context.Context, ev golibvirt.DomainEventLifecycleMsg) {
 	uuid := formatUUID(ev.Dom.UUID)
 	st := w.known[uuid]
-	w.d.log.Debug("libvirt lifecycle event", "uuid", uuid, "domain", ev.Dom.Name, "event", ev.Event, "detail", ev.Detail)
+	w.d.log.Debug("libvirt lifecycle event", "instance", uuid, "domain", ev.Dom.Name, "event", ev.Event, "detail", ev.Detail)
 	switch golibvirt.DomainEventType(ev.Event) {
 	case golibvirt.DomainEventStarted:
 		w.activated(ctx, uuid, ev.Dom, driver.ReasonStarted)
@@ -306,7 +306,7 @@ func (w *watcher) port(ctx context.Context, dom golibvirt.Domain) int32 {
 }
 
 func (w *watcher) emit(ctx context.Context, uuid string, kind driver.EventKind, reason string) {
-	w.d.log.Info("instance lifecycle", "uuid", uuid, "kind", kind.String(), "reason", reason)
+	w.d.log.Info("instance lifecycle", "instance", uuid, "kind", kind.String(), "reason", reason)
 	select {
 	case w.out <- driver.Event{UUID: uuid, Kind: kind, Reason: reason}:
 	case <-ctx.Done():

@@ -115,7 +115,7 @@ func New(cfg Config) (*Driver, error) {
 			d:       d,
 			uuid:    uuid,
 			path:    in.Socket,
-			log:     d.log.With("uuid", uuid, "socket", in.Socket),
+			log:     d.log.With("instance", uuid, "socket", in.Socket),
 			dialing: make(chan struct{}, 1),
 			kick:    make(chan struct{}, 1),
 		}
