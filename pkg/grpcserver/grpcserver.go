@@ -132,7 +132,9 @@ func logUnary(log *slog.Logger, quiet func(*status.Status) bool) grpc.UnaryServe
 		level := slog.LevelInfo
 		switch st.Code() {
 		case codes.Internal, codes.Unknown, codes.Unavailable, codes.DataLoss, codes.DeadlineExceeded:
-			if quiet == nil || !quiet(st) {
+			// A caller that gave up (its deadline, e.g. a proxy's handshake
+			// in a reconnect storm) is not a server fault.
+			if ctx.Err() == nil && (quiet == nil || !quiet(st)) {
 				level = slog.LevelWarn
 			}
 		}

@@ -529,7 +529,7 @@ func (p *Publisher) flush(ctx context.Context) error {
 				p.slotsOut[key] = struct{}{}
 			}
 		}
-		if !p.failing {
+		if !p.failing && ctx.Err() == nil { // not a stop cutting a write short
 			p.failing = true
 			p.log.Warn("live sessions: etcd write failed; retrying", "error", failed)
 		}

@@ -16,8 +16,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+
 	"sync"
 	"time"
+
+	"github.com/vncgate/vncgate/pkg/logging"
 
 	computeagentv1 "github.com/vncgate/vncgate/pkg/api/computeagent/v1"
 	"github.com/vncgate/vncgate/pkg/grpcclient"
@@ -248,7 +251,13 @@ func (p *Pool) fail(ctx context.Context, err error, agent Agent, uuid, consoleTy
 	case codes.InvalidArgument:
 		kind, msg = ErrNoConsole, fmt.Sprintf("instance %s has no %s console: %s", uuid, consoleType, st.Message())
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
-		kind, msg = ErrUnreachable, fmt.Sprintf("compute agent of host %s at %s unreachable: %s", computeHost, address, st.Message())
+		// The message reaches users (409/503 bodies): no internal address
+		// or transport detail, which go to the log instead.
+		kind, msg = ErrUnreachable, fmt.Sprintf("compute agent of host %s unreachable", computeHost)
+		if p.log != nil {
+			p.log.LogAttrs(ctx, slog.LevelDebug, "compute agent call failed", slog.String(logging.KeyHost, computeHost),
+				slog.String("address", address), slog.String(logging.KeyError, st.Message()))
+		}
 	default:
 		kind, msg = ErrFailed, fmt.Sprintf("compute agent of host %s failed: %s: %s", computeHost, st.Code(), st.Message())
 	}

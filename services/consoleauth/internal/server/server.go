@@ -187,7 +187,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	s.metrics, s.store = reg, store
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	kit := grpcserver.Options{Log: log, Metrics: grpcserver.NewMetrics(reg), Tracing: cfg.Tracing, Quiet: authserver.EtcdOutage}
-	s.agents = agentclient.New(agentclient.Options{Timeout: cfg.ComputeTimeout, TLS: agentCreds, DialOptions: grpcserver.DialOptions(kit)})
+	s.agents = agentclient.New(agentclient.Options{Timeout: cfg.ComputeTimeout, TLS: agentCreds, DialOptions: grpcserver.DialOptions(kit), Log: log})
 	svc, err := authserver.New(authserver.Config{
 		NoVNCBaseURL: noVNCBase,
 		XVPBaseURL:   xvpBase,
