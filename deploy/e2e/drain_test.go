@@ -22,6 +22,7 @@ import (
 
 	"github.com/vncgate/vncgate/deploy/devstack"
 	"github.com/vncgate/vncgate/deploy/devstack/devstacktest"
+	"github.com/vncgate/vncgate/testkit/haproxy"
 	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
@@ -44,7 +45,7 @@ func TestRollingRestartInABrowser(t *testing.T) {
 	page := startDrainPage(t)
 	w := devstacktest.Start(t, devstack.Options{Skip: map[string]bool{devstack.XVPProxy: true}})
 
-	front, ready := freeAddr(t), freeAddr(t)
+	front := freeAddr(t)
 	replicas := []*replica{
 		{name: "n1", addr: freeAddr(t), front: front, w: w},
 		{name: "n2", addr: freeAddr(t), front: front, w: w},
@@ -52,7 +53,7 @@ func TestRollingRestartInABrowser(t *testing.T) {
 	for _, r := range replicas {
 		r.start(t)
 	}
-	lb := startHAProxy(t, front, ready, replicas)
+	lb := startHAProxy(t, front, replicas)
 
 	u, err := url.Parse(consoleURLOf(t, w, devstack.DemoUUID, "novnc"))
 	if err != nil {
@@ -96,7 +97,7 @@ func TestRollingRestartInABrowser(t *testing.T) {
 		}
 
 		// Back in rotation before the next replica drains.
-		ups := lb.count("Server novnc/" + holder.name + " is UP")
+		ups := lb.Count("Server novnc/" + holder.name + " is UP")
 		holder.start(t)
 		lb.waitCount(t, "Server novnc/"+holder.name+" is UP", ups+1)
 		holder = other
@@ -216,15 +217,13 @@ func holding(t *testing.T, replicas []*replica) *replica {
 }
 
 // lbLog is HAProxy's output, which can be waited on.
-type lbLog struct{ out *testlog.Buffer }
-
-func (l lbLog) count(s string) int { return strings.Count(l.out.String(), s) }
+type lbLog struct{ *haproxy.HAProxy }
 
 func (l lbLog) waitCount(t *testing.T, s string, n int) {
 	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); l.count(s) < n; time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(20 * time.Second); l.Count(s) < n; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("haproxy did not log %q %d times:\n%s", s, n, l.out)
+			t.Fatalf("haproxy did not log %q %d times:\n%s", s, n, l.Log())
 		}
 	}
 }
@@ -232,76 +231,23 @@ func (l lbLog) waitCount(t *testing.T, s string, n int) {
 // startHAProxy runs HAProxy in HTTP mode in front of the replicas, as an
 // operator would: round robin, readiness from /healthz (503 while a
 // replica drains), WebSocket tunnels, retries on another replica.
-func startHAProxy(t *testing.T, front, ready string, replicas []*replica) lbLog {
+func startHAProxy(t *testing.T, front string, replicas []*replica) lbLog {
 	t.Helper()
-	var servers strings.Builder
+	f := haproxy.Frontend{Name: "novnc", Bind: front, HTTP: true, CheckPath: "/healthz"}
 	for _, r := range replicas {
-		fmt.Fprintf(&servers, "\tserver %s %s\n", r.name, r.addr)
+		f.Servers = append(f.Servers, haproxy.Server{Name: r.name, Addr: r.addr, CheckAddr: r.addr})
 	}
-	cfg := fmt.Sprintf(`global
-	log stderr format raw local0 info
-
-defaults
-	mode http
-	log global
-	timeout connect 2s
-	timeout client 60s
-	timeout server 60s
-	timeout tunnel 1h
-	retries 2
-	option redispatch
-
-frontend ready
-	bind %s
-	tcp-request connection reject
-
-frontend console
-	bind %s
-	default_backend novnc
-
-backend novnc
-	balance roundrobin
-	option httpchk GET /healthz
-	http-check expect status 200
-	default-server check inter 300ms fall 2 rise 2
-%s`, ready, front, servers.String())
-	path := filepath.Join(t.TempDir(), "haproxy.cfg")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+	h, err := haproxy.Run(haproxy.Config{Frontends: []haproxy.Frontend{f}, CheckInterval: 300 * time.Millisecond, Dir: t.TempDir()})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("haproxy", "-c", "-f", path).CombinedOutput(); err != nil {
-		t.Fatalf("haproxy -c: %v\n%s", err, out)
-	}
-	out := &testlog.Buffer{}
-	cmd := exec.Command("haproxy", "-f", path, "-db")
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
+		h.Close()
 		if t.Failed() {
-			t.Logf("haproxy:\n%s", out)
+			t.Logf("haproxy:\n%s", h.Log())
 		}
 	})
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if c, err := net.DialTimeout("tcp", ready, time.Second); err == nil {
-			c.Close()
-			break
-		}
-		select {
-		case <-exited:
-			t.Fatalf("haproxy exited:\n%s", out)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("haproxy not listening:\n%s", out)
-		}
-	}
-	return lbLog{out}
+	return lbLog{h}
 }
 
 // freeAddr is a loopback address whose port is free now.
