@@ -12,7 +12,9 @@
 //
 // The listener is plain HTTP: it carries no token nor credential, but
 // pprof and the metrics are for operators, so Listen refuses an address
-// off loopback unless allow_plaintext (tlsconfig.CheckPlaintext).
+// off loopback unless admin_allow_remote (for kubelet probes and scrapers
+// on a pod network) or allow_plaintext. pprof answers loopback peers only,
+// wherever the listener is (kubectl port-forward arrives on loopback).
 package admin
 
 import (
@@ -35,10 +37,17 @@ import (
 // Option is the name of the setting, [vncgate] admin_listen.
 const Option = "admin_listen"
 
+// AllowRemoteOption is [vncgate] admin_allow_remote: admin_listen may be
+// off loopback without lifting allow_plaintext's guard on every other link.
+const AllowRemoteOption = "admin_allow_remote"
+
+// AllowRemoteHelp describes admin_allow_remote.
+const AllowRemoteHelp = "let admin_listen be off loopback (plain HTTP: probes and metrics on a pod network; pprof still answers loopback only)"
+
 // Help describes admin_listen for a service whose default is def.
 func Help(def string) string {
 	return "host:port of the plain HTTP admin listener (/livez, /readyz, /metrics, /debug/pprof/), e.g. " + def +
-		"; off loopback only with allow_plaintext; empty turns it off"
+		"; off loopback only with admin_allow_remote or allow_plaintext; empty turns it off"
 }
 
 // Check is one condition of readiness. Check returns nil while it holds,
@@ -71,25 +80,28 @@ func Validate(addr string) error {
 }
 
 // CheckAddr refuses an admin_listen value that is not host:port, or off
-// loopback without allowPlaintext; for a service to check before it starts
-// anything.
-func CheckAddr(addr string, allowPlaintext bool) error {
+// loopback unless allowRemote (admin_allow_remote or allow_plaintext); for
+// a service to check before it starts anything.
+func CheckAddr(addr string, allowRemote bool) error {
 	if addr == "" {
 		return nil
 	}
 	if err := Validate(addr); err != nil {
 		return err
 	}
-	return tlsconfig.CheckPlaintext(Option, addr, allowPlaintext)
+	if err := tlsconfig.CheckPlaintext(Option, addr, allowRemote); err != nil {
+		return fmt.Errorf("%w (or set [vncgate] %s = true for the admin listener only)", err, AllowRemoteOption)
+	}
+	return nil
 }
 
 // Listen opens the admin listener on addr after CheckAddr. It returns nil, nil
 // when addr is empty (off).
-func Listen(addr string, allowPlaintext bool) (net.Listener, error) {
+func Listen(addr string, allowRemote bool) (net.Listener, error) {
 	if addr == "" {
 		return nil, nil
 	}
-	if err := CheckAddr(addr, allowPlaintext); err != nil {
+	if err := CheckAddr(addr, allowRemote); err != nil {
 		return nil, err
 	}
 	l, err := net.Listen("tcp", addr)
@@ -123,13 +135,26 @@ func Handler(opts Options) http.Handler {
 	}
 	// net/http/pprof also registers on http.DefaultServeMux in its init:
 	// no public server may use that mux (each has its own).
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	mux.Handle("GET /debug/pprof/", loopbackOnly(pprof.Index))
+	mux.Handle("GET /debug/pprof/cmdline", loopbackOnly(pprof.Cmdline))
+	mux.Handle("GET /debug/pprof/profile", loopbackOnly(pprof.Profile))
+	mux.Handle("GET /debug/pprof/symbol", loopbackOnly(pprof.Symbol))
+	mux.Handle("POST /debug/pprof/symbol", loopbackOnly(pprof.Symbol))
+	mux.Handle("GET /debug/pprof/trace", loopbackOnly(pprof.Trace))
 	return mux
+}
+
+// loopbackOnly answers 403 to a peer off loopback: a profile shows a
+// process's memory and costs its CPU, for an operator on the host only.
+func loopbackOnly(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			writeJSON(w, http.StatusForbidden, map[string]any{"status": "forbidden", "error": "pprof answers loopback peers only"})
+			return
+		}
+		h(w, r)
+	})
 }
 
 func writeJSON(w http.ResponseWriter, code int, body map[string]any) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -86,8 +87,9 @@ func TestServe(t *testing.T) {
 }
 
 func TestListenRefusesPlaintextOffLoopback(t *testing.T) {
-	if _, err := Listen("0.0.0.0:0", false); err == nil || !strings.Contains(err.Error(), "admin_listen") {
-		t.Fatalf("admin_listen 0.0.0.0 without allow_plaintext: %v, want a refusal naming admin_listen", err)
+	if _, err := Listen("0.0.0.0:0", false); err == nil || !strings.Contains(err.Error(), "admin_listen") ||
+		!strings.Contains(err.Error(), AllowRemoteOption) {
+		t.Fatalf("admin_listen 0.0.0.0 without admin_allow_remote: %v, want a refusal naming admin_listen and %s", err, AllowRemoteOption)
 	}
 	l, err := Listen("0.0.0.0:0", true)
 	if err != nil {
@@ -103,4 +105,30 @@ func TestListenRefusesPlaintextOffLoopback(t *testing.T) {
 		}
 	}
 	Serve(nil, Options{}).Stop() // off: nothing to stop
+}
+
+// TestPprofAnswersLoopbackOnly: with the listener off loopback
+// (admin_allow_remote), probes and metrics answer anyone on the network but
+// a profile only a peer on the host.
+func TestPprofAnswersLoopbackOnly(t *testing.T) {
+	h := Handler(Options{})
+	for _, tc := range []struct {
+		peer string
+		path string
+		want int
+	}{
+		{"10.1.2.3:40000", "/debug/pprof/", http.StatusForbidden},
+		{"[2001:db8::1]:40000", "/debug/pprof/cmdline", http.StatusForbidden},
+		{"127.0.0.1:40000", "/debug/pprof/", http.StatusOK},
+		{"[::1]:40000", "/debug/pprof/cmdline", http.StatusOK},
+		{"10.1.2.3:40000", "/livez", http.StatusOK},
+	} {
+		r := httptest.NewRequest(http.MethodGet, tc.path, nil)
+		r.RemoteAddr = tc.peer
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != tc.want {
+			t.Errorf("%s from %s: %d, want %d", tc.path, tc.peer, w.Code, tc.want)
+		}
+	}
 }

@@ -143,6 +143,7 @@ var catalog = map[key]entry{
 
 	// [vncgate]: vncgate's own options, whichever service reads them.
 	{SectionVNCGate, "allow_plaintext"}:           {kind: supported},
+	{SectionVNCGate, "admin_allow_remote"}:        {kind: supported},
 	{SectionVNCGate, "proxy_name"}:                {kind: supported},
 	{SectionVNCGate, "live_sessions_ttl"}:         {kind: supported},
 	{SectionVNCGate, "live_sessions_refresh"}:     {kind: supported},

@@ -56,7 +56,9 @@ type Config struct {
 	// AdminListen is [vncgate] admin_listen: /livez, /readyz, /metrics,
 	// /debug/pprof/ (package admin); empty turns it off.
 	AdminListen string
-	Log         logging.Options
+	// AdminAllowRemote is [vncgate] admin_allow_remote: AdminListen may be off loopback.
+	AdminAllowRemote bool
+	Log              logging.Options
 	// Tracing is [vncgate] otlp_endpoint: traces of gRPC calls.
 	Tracing grpcserver.TracingOptions
 }
@@ -91,6 +93,7 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	c.Log.Declare(s)
 	c.Tracing.Declare(s)
 	s.String(&c.AdminListen, config.SectionVNCGate, admin.Option, "127.0.0.1:6192", admin.Help("127.0.0.1:6192"))
+	s.Bool(&c.AdminAllowRemote, config.SectionVNCGate, admin.AllowRemoteOption, false, admin.AllowRemoteHelp)
 	notes, err := s.Load(args)
 	if err != nil {
 		return Config{}, notes, err
@@ -142,7 +145,7 @@ func (c Config) validate() error {
 // revocations would travel in plaintext.
 func (c Config) checkPlaintext() error {
 	if c.AdminListen != "" {
-		if err := tlsconfig.CheckPlaintext(admin.Option, c.AdminListen, c.AllowPlaintext); err != nil {
+		if err := admin.CheckAddr(c.AdminListen, c.AllowPlaintext || c.AdminAllowRemote); err != nil {
 			return err
 		}
 	}

@@ -126,7 +126,7 @@ func run(ctx context.Context, cfg Config, env env) error {
 		defer close(agentDone)
 		_ = agent.Run(ctx)
 	}()
-	adminL, err := admin.Listen(cfg.AdminListen, cfg.AllowPlaintext)
+	adminL, err := admin.Listen(cfg.AdminListen, cfg.AllowPlaintext || cfg.AdminAllowRemote)
 	if err != nil {
 		return err
 	}

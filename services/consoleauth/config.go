@@ -24,7 +24,9 @@ type Config struct {
 	// AdminListen is [vncgate] admin_listen: /livez, /readyz, /metrics,
 	// /debug/pprof/ (package admin); empty turns it off.
 	AdminListen string
-	Log         logging.Options
+	// AdminAllowRemote is [vncgate] admin_allow_remote: AdminListen may be off loopback.
+	AdminAllowRemote bool
+	Log              logging.Options
 	// Tracing is [vncgate] otlp_endpoint: traces of gRPC calls.
 	Tracing grpcserver.TracingOptions
 }
@@ -61,6 +63,7 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Seconds(&c.DrainTimeout, config.SectionVNCGate, "drain_timeout", 30*time.Second,
 		"deadline of a proxy drain (vncgatectl proxy drain) that names none: the proxies' own drain_timeout default")
 	s.String(&c.AdminListen, config.SectionVNCGate, admin.Option, "127.0.0.1:6190", admin.Help("127.0.0.1:6190"))
+	s.Bool(&c.AdminAllowRemote, config.SectionVNCGate, admin.AllowRemoteOption, false, admin.AllowRemoteHelp)
 	c.Keystone.Declare(s)
 	c.Log.Declare(s)
 	c.Tracing.Declare(s)

@@ -24,7 +24,7 @@ func runAdmin(ctx context.Context, cfg Config, log *slog.Logger, adminReady func
 	if !cfg.VNCEnabled {
 		log.Warn("[vnc] enabled is false: every console request is answered 501")
 	}
-	if err := admin.CheckAddr(cfg.AdminListen, cfg.AllowPlaintext); err != nil {
+	if err := admin.CheckAddr(cfg.AdminListen, cfg.AllowPlaintext || cfg.AdminAllowRemote); err != nil {
 		return err
 	}
 	tracing, err := grpcserver.StartTracing(ctx, cfg.Tracing, "consoleauth")
@@ -39,7 +39,7 @@ func runAdmin(ctx context.Context, cfg Config, log *slog.Logger, adminReady func
 	if err != nil {
 		return err
 	}
-	adminL, err := admin.Listen(cfg.AdminListen, cfg.AllowPlaintext)
+	adminL, err := admin.Listen(cfg.AdminListen, cfg.AllowPlaintext || cfg.AdminAllowRemote)
 	if err != nil {
 		return errors.Join(err, srv.Shutdown())
 	}

@@ -68,6 +68,8 @@ type Config struct {
 	// /debug/pprof/ (package admin), never on the public port; empty
 	// turns it off.
 	AdminListen string
+	// AdminAllowRemote is [vncgate] admin_allow_remote: AdminListen may be off loopback.
+	AdminAllowRemote bool
 
 	// RFB is the RFB security proxy's settings ([vnc] auth_schemes, vencrypt_*).
 	RFB rfbproxy.Options
@@ -118,6 +120,7 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.Seconds(&c.DrainTimeout, config.SectionVNCGate, "drain_timeout", 30*time.Second, "on shutdown, how long live sessions may go on before they are ended")
 	s.Seconds(&c.ShutdownDelay, config.SectionVNCGate, "shutdown_delay", DefaultShutdownDelay, "on shutdown, how long /healthz answers 503 while the proxy still accepts consoles (long enough for a load balancer to notice), before the port closes")
 	s.String(&c.AdminListen, config.SectionVNCGate, admin.Option, DefaultAdminListen, admin.Help(DefaultAdminListen))
+	s.Bool(&c.AdminAllowRemote, config.SectionVNCGate, admin.AllowRemoteOption, false, admin.AllowRemoteHelp)
 	c.RFB.Declare(s)
 	c.Live.Declare(s)
 	c.Log.Declare(s)
@@ -204,7 +207,7 @@ func (c Config) validate() error {
 // without TLS, and admin_listen (pprof, metrics). It is checked when the
 // proxy starts.
 func (c Config) checkPlaintext() error {
-	if err := admin.CheckAddr(c.AdminListen, c.AllowPlaintext); err != nil {
+	if err := admin.CheckAddr(c.AdminListen, c.AllowPlaintext || c.AdminAllowRemote); err != nil {
 		return err
 	}
 	if c.Cert == "" {

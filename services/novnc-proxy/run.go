@@ -140,7 +140,7 @@ func runAdmin(ctx context.Context, cfg Config, log *slog.Logger, listening, admi
 	}
 
 	// /metrics and pprof: on the admin listener only, never the public port.
-	al, err := admin.Listen(cfg.AdminListen, cfg.AllowPlaintext)
+	al, err := admin.Listen(cfg.AdminListen, cfg.AllowPlaintext || cfg.AdminAllowRemote)
 	if err != nil {
 		return err
 	}

@@ -53,6 +53,8 @@ type Config struct {
 	// and /healthz, the load balancers' probe, as the XVP port is raw TCP);
 	// empty turns it off.
 	AdminListen string
+	// AdminAllowRemote is [vncgate] admin_allow_remote: AdminListen may be off loopback.
+	AdminAllowRemote bool
 
 	HandshakeTimeout time.Duration
 	IdleTimeout      time.Duration
@@ -102,6 +104,7 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.List(&c.EtcdEndpoints, config.SectionVNCGate, "etcd_endpoints", []string{DefaultEtcdEndpoint}, "etcd endpoints for revocation watching; empty turns it off (warned at start)")
 	s.TLS(&c.Etcd, config.SectionVNCGate, "etcd", "the etcd client")
 	s.String(&c.AdminListen, config.SectionVNCGate, admin.Option, DefaultAdminListen, admin.Help(DefaultAdminListen)+"; also serves /healthz for load balancers")
+	s.Bool(&c.AdminAllowRemote, config.SectionVNCGate, admin.AllowRemoteOption, false, admin.AllowRemoteHelp)
 	s.Seconds(&c.HandshakeTimeout, config.SectionVNCGate, "handshake_timeout", 10*time.Second, "time from accept to the 200 answer: request head, token check, VNC dial")
 	s.Seconds(&c.IdleTimeout, config.SectionVNCGate, "idle_timeout", 0, "end a session after this long without a byte either way (0: never)")
 	s.Seconds(&c.MaxSessionLength, config.SectionVNCGate, "max_session_length", 0, "end a session after this long (0: never)")
@@ -193,7 +196,7 @@ func (c Config) validate() error {
 // TLS, and admin_listen (pprof, metrics). It is checked when the proxy
 // starts.
 func (c Config) checkPlaintext() error {
-	if err := admin.CheckAddr(c.AdminListen, c.AllowPlaintext); err != nil {
+	if err := admin.CheckAddr(c.AdminListen, c.AllowPlaintext || c.AdminAllowRemote); err != nil {
 		return err
 	}
 	if c.Cert == "" {

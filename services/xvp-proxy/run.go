@@ -115,7 +115,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 		log.Warn("etcd_endpoints is empty: revocations will not end live sessions")
 	}
 
-	al, err := admin.Listen(cfg.AdminListen, cfg.AllowPlaintext)
+	al, err := admin.Listen(cfg.AdminListen, cfg.AllowPlaintext || cfg.AdminAllowRemote)
 	if err != nil {
 		return err
 	}

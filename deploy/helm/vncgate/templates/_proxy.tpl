@@ -11,7 +11,7 @@ portName (of the public port).
 {{- $tls := include "vncgate.tlsDir" $root -}}
 {{- $vncgate := dict
   "admin_listen" (printf "0.0.0.0:%v" (int $v.adminPort))
-  "allow_plaintext" true
+  "admin_allow_remote" true
   "consoleauth_address" (include "vncgate.consoleauthAddress" $root)
   "shutdown_delay" (int $v.shutdownDelay)
   "drain_timeout" (int $v.drainTimeout)
@@ -21,6 +21,10 @@ portName (of the public port).
 -}}
 {{- $vncgate = mergeOverwrite $vncgate (fromJson (include "vncgate.etcdConfig" $root)) (fromJson (include "vncgate.grpcTLS" $root)) -}}
 {{- $ini := mergeOverwrite (dict "vncgate" $vncgate) .ini -}}
+{{- if not $v.publicTLSSecret }}
+{{- /* A plain public port: only behind a TLS-terminating load balancer. */}}
+{{- $ini = mergeOverwrite $ini (dict "vncgate" (dict "allow_plaintext" true)) }}
+{{- end }}
 {{- if $v.publicTLSSecret }}
 {{- $ini = mergeOverwrite $ini (dict "DEFAULT" (dict "cert" (printf "%s/public/tls.crt" $tls) "key" (printf "%s/public/tls.key" $tls))) }}
 {{- if eq .component "novnc-proxy" }}
@@ -38,9 +42,9 @@ metadata:
   labels:
     {{- include "vncgate.labels" $ctx | nindent 4 }}
 data:
-  # allow_plaintext: the admin listener must listen off loopback for the
-  # kubelet's probes, and the public port may be plain behind a
-  # TLS-terminating load balancer; the consoleauth and etcd links carry TLS.
+  # admin_allow_remote: the admin listener listens off loopback for the
+  # kubelet's probes; allow_plaintext only without publicTLSSecret (a plain
+  # public port behind a TLS-terminating load balancer).
   vncgate.conf: |
     {{- $conf | nindent 4 }}
 ---
