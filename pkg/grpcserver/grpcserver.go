@@ -60,7 +60,7 @@ type Options struct {
 func ServerOptions(o Options) []grpc.ServerOption {
 	unary := []grpc.UnaryServerInterceptor{requestid.UnaryServerInterceptor()}
 	stream := []grpc.StreamServerInterceptor{requestid.StreamServerInterceptor()}
-	if o.Metrics != nil {
+	if o.Metrics != nil && o.Metrics.server != nil {
 		unary = append(unary, o.Metrics.server.UnaryServerInterceptor())
 		stream = append(stream, o.Metrics.server.StreamServerInterceptor())
 	}
@@ -113,11 +113,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
+// NewClientMetrics is NewMetrics for a service that only calls others (a
+// proxy calling consoleauth): client metrics only.
+func NewClientMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{client: grpcprom.NewClientMetrics(grpcprom.WithClientHandlingTimeHistogram(grpcprom.WithHistogramBuckets(latencyBuckets)))}
+	reg.MustRegister(m.client)
+	return m
+}
+
 // Initialize makes every method registered on srv appear in the server
 // metrics at zero before its first call, so a dashboard and its alerts see
 // the series from the start. Call it after registering the services.
 func (m *Metrics) Initialize(srv *grpc.Server) {
-	if m != nil {
+	if m != nil && m.server != nil {
 		m.server.InitializeMetrics(srv)
 	}
 }

@@ -103,9 +103,10 @@ func Dial(addresses string, cfg *tls.Config) (*grpc.ClientConn, error) {
 }
 
 // DialCredentials is Dial with gRPC credentials (tlsconfig.Files'
-// ClientCredentials reload the CA too); log gets reachability changes.
-func DialCredentials(addresses string, creds credentials.TransportCredentials, log *slog.Logger) (*grpc.ClientConn, error) {
-	return grpcclient.Dial(Option, addresses, creds, grpcclient.Options{Name: "consoleauth", Retry: Idempotent, Log: log})
+// ClientCredentials reload the CA too); log gets reachability changes;
+// opts are added (grpcserver.DialOptions: client metrics, tracing).
+func DialCredentials(addresses string, creds credentials.TransportCredentials, log *slog.Logger, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	return grpcclient.Dial(Option, addresses, creds, grpcclient.Options{Name: "consoleauth", Retry: Idempotent, Log: log, DialOptions: opts})
 }
 
 // WriteUnreachable answers a proxy's health check with 503

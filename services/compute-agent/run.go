@@ -70,11 +70,6 @@ func run(ctx context.Context, cfg Config, env env) error {
 		return err
 	}
 	defer etcd.Close()
-	consoleauth, err := dialConsoleAuth(cfg, log)
-	if err != nil {
-		return err
-	}
-	defer consoleauth.Close()
 	tracing, err := grpcserver.StartTracing(ctx, cfg.Tracing, "compute-agent")
 	if err != nil {
 		return err
@@ -82,6 +77,11 @@ func run(ctx context.Context, cfg Config, env env) error {
 	defer shutdownTracing(tracing, log) // after the server stopped: its last spans go out
 	reg := newRegistry()
 	kit := grpcserver.Options{Log: log, Metrics: grpcserver.NewMetrics(reg), Tracing: tracing}
+	consoleauth, err := dialConsoleAuth(cfg, log, grpcserver.DialOptions(kit)...)
+	if err != nil {
+		return err
+	}
+	defer consoleauth.Close()
 	srv, healthSrv, err := newServer(cfg, drv, log, kit)
 	if err != nil {
 		return err
@@ -260,12 +260,12 @@ func gracefulStop(srv *grpc.Server, timeout time.Duration) {
 // on another replica); mTLS with the grpc_* files when given: the agent's
 // certificate (role compute, CN its host) is what lets consoleauth accept
 // its revocations, for its own host's instances only.
-func dialConsoleAuth(cfg Config, log *slog.Logger) (*grpc.ClientConn, error) {
+func dialConsoleAuth(cfg Config, log *slog.Logger, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	creds, err := cfg.GRPCTLS.ClientCredentials()
 	if err != nil {
 		return nil, fmt.Errorf("grpc tls: %w", err)
 	}
-	return tokencheck.DialCredentials(cfg.ConsoleAuthAddress, creds, log)
+	return tokencheck.DialCredentials(cfg.ConsoleAuthAddress, creds, log, opts...)
 }
 
 // newServer is the agent's gRPC server: the ComputeAgentService answering

@@ -141,8 +141,13 @@ func TestLiveSessionKillAndAudit(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return string(b)
 	}
-	if m := metrics(); strings.Contains(m, `vncgate_proxy_bytes_total{direction="server_to_client"} 0`) {
+	m := metrics()
+	if strings.Contains(m, `vncgate_proxy_bytes_total{direction="server_to_client"} 0`) {
 		t.Error("bytes_total did not move while the session is live")
+	}
+	// The token check is counted as a gRPC client call, with its code.
+	if !strings.Contains(m, `grpc_client_handled_total{grpc_code="OK",grpc_method="CheckToken",grpc_service="vncgate.consoleauth.v1.ConsoleAuthService",grpc_type="unary"} 1`) {
+		t.Errorf("no gRPC client metric of the token check:\n%s", m)
 	}
 
 	kill, _ := json.Marshal(registry.SessionKill{Reason: "stopped", By: "operator"})

@@ -15,6 +15,7 @@ import (
 	"github.com/vncgate/vncgate/pkg/edge"
 	"github.com/vncgate/vncgate/pkg/failban"
 	"github.com/vncgate/vncgate/pkg/grpcclient"
+	"github.com/vncgate/vncgate/pkg/grpcserver"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/revocation"
 	"github.com/vncgate/vncgate/pkg/sessions"
@@ -70,13 +71,15 @@ func runAdmin(ctx context.Context, cfg Config, log *slog.Logger, listening, admi
 	if err != nil {
 		return fmt.Errorf("grpc tls: %w", err)
 	}
-	conn, err := tokencheck.DialCredentials(cfg.ConsoleAuthAddress, grpcCreds, log)
+	metrics := proxymetrics.NewRegistry()
+	// Client metrics of the token checks (latency and codes by method).
+	clientKit := grpcserver.Options{Metrics: grpcserver.NewClientMetrics(metrics)}
+	conn, err := tokencheck.DialCredentials(cfg.ConsoleAuthAddress, grpcCreds, log, grpcserver.DialOptions(clientKit)...)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 
-	metrics := proxymetrics.NewRegistry()
 	counted := proxymetrics.New(metrics)
 	caps := edge.NewCaps(cfg.MaxConnections, cfg.MaxConnectionsPerClient, counted)
 	revocationGrace := cfg.RevocationGrace

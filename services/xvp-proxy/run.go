@@ -15,6 +15,7 @@ import (
 	"github.com/vncgate/vncgate/pkg/edge"
 	"github.com/vncgate/vncgate/pkg/failban"
 	"github.com/vncgate/vncgate/pkg/grpcclient"
+	"github.com/vncgate/vncgate/pkg/grpcserver"
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/revocation"
 	"github.com/vncgate/vncgate/pkg/sessions"
@@ -55,13 +56,15 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 	if err != nil {
 		return fmt.Errorf("consoleauth tls: %w", err)
 	}
-	caConn, err := tokencheck.DialCredentials(cfg.ConsoleAuthAddress, grpcCreds, log)
+	metrics := proxymetrics.NewRegistry()
+	// Client metrics of the token checks (latency and codes by method).
+	clientKit := grpcserver.Options{Metrics: grpcserver.NewClientMetrics(metrics)}
+	caConn, err := tokencheck.DialCredentials(cfg.ConsoleAuthAddress, grpcCreds, log, grpcserver.DialOptions(clientKit)...)
 	if err != nil {
 		return err
 	}
 	defer caConn.Close()
 
-	metrics := proxymetrics.NewRegistry()
 	counted := proxymetrics.New(metrics)
 	caps := edge.NewCaps(cfg.MaxConnections, cfg.MaxConnectionsPerClient, counted)
 	rfbCfg, err := cfg.RFB.Config()
