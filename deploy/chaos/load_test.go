@@ -121,6 +121,9 @@ func (p *pool) take(console string) string {
 type extraInstance struct {
 	uuid   string
 	tokens *pool
+	// opens bounds the consoles of it that verifyTokens opens at a time
+	// (0: no bound of its own): see qemuOpens.
+	opens int
 }
 
 // startLoad starts both loops; each ends at stop or after maxTicks. With
