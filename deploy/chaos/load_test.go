@@ -121,8 +121,8 @@ func (p *pool) take(console string) string {
 type extraInstance struct {
 	uuid   string
 	tokens *pool
-	// opens bounds the consoles of it that verifyTokens opens at a time
-	// (0: no bound of its own): see qemuOpens.
+	// opens bounds the consoles of it that the load and verifyTokens open
+	// at a time (0: no bound of its own): see qemuOpens.
 	opens int
 }
 
@@ -137,10 +137,18 @@ func startLoad(w *devstack.World, tokens *pool, extra *extraInstance, maxTicks i
 		}
 		return mint(w, devstack.DemoUUID, console)
 	})
+	var extraOpens chan struct{} // nil: no bound
+	if extra != nil && extra.opens > 0 {
+		extraOpens = make(chan struct{}, extra.opens)
+	}
 	l.loop(sessionEvery, maxTicks, func(i int) outcome {
 		p := l.tokens
 		if extra != nil && i/2%2 == 1 {
 			p = extra.tokens
+			if extraOpens != nil {
+				extraOpens <- struct{}{}
+				defer func() { <-extraOpens }()
+			}
 		}
 		if i%2 == 0 {
 			return xvpSession(w, p.take("xvpvnc"))
