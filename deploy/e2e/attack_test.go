@@ -463,9 +463,9 @@ func TestAttacks(t *testing.T) {
 		if _, err := io.ReadFull(c, version); err != nil || !bytes.HasPrefix(version, []byte("RFB ")) {
 			t.Fatalf("first bytes through xvp-proxy: %q, %v", version, err)
 		}
-		client := c.LocalAddr().String()
+		client, proxy := c.LocalAddr().String(), c.RemoteAddr().String()
 		pid := w.Proc(devstack.XVPProxy).Pid
-		if !holdsConn(t, pid, client) {
+		if !holdsConn(t, pid, proxy, client) {
 			t.Fatalf("xvp-proxy (pid %d) holds no socket for the client %s", pid, client)
 		}
 		closing.hangUp()
@@ -475,7 +475,7 @@ func TestAttacks(t *testing.T) {
 			t.Fatalf("after the VNC server closed: read %d bytes, then %v; want EOF", n, err)
 		}
 		deadline := time.Now().Add(30 * time.Second) // bounds a hang
-		for holdsConn(t, pid, client) {
+		for holdsConn(t, pid, proxy, client) {
 			if time.Now().After(deadline) {
 				t.Fatalf("xvp-proxy still holds the client's socket 30 s after the VNC server closed")
 			}
@@ -1185,12 +1185,12 @@ func listenLoopback(t *testing.T) net.Listener {
 
 func portOf(a net.Addr) int { return a.(*net.TCPAddr).Port }
 
-// holdsConn reports whether process pid has an open socket whose peer is
-// client (host:port): the kernel's TCP table names the socket's inode,
+// holdsConn reports whether process pid has an open socket from local to
+// peer (host:port each): the kernel's TCP table names the socket's inode,
 // /proc/PID/fd the inodes the process holds.
-func holdsConn(t *testing.T, pid int, client string) bool {
+func holdsConn(t *testing.T, pid int, local, peer string) bool {
 	t.Helper()
-	inode := tcpInode(t, client)
+	inode := tcpInode(t, local, peer)
 	if inode == "" || inode == "0" {
 		return false // gone, or an orphan no process holds
 	}
@@ -1206,26 +1206,30 @@ func holdsConn(t *testing.T, pid int, client string) bool {
 	return false
 }
 
-// tcpInode is the inode of the IPv4 socket whose remote address is peer, from
-// /proc/net/tcp ("" if none).
-func tcpInode(t *testing.T, peer string) string {
+// tcpInode is the inode of the IPv4 socket from local to peer, from
+// /proc/net/tcp ("" if none). Both ends count: another test's listener may
+// have the client's port, and its clients a socket whose peer matches.
+func tcpInode(t *testing.T, local, peer string) string {
 	t.Helper()
-	host, port, err := net.SplitHostPort(peer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ip := net.ParseIP(host).To4()
-	p, _ := strconv.Atoi(port)
 	// /proc/net/tcp writes an IPv4 address as the 32-bit word in host
 	// (little-endian) order, then the port in hex.
-	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], p)
+	hex := func(addr string) string {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ip := net.ParseIP(host).To4()
+		p, _ := strconv.Atoi(port)
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], p)
+	}
+	wantLocal, wantPeer := hex(local), hex(peer)
 	raw, err := os.ReadFile("/proc/net/tcp")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(raw), "\n")[1:] {
 		f := strings.Fields(line)
-		if len(f) >= 10 && f[2] == want {
+		if len(f) >= 10 && f[1] == wantLocal && f[2] == wantPeer {
 			return f[9]
 		}
 	}
