@@ -54,20 +54,24 @@ func Binaries(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		for _, s := range []string{devstack.ConsoleAuth, devstack.ComputeAgent, devstack.NoVNCProxy, devstack.XVPProxy} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, s), ".")
-			cmd.Dir = filepath.Join(root, "services", s)
+		// As make build does: in the repository's workspace, even from a
+		// module tested on its own (GOWORK=off, deploy/helm).
+		build := func(name, dir string) error {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, name), ".")
+			cmd.Dir = dir
+			cmd.Env = append(os.Environ(), "GOWORK="+filepath.Join(root, "go.work"))
 			if out, err := cmd.CombinedOutput(); err != nil {
-				buildErr = fmt.Errorf("go build %s: %v\n%s", s, err, out)
+				return fmt.Errorf("go build %s: %v\n%s", name, err, out)
+			}
+			return nil
+		}
+		for _, s := range []string{devstack.ConsoleAuth, devstack.ComputeAgent, devstack.NoVNCProxy, devstack.XVPProxy} {
+			if buildErr = build(s, filepath.Join(root, "services", s)); buildErr != nil {
 				return
 			}
 		}
 		// The operator's CLI, which tests drive as an operator would.
-		cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, devstack.VNCGateCtl), ".")
-		cmd.Dir = filepath.Join(root, "cmd", "vncgatectl")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build vncgatectl: %v\n%s", err, out)
-		}
+		buildErr = build(devstack.VNCGateCtl, filepath.Join(root, "cmd", "vncgatectl"))
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
