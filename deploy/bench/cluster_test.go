@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -46,19 +45,7 @@ func benchMintCluster(b *testing.B) *mintResult {
 func startClusterStack(b *testing.B, cli *clientv3.Client, instances ...devstack.Instance) *devstack.World {
 	b.Helper()
 	endpoints := "--etcd_endpoints=" + strings.Join(cli.Endpoints(), ",")
-	logPath := filepath.Join(b.TempDir(), "services.log")
-	logs, err := os.Create(logPath)
-	if err != nil {
-		b.Fatal(err)
-	}
-	// Registered before the stack's own cleanup, so it runs after the
-	// stack has stopped.
-	b.Cleanup(func() {
-		logs.Close()
-		if b.Failed() {
-			b.Logf("last lines of the services' log:\n%s", tail(logPath, 60))
-		}
-	})
+	logs := logFile(b, "services.log", 60)
 	w := devstacktest.Start(b, devstack.Options{
 		Ports:     distinctPorts(b),
 		Instances: instances,
@@ -86,7 +73,7 @@ func startClusterStack(b *testing.B, cli *clientv3.Client, instances ...devstack
 				break
 			}
 			if ctx.Err() != nil {
-				b.Fatalf("compute agent: %s not in the cluster after a minute; last lines of the services' log:\n%s", key, tail(logPath, 30))
+				b.Fatalf("compute agent: %s not in the cluster after a minute; last lines of the services' log:\n%s", key, tail(logs.Name(), 30))
 			}
 			time.Sleep(50 * time.Millisecond)
 		}

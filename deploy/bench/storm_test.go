@@ -85,17 +85,7 @@ func benchStorm(b *testing.B, limit uint64) *stormResult {
 		b.Fatalf("open-file limit %d leaves no room for sessions", limit)
 	}
 
-	logPath := filepath.Join(b.TempDir(), "xvp-storm.log")
-	logs, err := os.Create(logPath)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		logs.Close()
-		if b.Failed() {
-			b.Logf("last lines of the storm proxy's log:\n%s", tail(logPath, 40))
-		}
-	})
+	logs := logFile(b, "xvp-storm.log", 40)
 	l, a := listen(b), listen(b)
 	port, adminPort := l.Addr().(*net.TCPAddr).Port, a.Addr().(*net.TCPAddr).Port
 	l.Close()
@@ -273,7 +263,7 @@ func benchStorm(b *testing.B, limit uint64) *stormResult {
 		res.allBack = ok[len(ok)-1]
 	}
 	if res.failures > 0 {
-		for _, path := range []string{w.LogPath(devstack.ConsoleAuth), logPath} {
+		for _, path := range []string{w.LogPath(devstack.ConsoleAuth), logs.Name()} {
 			res.logLines = append(res.logLines, topWarnings(path, 4)...)
 		}
 	}

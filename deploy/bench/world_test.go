@@ -39,22 +39,29 @@ func startStack(b *testing.B, instances ...devstack.Instance) *devstack.World {
 	return startStackArgs(b, nil, instances...)
 }
 
-// startStackArgs is startStack with proxyArgs added to both proxies' flags.
-func startStackArgs(b *testing.B, proxyArgs []string, instances ...devstack.Instance) *devstack.World {
+// logFile creates name in the benchmark's temporary folder for services'
+// output and, if the benchmark fails, logs its last lines. Call it before
+// starting what writes to it: its cleanup then runs after theirs.
+func logFile(b *testing.B, name string, lines int) *os.File {
 	b.Helper()
-	logPath := filepath.Join(b.TempDir(), "services.log")
-	logs, err := os.Create(logPath)
+	path := filepath.Join(b.TempDir(), name)
+	f, err := os.Create(path)
 	if err != nil {
 		b.Fatal(err)
 	}
-	// Registered before devstacktest's own cleanup, so it runs after the
-	// stack has stopped.
 	b.Cleanup(func() {
-		logs.Close()
+		f.Close()
 		if b.Failed() {
-			b.Logf("last lines of the services' log:\n%s", tail(logPath, 60))
+			b.Logf("last lines of %s:\n%s", name, tail(path, lines))
 		}
 	})
+	return f
+}
+
+// startStackArgs is startStack with proxyArgs added to both proxies' flags.
+func startStackArgs(b *testing.B, proxyArgs []string, instances ...devstack.Instance) *devstack.World {
+	b.Helper()
+	logs := logFile(b, "services.log", 60)
 	w := devstacktest.Start(b, devstack.Options{
 		Ports:     distinctPorts(b),
 		Instances: instances,
@@ -76,7 +83,7 @@ func startStackArgs(b *testing.B, proxyArgs []string, instances ...devstack.Inst
 			b.Fatalf("%s was not started", name)
 		}
 		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid)); err != nil || strings.Contains(string(st), ") Z ") {
-			b.Fatalf("%s (pid %d) is not running; last lines of the services' log:\n%s", name, p.Pid, tail(logPath, 20))
+			b.Fatalf("%s (pid %d) is not running; last lines of the services' log:\n%s", name, p.Pid, tail(logs.Name(), 20))
 		}
 	}
 	return w
