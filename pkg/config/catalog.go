@@ -101,6 +101,7 @@ var catalog = map[key]entry{
 
 	// [consoleauth]; enforce_session_timeout is Nova 2024.1's.
 	{SectionConsoleAuth, "token_ttl"}:               {kind: supported},
+	{SectionConsoleAuth, "token_cache_size"}:        {kind: supported},
 	{SectionConsoleAuth, "enforce_session_timeout"}: {kind: supported},
 
 	// [DEFAULT]: the console proxies' options (nova/conf/novnc.py), the

@@ -12,6 +12,7 @@ import (
 	"github.com/vncgate/vncgate/pkg/logging"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/server"
+	"github.com/vncgate/vncgate/services/consoleauth/internal/tokenstore"
 )
 
 // Config is consoleauth's configuration.
@@ -40,6 +41,8 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.String(&c.XVPBaseURL, config.SectionVNC, "xvpvncproxy_base_url", "http://127.0.0.1:6081/console", "public base URL of the XVP VNC proxy")
 	s.Bool(&c.VNCEnabled, config.SectionVNC, "enabled", true, "VNC consoles on; false answers 501 to every console request").Flag("vnc_enabled")
 	s.Seconds(&c.TokenTTL, config.SectionConsoleAuth, "token_ttl", 600*time.Second, "how long a console token is valid")
+	s.Int(&c.TokenCacheSize, config.SectionConsoleAuth, "token_cache_size", tokenstore.DefaultTokenCacheSize,
+		"token records kept in memory, from a watch on etcd, so a token check needs no etcd read (about 500 bytes each; 0: read etcd on every check)")
 	s.String(&c.GRPCListen, config.SectionVNCGate, "grpc_listen", "0.0.0.0:6090", "gRPC listen address")
 	s.String(&c.RESTListen, config.SectionVNCGate, "rest_listen", "0.0.0.0:6091", "REST (Nova compute API shape) listen address")
 	s.List(&c.EtcdEndpoints, config.SectionVNCGate, "etcd_endpoints", []string{"127.0.0.1:2379"}, "etcd endpoints")
@@ -74,7 +77,13 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	if !c.VNCEnabled {
 		c.EnabledConsoleTypes = nil
 	}
-	return c, notes, c.check()
+	if err := c.check(); err != nil {
+		return c, notes, err
+	}
+	if c.TokenCacheSize == 0 {
+		c.TokenCacheSize = -1 // the option's 0 is none, the store's the default
+	}
+	return c, notes, nil
 }
 
 // check refuses settings consoleauth cannot start with; the base URLs are
@@ -83,6 +92,8 @@ func (c Config) check() error {
 	switch {
 	case c.TokenTTL < time.Second:
 		return fmt.Errorf("token_ttl %v: want at least 1 second", c.TokenTTL)
+	case c.TokenCacheSize < 0:
+		return fmt.Errorf("token_cache_size %d: want 0 (none) or more", c.TokenCacheSize)
 	case len(c.EtcdEndpoints) == 0:
 		return errors.New("etcd_endpoints is empty")
 	case c.RESTAuth == "keystone" && c.Keystone.AuthURL == "":

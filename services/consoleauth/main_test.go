@@ -20,6 +20,7 @@ import (
 	"github.com/vncgate/vncgate/services/consoleauth/internal/keystone"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/server"
 	"github.com/vncgate/vncgate/services/consoleauth/internal/testworld"
+	"github.com/vncgate/vncgate/services/consoleauth/internal/tokenstore"
 	"github.com/vncgate/vncgate/testkit/etcd"
 	"github.com/vncgate/vncgate/testkit/novaconf"
 )
@@ -34,6 +35,7 @@ func defaults() Config {
 			EtcdTimeout:         5 * time.Second,
 			ComputeTimeout:      5 * time.Second,
 			TokenTTL:            600 * time.Second,
+			TokenCacheSize:      tokenstore.DefaultTokenCacheSize,
 			NoVNCBaseURL:        "http://127.0.0.1:6080/vnc_lite.html",
 			XVPBaseURL:          "http://127.0.0.1:6081/console",
 			EnabledConsoleTypes: []string{"novnc", "xvpvnc"},
@@ -63,6 +65,11 @@ func TestOptions(t *testing.T) {
 			Want: func(c *Config) { c.VNCEnabled, c.EnabledConsoleTypes = false, nil }},
 		{Name: "[consoleauth] token_ttl in whole seconds", File: "[consoleauth]\ntoken_ttl = 300\n",
 			Want: func(c *Config) { c.TokenTTL = 300 * time.Second }},
+		{Name: "[consoleauth] token_cache_size", File: "[consoleauth]\ntoken_cache_size = 500\n",
+			Want: func(c *Config) { c.TokenCacheSize = 500 }},
+		{Name: "token_cache_size 0 keeps no token in memory", Args: []string{"--token_cache_size=0"},
+			Want: func(c *Config) { c.TokenCacheSize = -1 }},
+		{Name: "negative token_cache_size", Args: []string{"--token_cache_size=-1"}, Err: "token_cache_size -1: want 0 (none) or more"},
 		{Name: "[DEFAULT] console_token_ttl, Nova's old name", File: "[DEFAULT]\nconsole_token_ttl = 120\n",
 			Want: func(c *Config) { c.TokenTTL = 120 * time.Second }},
 		{Name: "[vncgate] listeners", File: "[vncgate]\ngrpc_listen = 10.0.0.1:1\nrest_listen = 10.0.0.1:2\n",

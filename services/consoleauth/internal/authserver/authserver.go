@@ -166,7 +166,7 @@ func (s *Server) checkToken(ctx context.Context, req *consoleauthv1.CheckTokenRe
 	if t := req.GetConsoleType(); t != "" && t != TypeNoVNC && t != TypeXVPVNC {
 		return nil, detail(ErrInvalidArgument, fmt.Sprintf("unsupported console type %s: want novnc or xvpvnc", quoteShort(t)))
 	}
-	entry, err := s.store.Lookup(ctx, req.GetToken())
+	entry, err := s.lookup(ctx, req.GetToken())
 	if err != nil {
 		return nil, err
 	}
@@ -196,6 +196,19 @@ func (s *Server) checkToken(ctx context.Context, req *consoleauthv1.CheckTokenRe
 		TokenRevision:      entry.Revision,
 		MintedBy:           rec.MintedBy,
 	}}, nil
+}
+
+// lookup is the store's Lookup, counted by where the record was found.
+func (s *Server) lookup(ctx context.Context, token string) (tokenstore.Entry, error) {
+	e, err := s.store.Lookup(ctx, token)
+	if err == nil {
+		src := sourceEtcd
+		if e.FromMemory {
+			src = sourceMemory
+		}
+		s.metrics.lookups.WithLabelValues(src).Inc()
+	}
+	return e, err
 }
 
 // revalidate asks the instance's current agent whether the token's host and
@@ -240,7 +253,7 @@ func (s *Server) GetConsoleAuthToken(ctx context.Context, req *consoleauthv1.Get
 	if err := checkTokenShape("console_token", req.GetConsoleToken()); err != nil {
 		return nil, s.answer(ctx, err)
 	}
-	entry, err := s.store.Lookup(ctx, req.GetConsoleToken())
+	entry, err := s.lookup(ctx, req.GetConsoleToken())
 	if err != nil {
 		return nil, s.answer(ctx, err)
 	}

@@ -65,7 +65,10 @@ type Config struct {
 	// ComputeTimeout bounds every call to a compute agent.
 	ComputeTimeout time.Duration
 
-	TokenTTL            time.Duration
+	TokenTTL time.Duration
+	// TokenCacheSize bounds the token records kept in memory
+	// (tokenstore.Options.TokenCacheSize: 0 the default, negative none).
+	TokenCacheSize      int
 	NoVNCBaseURL        string
 	XVPBaseURL          string
 	EnabledConsoleTypes []string
@@ -170,7 +173,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if s.etcd, err = etcdclient.New(cfg.EtcdEndpoints, cfg.EtcdTLS); err != nil {
 		return nil, err
 	}
-	store, err := tokenstore.New(s.etcd, tokenstore.Options{TTL: cfg.TokenTTL, Timeout: cfg.EtcdTimeout, Logger: log})
+	store, err := tokenstore.New(s.etcd, tokenstore.Options{TTL: cfg.TokenTTL, Timeout: cfg.EtcdTimeout,
+		TokenCacheSize: cfg.TokenCacheSize, Logger: log})
 	if err != nil {
 		return nil, err
 	}

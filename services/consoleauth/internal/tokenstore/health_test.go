@@ -42,10 +42,28 @@ func TestOutageCutsCallsAndIsLoggedOnce(t *testing.T) {
 		t.Error("WatchHealth: first call unhealthy, want healthy")
 	}
 
+	// m is answered from memory while etcd is healthy (tokencache.go);
+	// while it is not, memory is not used either.
+	for {
+		e, err := s.Lookup(ctx, m.Token)
+		if err != nil {
+			t.Fatalf("lookup: %v", err)
+		}
+		if e.FromMemory {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the minted token never reached the store's memory")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+
 	link.Cut()
 	inFlight := s.Healthy() // the probe takes up to its timeout to notice
 	start := time.Now()
-	_, err = s.Lookup(ctx, m.Token)
+	// A token not in memory: the lookup goes to etcd and is cut there.
+	_, err = s.Lookup(ctx, strings.Repeat("Q", tokenstore.TokenLen))
 	took := time.Since(start)
 	if !errors.Is(err, tokenstore.ErrStoreUnavailable) || !strings.Contains(err.Error(), "etcd failed its health probe") {
 		t.Fatalf("lookup as etcd went: got %v, want ErrStoreUnavailable from the probe", err)

@@ -128,9 +128,9 @@ func (s *Store) locateError(ctx context.Context, uuid string, err error) error {
 }
 
 // index keeps every claim of registry.ComputeInstancesRoot and every
-// registration of registry.ComputesPrefix in memory, from one read and two
-// watches (on one stream), so that finding an instance's host does not
-// scan etcd. For LocateFresh it is only a hint: every answer is confirmed
+// registration of registry.ComputesPrefix in memory, from one read and
+// watches on one stream, so that finding an instance's host does not scan
+// etcd; the same read and stream keep token records (tokencache.go). For LocateFresh it is only a hint: every answer is confirmed
 // in etcd (the winning claim still exists with the revision the index
 // knows), and a miss is answered only once the index has caught up with
 // etcd's revision at the time of the miss. For Locate, a claim that
@@ -149,12 +149,14 @@ type index struct {
 	mu       sync.Mutex
 	claims   map[string][]claim // by instance, oldest first
 	computes map[string]compute // by host
-	// Every change of claims up to claimsRev, of registrations up to
-	// computesRev, is applied; rev is the lower (0 before the first read).
-	claimsRev, computesRev, rev int64
-	loadErr                     error           // why the first read failed
-	advance                     chan struct{}   // closed and replaced whenever rev or loadErr changes
-	wctx                        context.Context // the watches' context, to ask for progress; nil between watches
+	tokens   tokenCache
+	// Every change of a family up to revs[family] is applied; rev is the
+	// lowest (0 before the first read).
+	revs    [families]int64
+	rev     int64
+	loadErr error           // why the first read failed
+	advance chan struct{}   // closed and replaced whenever rev or loadErr changes
+	wctx    context.Context // the watches' context, to ask for progress; nil between watches
 
 	// heard is when etcd last spoke on the watches (UnixNano): an event
 	// or a progress report, asked for every heartbeatEvery. clientv3
@@ -196,24 +198,29 @@ const (
 	heardWithin    = time.Second
 )
 
-func newIndex(cli *clientv3.Client, timeout time.Duration, log *slog.Logger) *index {
+// The key families the index follows, in the order of its read.
+const (
+	familyClaims = iota
+	familyComputes
+	familyTokens
+	families
+)
+
+func newIndex(cli *clientv3.Client, timeout time.Duration, tokenCap int, log *slog.Logger) *index {
 	return &index{cli: cli, timeout: timeout, log: log, claims: map[string][]claim{},
-		computes: map[string]compute{}, advance: make(chan struct{})}
+		computes: map[string]compute{}, tokens: tokenCache{cap: tokenCap},
+		advance: make(chan struct{})}
 }
 
 // vouched answers Locate from memory: the winning claim on uuid when the
 // watches run, its host has a registration, and the claim was written
 // under that registration's lease (registry.Location.Lease).
 func (x *index) vouched(uuid string) (Agent, bool) {
-	x.start.Do(func() { go x.run(x.cli.Ctx()) })
-	if time.Now().UnixNano()-x.heard.Load() > int64(heardWithin) {
+	if !x.current() {
 		return Agent{}, false
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.wctx == nil || x.wctx.Err() != nil {
-		return Agent{}, false
-	}
 	cs := x.claims[uuid]
 	if len(cs) == 0 {
 		return Agent{}, false
@@ -232,6 +239,19 @@ func (x *index) vouched(uuid string) (Agent, bool) {
 		return Agent{}, false // a console or why not: anything else vouches for nothing
 	}
 	return a, true
+}
+
+// current reports whether the watches run and were heard from within
+// heardWithin: what the index holds is then at most a delivery old. It
+// starts them on first use.
+func (x *index) current() bool {
+	x.start.Do(func() { go x.run(x.cli.Ctx()) })
+	if time.Now().UnixNano()-x.heard.Load() > int64(heardWithin) {
+		return false
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.wctx != nil && x.wctx.Err() == nil
 }
 
 // locate returns the winning claim's host and that host's compute record
@@ -382,6 +402,7 @@ func (x *index) follow(ctx context.Context) (bool, error) {
 	resp, err := x.cli.Txn(rctx).Then(
 		clientv3.OpGet(registry.ComputeInstancesRoot, clientv3.WithPrefix()),
 		clientv3.OpGet(registry.ComputesPrefix, clientv3.WithPrefix()),
+		x.tokens.read(),
 	).Commit()
 	cancel()
 	if err != nil {
@@ -405,19 +426,29 @@ func (x *index) follow(ctx context.Context) (bool, error) {
 			computes[host] = computeOf(kv)
 		}
 	}
+	tokens, moreTokens := x.tokens.load(resp.Responses[2].GetResponseRange())
 	rev := resp.Header.Revision
 	wctx, stop := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer stop()
-	// One context: both watches share one gRPC stream, so a progress
-	// request reaches both. They start at rev, not after it: etcd answers
+	// One context: the watches share one gRPC stream, so a progress
+	// request reaches all. They start at rev, not after it: etcd answers
 	// no progress request of a watch that starts beyond its revision (an
 	// idle etcd would leave the index unheard), and the changes of rev
 	// itself, which the read holds already, apply again to the same state.
-	claimsW := x.cli.Watch(wctx, registry.ComputeInstancesRoot, clientv3.WithPrefix(), clientv3.WithRev(rev))
-	computesW := x.cli.Watch(wctx, registry.ComputesPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
+	var watches [families]clientv3.WatchChan
+	for f, prefix := range [families]string{registry.ComputeInstancesRoot, registry.ComputesPrefix, registry.TokensPrefix} {
+		if f == familyTokens && x.tokens.off() {
+			continue // a nil channel: never ready
+		}
+		watches[f] = x.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
+	}
 	x.mu.Lock()
 	x.claims, x.computes, x.loadErr, x.wctx = claims, computes, nil, wctx
-	x.claimsRev, x.computesRev, x.rev = rev, rev, rev
+	x.tokens.reset(tokens, moreTokens, x.log)
+	for f := range x.revs {
+		x.revs[f] = rev
+	}
+	x.rev = rev
 	x.broadcast()
 	x.mu.Unlock()
 	x.heard.Store(time.Now().UnixNano())
@@ -430,11 +461,15 @@ func (x *index) follow(ctx context.Context) (bool, error) {
 
 	for {
 		var wr clientv3.WatchResponse
-		var ok, isClaims bool
+		var ok bool
+		var family int
 		select {
-		case wr, ok = <-claimsW:
-			isClaims = true
-		case wr, ok = <-computesW:
+		case wr, ok = <-watches[familyClaims]:
+			family = familyClaims
+		case wr, ok = <-watches[familyComputes]:
+			family = familyComputes
+		case wr, ok = <-watches[familyTokens]:
+			family = familyTokens
 		}
 		if !ok {
 			return true, errors.New("watch closed")
@@ -445,7 +480,7 @@ func (x *index) follow(ctx context.Context) (bool, error) {
 		if wr.Canceled {
 			return true, fmt.Errorf("watch canceled: %s", wr.CancelReason)
 		}
-		x.apply(wr, isClaims)
+		x.apply(wr, family)
 	}
 }
 
@@ -468,31 +503,33 @@ func (x *index) heartbeat(ctx context.Context) {
 // response never splits a revision, so after it every change up to its last
 // event's revision is known; a progress report (no events) vouches for its
 // header's revision.
-func (x *index) apply(wr clientv3.WatchResponse, isClaims bool) {
+func (x *index) apply(wr clientv3.WatchResponse, family int) {
 	x.heard.Store(time.Now().UnixNano())
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	rev := x.computesRev
-	if isClaims {
-		rev = x.claimsRev
-	}
+	rev := x.revs[family]
 	if wr.IsProgressNotify() {
 		rev = max(rev, wr.Header.Revision)
 	}
 	for _, ev := range wr.Events {
 		rev = max(rev, ev.Kv.ModRevision)
-		if isClaims {
+		switch family {
+		case familyClaims:
 			x.applyClaim(ev)
-		} else {
+		case familyComputes:
 			x.applyCompute(ev)
+		case familyTokens:
+			x.tokens.apply(ev, x.log)
 		}
 	}
-	if isClaims {
-		x.claimsRev = rev
-	} else {
-		x.computesRev = rev
+	x.revs[family] = rev
+	low := rev
+	for f, r := range x.revs {
+		if f != familyTokens || !x.tokens.off() {
+			low = min(low, r)
+		}
 	}
-	if low := min(x.claimsRev, x.computesRev); low != x.rev {
+	if low != x.rev {
 		x.rev = low
 		x.broadcast()
 	}

@@ -29,8 +29,9 @@
 // ProbeInterval + ProbeTimeout. From then every call, in flight or new,
 // fails at once with an error wrapping ErrStoreUnavailable, instead of each
 // waiting for its timeout; the outage is logged once, and its end once.
-// Tokens are never cached, so the store serves again with the first probe
-// etcd answers. A leader election is not an outage: while most members
+// Token records kept in memory (tokencache.go) are used only while etcd is
+// healthy and the watch that keeps them is current, so the store serves
+// again with the first probe etcd answers, and not before. A leader election is not an outage: while most members
 // answer, calls wait for the new leader (up to ElectionGrace), and writes
 // sent to the leader that died are sent again once the new one is known.
 //
@@ -123,6 +124,10 @@ type Options struct {
 	// members are up (a leader election) before it is declared
 	// unavailable: DefaultElectionGrace.
 	ElectionGrace time.Duration
+	// TokenCacheSize bounds the token records kept in memory to answer
+	// Lookup without an etcd read (tokencache.go): 0 takes
+	// DefaultTokenCacheSize, a negative size keeps none.
+	TokenCacheSize int
 	// Logger receives what the store refuses to trust and etcd's outages;
 	// nil discards.
 	Logger *slog.Logger
@@ -181,6 +186,9 @@ func New(cli *clientv3.Client, opts Options) (*Store, error) {
 	if opts.ElectionGrace == 0 {
 		opts.ElectionGrace = DefaultElectionGrace
 	}
+	if opts.TokenCacheSize == 0 {
+		opts.TokenCacheSize = DefaultTokenCacheSize
+	}
 	if opts.ProbeInterval < 0 || opts.ProbeTimeout < 0 || opts.ElectionGrace < 0 {
 		return nil, fmt.Errorf("etcd probe interval %v, timeout %v, election grace %v: want positive durations",
 			opts.ProbeInterval, opts.ProbeTimeout, opts.ElectionGrace)
@@ -201,7 +209,7 @@ func New(cli *clientv3.Client, opts Options) (*Store, error) {
 		bucket:        bucket,
 		leaseTTL:      ceilSeconds(opts.TTL + bucket),
 		log:           log,
-		locations:     newIndex(cli, opts.Timeout, log),
+		locations:     newIndex(cli, opts.Timeout, opts.TokenCacheSize, log),
 		untrusted:     map[string]bool{},
 	}
 	s.health = newHealth(s.probe, opts.ProbeInterval, opts.ProbeTimeout, log)
@@ -319,6 +327,9 @@ type Entry struct {
 	// (ConnectInfo.token_revision): a revocation written later ends the
 	// sessions opened with it.
 	Revision int64
+	// FromMemory says the record came from the store's memory, not an
+	// etcd read (Options.TokenCacheSize).
+	FromMemory bool
 	// modRevision is the record's ModRevision, the guard of Consume.
 	modRevision int64
 }
@@ -339,11 +350,24 @@ type Entry struct {
 // the session such an answer lets in, as they end every session of a
 // token older than a revocation. Consume, the one use a token can have
 // when single-use, is a linearizable guarded transaction.
+//
+// Before either read, the record is looked for in memory, where the
+// store's watch keeps records (tokencache.go) while etcd is healthy: it is
+// as fresh as the serializable read's (a watch delivery behind the
+// leader). Memory only vouches for a valid token: a token not there
+// (minted an instant ago on another replica, or beyond the cache's size)
+// or refused there is read from etcd as above.
 func (s *Store) Lookup(ctx context.Context, token string) (Entry, error) {
 	if err := CheckToken(token); err != nil {
 		return Entry{}, err
 	}
 	hash := registry.TokenHash(token)
+	if t, ok := s.locations.token(hash); ok && s.health.current().Err() == nil {
+		if e, err := s.entry(hash, t, false); err == nil {
+			e.FromMemory = true
+			return e, nil
+		}
+	}
 	key := registry.TokenKey(hash)
 	cctx, done := s.callLocal(ctx)
 	resp, err := s.cli.Get(clientv3.WithRequireLeader(cctx), key, clientv3.WithSerializable())
@@ -359,18 +383,31 @@ func (s *Store) Lookup(ctx context.Context, token string) (Entry, error) {
 		return Entry{}, ErrNotFound
 	}
 	kv := resp.Kvs[0]
-	if string(kv.Key) != key || kv.Lease == 0 {
+	if string(kv.Key) != key {
 		s.refuseUntrusted(hash)
 		return Entry{}, ErrNotFound
 	}
+	return s.entry(hash, cachedOf(kv), true)
+}
+
+// entry is the Entry of a valid token's record as etcd holds it, or
+// ErrNotFound: expired, or not written by consoleauth (no lease; logged
+// when log).
+func (s *Store) entry(hash string, t cachedToken, log bool) (Entry, error) {
+	if t.lease == 0 {
+		if log {
+			s.refuseUntrusted(hash)
+		}
+		return Entry{}, ErrNotFound
+	}
 	var rec registry.Token
-	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+	if err := json.Unmarshal(t.value, &rec); err != nil {
 		return Entry{}, fmt.Errorf("decode token record %s: %w", registry.HashPrefix(hash), err)
 	}
 	if !time.Now().Before(rec.ExpiresAt) {
 		return Entry{}, ErrNotFound
 	}
-	return Entry{Hash: hash, Record: rec, Revision: kv.CreateRevision, modRevision: kv.ModRevision}, nil
+	return Entry{Hash: hash, Record: rec, Revision: t.created, modRevision: t.mod}, nil
 }
 
 // refuseUntrusted logs, once per token hash, a record consoleauth did not
