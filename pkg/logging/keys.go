@@ -80,6 +80,7 @@ var Keys = map[string]string{
 	"shutdown_delay":             "how long a stopping proxy keeps serving while readiness is red",
 	"single_use_tokens":          "whether a token opens one session",
 	"token_ttl":                  "a token's lifetime",
+	"token_cache_size":           "consoleauth's bound on token records kept in memory",
 	"trusted_proxies":            "the networks whose X-Forwarded-For is believed",
 	"tls":                        "whether a listener or client uses TLS",
 	"pages":                      "where novnc-proxy's pages come from",

@@ -150,6 +150,9 @@ func capAttr(a slog.Attr, text bool) slog.Attr {
 		}
 	case slog.KindAny:
 		v := a.Value.Any()
+		if _, ok := v.(slog.Level); ok {
+			return a // every record's level: short, and not worth a json.Marshal
+		}
 		if err, ok := v.(error); ok {
 			if s := err.Error(); len(s) > MaxValueLen {
 				a.Value = slog.StringValue(Truncate(s, MaxValueLen))

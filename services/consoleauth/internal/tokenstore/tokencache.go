@@ -31,9 +31,12 @@ type tokenCache struct {
 	full   bool                   // a record was left out since the cache was last below cap (logged once)
 }
 
-// cachedToken is one token record as etcd holds it.
+// cachedToken is one token record as etcd holds it, or decoded once used
+// (rec, which then replaces value: a token is usually checked more than
+// once, by reconnects, and is minted on every replica's watch).
 type cachedToken struct {
 	value        []byte
+	rec          *registry.Token
 	lease        int64
 	created, mod int64
 }
@@ -118,4 +121,15 @@ func (x *index) token(hash string) (cachedToken, bool) {
 	defer x.mu.Unlock()
 	t, ok := x.tokens.byHash[hash]
 	return t, ok
+}
+
+// decoded replaces the value of hash's record, as held at revision mod,
+// by rec.
+func (x *index) decoded(hash string, mod int64, rec *registry.Token) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if t, ok := x.tokens.byHash[hash]; ok && t.mod == mod {
+		t.value, t.rec = nil, rec
+		x.tokens.byHash[hash] = t
+	}
 }

@@ -364,6 +364,10 @@ func (s *Store) Lookup(ctx context.Context, token string) (Entry, error) {
 	hash := registry.TokenHash(token)
 	if t, ok := s.locations.token(hash); ok && s.health.current().Err() == nil {
 		if e, err := s.entry(hash, t, false); err == nil {
+			if t.rec == nil {
+				rec := e.Record
+				s.locations.decoded(hash, t.mod, &rec)
+			}
 			e.FromMemory = true
 			return e, nil
 		}
@@ -401,7 +405,9 @@ func (s *Store) entry(hash string, t cachedToken, log bool) (Entry, error) {
 		return Entry{}, ErrNotFound
 	}
 	var rec registry.Token
-	if err := json.Unmarshal(t.value, &rec); err != nil {
+	if t.rec != nil {
+		rec = *t.rec
+	} else if err := json.Unmarshal(t.value, &rec); err != nil {
 		return Entry{}, fmt.Errorf("decode token record %s: %w", registry.HashPrefix(hash), err)
 	}
 	if !time.Now().Before(rec.ExpiresAt) {
