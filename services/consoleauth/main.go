@@ -23,6 +23,7 @@ import (
 	"syscall"
 
 	"github.com/vncgate/vncgate/pkg/authn"
+	"github.com/vncgate/vncgate/pkg/gctune"
 	"github.com/vncgate/vncgate/pkg/logging"
 )
 
@@ -43,6 +44,7 @@ func main() {
 		os.Exit(2)
 	}
 	log := logging.New(os.Stderr, "consoleauth", cfg.Log)
+	gctune.Start()
 	notes.Log(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

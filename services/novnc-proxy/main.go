@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/vncgate/vncgate/pkg/gctune"
 	"github.com/vncgate/vncgate/pkg/logging"
 )
 
@@ -30,6 +31,7 @@ func main() {
 		os.Exit(2)
 	}
 	log := logging.New(os.Stderr, "novnc-proxy", cfg.Log)
+	gctune.Start()
 	notes.Log(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
