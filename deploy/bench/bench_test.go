@@ -155,8 +155,9 @@ func (r *report) print(out io.Writer) {
 		})
 		p("   novnc-proxy: TCP connect, HTTP upgrade, CheckToken, dial, first message. xvp-proxy: TCP connect, CONNECT head,\n")
 		p("   CheckToken, dial, 200, first byte. Baseline: TCP connect, dial, first byte. Steps, timed alone from this process:\n")
-		p("   CheckToken is what both proxies ask consoleauth (etcd reads of the token and the instance's location, then the\n")
-		p("   compute agent's ValidateConsolePort over gRPC); the etcd Get is one linearizable read of the token record.\n")
+		p("   Every session and check has a token of its own, minted before the measurement. CheckToken is what both proxies\n")
+		p("   ask consoleauth: the token's record from consoleauth's watched copy of them (an etcd read when not there yet), the\n")
+		p("   instance's console from its agent's published claim; the etcd Get is one linearizable read of a token record.\n")
 		r.printSetupTargets(p)
 	}
 	r.printVeNCryptSetup(p, table) // vencrypt_test.go

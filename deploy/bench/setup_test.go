@@ -26,8 +26,8 @@ const (
 )
 
 const (
-	setupSessions = 400 // measured sessions per path, one after another
-	setupWarmup   = 20  // unmeasured sessions per path first
+	setupSessions = 1000 // measured sessions per path, one after another (p99: the 10th slowest)
+	setupWarmup   = 20   // unmeasured sessions per path first
 )
 
 // setupPath opens one session to the demo RFB server, returns once the
@@ -70,22 +70,26 @@ func readVersion(r io.Reader) error {
 func benchSetup(b *testing.B) *setupResult {
 	w := startStack(b)
 	base := startPlainRelay(b, w.DemoVNC)
-	wsURL, origin, err := novncTarget(consoleURL(b, w, devstack.DemoUUID, "novnc"))
+	// Every session uses a token of its own, minted beforehand, as a
+	// console page connects a little after its URL was minted.
+	novncURLs := freshTokens(b, w, "novnc")
+	_, origin, err := novncTarget(novncURLs.next())
 	if err != nil {
 		b.Fatal(err)
 	}
-	xvpToken, err := devstack.TokenOf(consoleURL(b, w, devstack.DemoUUID, "xvpvnc"))
-	if err != nil {
-		b.Fatal(err)
-	}
+	xvpTokens := freshTokens(b, w, "xvpvnc")
+	checkTokens := freshTokens(b, w, "novnc")
 	xvpAddr := w.Addr(w.Ports.XVP)
-	novncToken, err := devstack.TokenOf(wsURL)
-	if err != nil {
-		b.Fatal(err)
-	}
 	// CheckToken as a proxy asks it: mTLS, a certificate of role proxy.
 	ca := consoleauthv1.NewConsoleAuthServiceClient(grpcAs(b, w, w.Addr(w.Ports.ConsoleAuthGRPC), authn.RoleProxy, "bench-proxy"))
-	tokenKey := registry.TokenKey(registry.TokenHash(novncToken))
+	tokenOf := func(consoleURL string) string {
+		token, err := devstack.TokenOf(consoleURL)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return token
+	}
+	tokenKey := registry.TokenKey(registry.TokenHash(tokenOf(checkTokens.next())))
 
 	tcpSession := func(ctx context.Context, addr string, preamble func(net.Conn) error) (time.Duration, error) {
 		start := time.Now()
@@ -112,6 +116,10 @@ func benchSetup(b *testing.B) *setupResult {
 			return tcpSession(ctx, base, nil)
 		}},
 		{pathNoVNC, false, func(ctx context.Context) (time.Duration, error) {
+			wsURL, _, err := novncTarget(novncURLs.next())
+			if err != nil {
+				return 0, err
+			}
 			start := time.Now()
 			ws, _, err := websocket.Dial(ctx, wsURL, wsOpts)
 			if err != nil {
@@ -124,11 +132,13 @@ func benchSetup(b *testing.B) *setupResult {
 			return time.Since(start), nil
 		}},
 		{pathXVP, false, func(ctx context.Context) (time.Duration, error) {
-			return tcpSession(ctx, xvpAddr, func(c net.Conn) error { return xvpConnect(c, xvpToken) })
+			token := tokenOf(xvpTokens.next())
+			return tcpSession(ctx, xvpAddr, func(c net.Conn) error { return xvpConnect(c, token) })
 		}},
 		{partCheckToken, true, func(ctx context.Context) (time.Duration, error) {
+			token := tokenOf(checkTokens.next())
 			start := time.Now()
-			resp, err := ca.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: novncToken, ConsoleType: "novnc"})
+			resp, err := ca.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token, ConsoleType: "novnc"})
 			if err != nil {
 				return 0, err
 			}
@@ -157,6 +167,28 @@ func benchSetup(b *testing.B) *setupResult {
 		b.ReportMetric(float64(f.p99)/1e6, unit+"-p99-ms")
 	}
 	return res
+}
+
+// tokenList hands out console URLs minted beforehand, one per session.
+type tokenList struct {
+	urls []string
+	i    int
+}
+
+// freshTokens mints a console URL for every session of a setup
+// measurement (and one spare).
+func freshTokens(b *testing.B, w *devstack.World, consoleType string) *tokenList {
+	l := &tokenList{}
+	for range setupWarmup + setupSessions + 1 {
+		l.urls = append(l.urls, consoleURL(b, w, devstack.DemoUUID, consoleType))
+	}
+	return l
+}
+
+func (l *tokenList) next() string {
+	u := l.urls[l.i]
+	l.i++
+	return u
 }
 
 // measureSetup times setupSessions sessions of every path (after

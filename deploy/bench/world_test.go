@@ -52,6 +52,7 @@ func logFile(b *testing.B, name string, lines int) *os.File {
 	b.Cleanup(func() {
 		f.Close()
 		if b.Failed() {
+			b.Logf("warnings and errors in %s:\n%s", name, warnings(path, lines))
 			b.Logf("last lines of %s:\n%s", name, tail(path, lines))
 		}
 	})
@@ -141,6 +142,22 @@ func tail(path string, n int) string {
 	}
 	lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// warnings returns the first n lines of the log at path that are at
+// warning level or above: what went wrong is often long before the end.
+func warnings(path string, n int) string {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for line := range strings.Lines(string(raw)) {
+		if len(out) < n && (strings.Contains(line, `"level":"WARN"`) || strings.Contains(line, `"level":"ERROR"`)) {
+			out = append(out, strings.TrimRight(line, "\n"))
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // listen opens a loopback listener closed when the benchmark ends.
