@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -27,6 +28,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/prometheus/client_golang/prometheus"
 	consoleauthv1 "github.com/vncgate/vncgate/pkg/api/consoleauth/v1"
 	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"github.com/vncgate/vncgate/pkg/tlsconfig"
@@ -67,6 +69,7 @@ type Checker struct {
 	client  consoleauthv1.ConsoleAuthServiceClient
 	timeout time.Duration
 	slots   chan struct{} // a semaphore of MaxInFlight; its waiters queue in order
+	waiting atomic.Int64  // checks waiting for a slot
 }
 
 // New returns a Checker using conn; timeout bounds a check whose context
@@ -146,8 +149,15 @@ func (c *Checker) Check(ctx context.Context, token, consoleType string) (*consol
 	}
 	select {
 	case c.slots <- struct{}{}:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: %d checks in flight: no turn before the deadline: %v", ErrUnavailable, MaxInFlight, ctx.Err())
+	default:
+		c.waiting.Add(1)
+		select {
+		case c.slots <- struct{}{}:
+			c.waiting.Add(-1)
+		case <-ctx.Done():
+			c.waiting.Add(-1)
+			return nil, fmt.Errorf("%w: %d checks in flight: no turn before the deadline: %v", ErrUnavailable, MaxInFlight, ctx.Err())
+		}
 	}
 	defer func() { <-c.slots }()
 	resp, err := c.client.CheckToken(ctx, &consoleauthv1.CheckTokenRequest{Token: token, ConsoleType: consoleType})
@@ -159,6 +169,22 @@ func (c *Checker) Check(ctx context.Context, token, consoleType string) (*consol
 		return nil, fmt.Errorf("%w: consoleauth returned no usable address", ErrUnavailable)
 	}
 	return info, nil
+}
+
+// Register exports the checks in flight to consoleauth and those waiting
+// for their turn (MaxInFlight) as gauges: a queue that stays long says
+// consoleauth (or etcd behind it) cannot keep up with the sessions asked.
+func (c *Checker) Register(reg prometheus.Registerer) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "vncgate", Subsystem: "proxy", Name: "token_checks_in_flight",
+			Help: fmt.Sprintf("Token checks sent to consoleauth and not answered yet (at most %d).", MaxInFlight),
+		}, func() float64 { return float64(len(c.slots)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "vncgate", Subsystem: "proxy", Name: "token_checks_waiting",
+			Help: fmt.Sprintf("Token checks waiting for their turn: %d are in flight already.", MaxInFlight),
+		}, func() float64 { return float64(c.waiting.Load()) }),
+	)
 }
 
 // classify maps consoleauth's gRPC codes (see its proto) to reasons.

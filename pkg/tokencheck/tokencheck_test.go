@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
@@ -20,6 +21,7 @@ import (
 	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
 	"github.com/vncgate/vncgate/testkit/fakeconsoleauth"
+	"github.com/vncgate/vncgate/testkit/scrape"
 )
 
 // deadAddr is a loopback address where nothing listens.
@@ -233,8 +235,13 @@ func (g *gate) waitHeld(t *testing.T, n int) {
 func TestChecksQueueBeyondMaxInFlight(t *testing.T) {
 	g, addr := startGate(t)
 	c := tokencheck.New(dial(t, addr), time.Second) // the contexts' deadlines win
+	reg := prometheus.NewRegistry()
+	c.Register(reg)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	gauges := func() (inFlight, waiting float64) {
+		return scrape.Value(t, reg, "vncgate_proxy_token_checks_in_flight"), scrape.Value(t, reg, "vncgate_proxy_token_checks_waiting")
+	}
 
 	const burst = 3 * tokencheck.MaxInFlight
 	errs := make(chan error, burst)
@@ -246,6 +253,17 @@ func TestChecksQueueBeyondMaxInFlight(t *testing.T) {
 		})
 	}
 	g.waitHeld(t, tokencheck.MaxInFlight)
+	for {
+		inFlight, waiting := gauges()
+		if inFlight == tokencheck.MaxInFlight && waiting == burst-tokencheck.MaxInFlight {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("gauges with the burst held: %v in flight, %v waiting; want %d and %d",
+				inFlight, waiting, tokencheck.MaxInFlight, burst-tokencheck.MaxInFlight)
+		}
+		time.Sleep(time.Millisecond)
+	}
 
 	short, cancelShort := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancelShort()
@@ -259,6 +277,9 @@ func TestChecksQueueBeyondMaxInFlight(t *testing.T) {
 
 	close(g.open)
 	wg.Wait()
+	if inFlight, waiting := gauges(); inFlight != 0 || waiting != 0 {
+		t.Errorf("gauges after the burst: %v in flight, %v waiting; want 0 and 0", inFlight, waiting)
+	}
 	close(errs)
 	failed := 0
 	for err := range errs {

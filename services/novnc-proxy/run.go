@@ -98,6 +98,8 @@ func runAdmin(ctx context.Context, cfg Config, log *slog.Logger, listening, admi
 	}
 	defer day2.Close() // last: revokes the lease, so the records vanish now
 	cli, live, proxyName := day2.Etcd, day2.Live, day2.Name
+	checker := tokencheck.New(conn, cfg.HandshakeTimeout)
+	checker.Register(metrics)
 	core := sessions.New(sessions.Config{
 		ProxyName:             proxyName,
 		Live:                  live.Live(),
@@ -105,7 +107,7 @@ func runAdmin(ctx context.Context, cfg Config, log *slog.Logger, listening, admi
 		EndCode:               proxy.EndCode,
 		RefusalCode:           proxy.RefusalCode,
 		ConsoleType:           proxy.ConsoleType,
-		Checker:               tokencheck.New(conn, cfg.HandshakeTimeout),
+		Checker:               checker,
 		Dialer:                backend.Dialer{Timeout: cfg.DialTimeout},
 		FailBan:               failban.New(cfg.FailedTokenLimit, cfg.FailedTokenWindow),
 		MaxPerInstance:        cfg.MaxSessionsPerInstance,

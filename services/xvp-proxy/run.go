@@ -79,13 +79,15 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, ready func(clients, 
 	}
 	defer day2.Close() // last: revokes the lease, so the records vanish now
 	cli, live, proxyName := day2.Etcd, day2.Live, day2.Name
+	checker := tokencheck.New(caConn, 0)
+	checker.Register(metrics)
 	core := sessions.New(sessions.Config{
 		ProxyName:        proxyName,
 		Live:             live.Live(),
 		Audit:            day2.Audit,
 		RefusalCode:      proxy.RefusalStatus,
 		ConsoleType:      proxy.ConsoleType,
-		Checker:          tokencheck.New(caConn, 0),
+		Checker:          checker,
 		Dialer:           backend.Dialer{Timeout: cfg.HandshakeTimeout, KeepAlive: cfg.TCPKeepAlive},
 		FailBan:          failban.New(cfg.FailedTokenLimit, cfg.FailedTokenWindow),
 		MaxPerInstance:   cfg.MaxSessionsPerInstance,
