@@ -25,10 +25,17 @@ const DefaultTokenCacheSize = 100_000
 // serializable read (see Lookup). It holds at most cap records: beyond
 // that, and for a token minted an instant ago, Lookup reads etcd as
 // without it. Values are kept as etcd holds them and decoded when used.
+//
+// A replica reads its own deletions: after this store deleted tokens
+// (Revoke, Consume) at some revision, memory is not used until the watch
+// has delivered that revision (fence), so a token this replica revoked
+// never checks valid here, not even for the instant before the watch
+// delivers the deletion.
 type tokenCache struct {
 	cap    int                    // at most this many records; 0: none kept, no watch
 	byHash map[string]cachedToken // guarded by the index's mu
 	full   bool                   // a record was left out since the cache was last below cap (logged once)
+	fenced int64                  // memory is used only once the watch delivered this revision
 }
 
 // cachedToken is one token record as etcd holds it, or decoded once used
@@ -119,8 +126,19 @@ func (x *index) token(hash string) (cachedToken, bool) {
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	if x.revs[familyTokens] < x.tokens.fenced {
+		return cachedToken{}, false
+	}
 	t, ok := x.tokens.byHash[hash]
 	return t, ok
+}
+
+// fence keeps memory unused until the watch has delivered rev, the
+// revision of a deletion this store made.
+func (x *index) fence(rev int64) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.tokens.fenced = max(x.tokens.fenced, rev)
 }
 
 // decoded replaces the value of hash's record, as held at revision mod,

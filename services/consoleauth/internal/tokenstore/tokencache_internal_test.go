@@ -31,7 +31,7 @@ func caughtUpToNow(t *testing.T, ctx context.Context, s *Store) {
 // second replica, which never minted it); its deletion (a revocation, a
 // single use, an expired lease) reaches memory with the watch; the cache
 // holds at most its size, and beyond that Lookup still finds every token,
-// in etcd, saying so once in the log.
+// in etcd, saying so once in the log. A replica reads its own deletions.
 func TestTokensAreAnsweredFromMemoryWhileWatched(t *testing.T) {
 	t.Parallel()
 	_, cli := etcd.Start(t)
@@ -99,6 +99,13 @@ func TestTokensAreAnsweredFromMemoryWhileWatched(t *testing.T) {
 	// no longer vouches for them and etcd finds none.
 	if _, err := minter.Revoke(ctx, rec.InstanceUUID, registry.DefaultRevocationReason); err != nil {
 		t.Fatal(err)
+	}
+	// The replica that revoked reads its own deletion at once, before its
+	// watch delivered it.
+	for _, m := range tokens {
+		if _, err := minter.Lookup(ctx, m.Token); !errors.Is(err, ErrNotFound) {
+			t.Errorf("token just revoked here: got %v, want ErrNotFound", err)
+		}
 	}
 	caughtUpToNow(t, ctx, replica)
 	for _, m := range tokens {

@@ -452,6 +452,7 @@ func (s *Store) Consume(ctx context.Context, e Entry) error {
 	if !resp.Succeeded {
 		return ErrNotFound
 	}
+	s.locations.fence(resp.Header.Revision)
 	return nil
 }
 
@@ -505,6 +506,7 @@ func (s *Store) Revoke(ctx context.Context, uuid, reason string) (int, error) {
 		if err := done(err); err != nil {
 			return revoked, s.fail(ctx, "revoke instance tokens", err)
 		}
+		s.locations.fence(resp.Header.Revision)
 		for i, r := range resp.Responses {
 			if del := r.GetResponseDeleteRange(); del != nil && isToken[start+i] {
 				revoked += int(del.Deleted)
