@@ -151,6 +151,9 @@ type Store struct {
 
 	untrustedMu sync.Mutex
 	untrusted   map[string]bool // hashes of refused records already logged
+
+	mints       chan *pendingMint // mints waiting for their group (groupcommit.go)
+	startGroups sync.Once
 }
 
 // maxUntrustedLogged bounds the set of refused records remembered so each
@@ -211,6 +214,7 @@ func New(cli *clientv3.Client, opts Options) (*Store, error) {
 		log:           log,
 		locations:     newIndex(cli, opts.Timeout, opts.TokenCacheSize, log),
 		untrusted:     map[string]bool{},
+		mints:         make(chan *pendingMint),
 	}
 	s.health = newHealth(s.probe, opts.ProbeInterval, opts.ProbeTimeout, log)
 	s.health.quorate = s.quorate
@@ -273,16 +277,13 @@ func (s *Store) mint(ctx context.Context, rec registry.Token, guards []clientv3.
 		if err != nil {
 			return Minted{}, err
 		}
-		cctx, done := s.callWrite(ctx)
-		resp, err := s.cli.Txn(cctx).
-			If(append(guards, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))...).
-			Then(
+		resp, err := s.commitMint(ctx,
+			append(guards, clientv3.Compare(clientv3.CreateRevision(key), "=", 0)),
+			[]clientv3.Op{
 				clientv3.OpPut(key, string(value), clientv3.WithLease(lease)),
 				clientv3.OpPut(registry.InstanceTokenKey(rec.InstanceUUID, hash), "", clientv3.WithLease(lease)),
-			).
-			Else(clientv3.OpGet(key)).
-			Commit()
-		err = done(err)
+			},
+			[]clientv3.Op{clientv3.OpGet(key)})
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) && !leaseRetried {
 			// The shared lease ended early (revoked by an operator, or
 			// expired while etcd was down): forget it and grant another.
