@@ -13,7 +13,10 @@
 //     returns only queue a change; one goroutine writes the queue in
 //     transactions of up to maxOps operations, at most once per flushEvery,
 //     and refreshes the byte counts of sessions whose counts changed once
-//     per Refresh, so 10,000 idle sessions cost no write at all.
+//     per Refresh, so 10,000 idle sessions cost no write at all. A session
+//     is written once it is PublishAfter old: one that ends sooner (a
+//     failed or probing client) costs etcd nothing, and a burst of
+//     sequential short sessions sends no write at all.
 //   - A lost lease (etcd away longer than its TTL) is granted again and
 //     everything re-published, slots included (a slot another proxy took
 //     meanwhile is logged and the session goes on). One log line per change
@@ -65,6 +68,8 @@ const (
 	maxOps = 64
 	// flushEvery is the least time between two writes of the queue.
 	flushEvery = 100 * time.Millisecond
+	// PublishAfter is how old a session is when it is first written.
+	PublishAfter = time.Second
 	// callTimeout bounds each etcd call of the background goroutines.
 	callTimeout = 5 * time.Second
 	// minRetry and maxRetry bound the waits between failed attempts.
@@ -114,8 +119,10 @@ type Publisher struct {
 }
 
 type session struct {
-	rec   registry.LiveSession
-	bytes func() (toClient, toServer int64)
+	rec    registry.LiveSession
+	bytes  func() (toClient, toServer int64)
+	queued time.Time // when published: written from queued+PublishAfter on
+	sent   bool      // a write of it went to etcd: its removal must delete it
 }
 
 // Start checks opts and starts keeping the proxy's records; Close stops.
@@ -210,7 +217,7 @@ func (p *Publisher) Publish(rec registry.LiveSession, bytes func() (toClient, to
 	}
 	rec.Proxy = p.name
 	p.mu.Lock()
-	p.sessions[rec.ID] = &session{rec: rec, bytes: bytes}
+	p.sessions[rec.ID] = &session{rec: rec, bytes: bytes, queued: time.Now()}
 	p.dirty[rec.ID] = struct{}{}
 	delete(p.gone, rec.ID)
 	p.mu.Unlock()
@@ -219,11 +226,17 @@ func (p *Publisher) Publish(rec registry.LiveSession, bytes func() (toClient, to
 	return func() {
 		once.Do(func() {
 			p.mu.Lock()
+			s := p.sessions[rec.ID]
 			delete(p.sessions, rec.ID)
 			delete(p.dirty, rec.ID)
-			p.gone[rec.ID] = struct{}{}
+			sent := s != nil && s.sent
+			if sent {
+				p.gone[rec.ID] = struct{}{}
+			}
 			p.mu.Unlock()
-			p.wake()
+			if sent {
+				p.wake()
+			}
 		})
 	}
 }
@@ -405,9 +418,12 @@ func (p *Publisher) serve(ctx context.Context, alive <-chan *clientv3.LeaseKeepA
 			continue
 		}
 		last = time.Now()
-		err := p.flush(ctx)
+		due, err := p.flush(ctx)
 		switch {
 		case err == nil:
+			if !due.IsZero() {
+				retry.Reset(max(time.Until(due), 0))
+			}
 		case rpctypes.Error(err) == rpctypes.ErrLeaseNotFound:
 			return // expired before the keep-alive noticed
 		case ctx.Err() != nil:
@@ -434,13 +450,15 @@ func (p *Publisher) refreshBytes() {
 	}
 }
 
-// flush writes the queued changes in transactions of up to maxOps.
-func (p *Publisher) flush(ctx context.Context) error {
+// flush writes the queued changes in transactions of up to maxOps. A
+// session younger than PublishAfter stays queued: due is when the first
+// of them is (zero when none waits).
+func (p *Publisher) flush(ctx context.Context) (due time.Time, err error) {
 	p.mu.Lock()
 	lease := p.lease
 	if lease == 0 {
 		p.mu.Unlock()
-		return nil
+		return time.Time{}, nil
 	}
 	var ops []clientv3.Op
 	var undo []func() // re-queue what a failed write did not write
@@ -453,6 +471,14 @@ func (p *Publisher) flush(ctx context.Context) error {
 	}
 	for id := range p.dirty {
 		s := p.sessions[id]
+		if at := s.queued.Add(PublishAfter); !s.sent && at.After(now) {
+			if due.IsZero() || at.Before(due) {
+				due = at
+			}
+			continue // stays dirty
+		}
+		delete(p.dirty, id)
+		s.sent = true
 		s.rec.Updated = now
 		b, _ := json.Marshal(s.rec)
 		ops = append(ops, clientv3.OpPut(registry.SessionKey(p.name, id), string(b), clientv3.WithLease(lease)))
@@ -462,7 +488,6 @@ func (p *Publisher) flush(ctx context.Context) error {
 			}
 		})
 	}
-	clear(p.dirty)
 	for id := range p.gone {
 		ops = append(ops, clientv3.OpDelete(registry.SessionKey(p.name, id)))
 		undo = append(undo, func() {
@@ -533,13 +558,13 @@ func (p *Publisher) flush(ctx context.Context) error {
 			p.failing = true
 			p.log.Warn("live sessions: etcd write failed; retrying", "error", failed)
 		}
-		return failed
+		return due, failed
 	}
 	if p.failing {
 		p.failing = false
 		p.log.Info("live sessions: etcd writes resumed")
 	}
-	return nil
+	return due, nil
 }
 
 // killed acts on a kill record.

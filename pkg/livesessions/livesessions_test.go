@@ -3,6 +3,7 @@ package livesessions_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"sync"
@@ -184,6 +185,37 @@ func TestIdleSessionsCostNoWrites(t *testing.T) {
 	// 300 count updates (0 -> 5) at most once, plus the marker's writes.
 	if got := writes.Load(); got > 300+8 {
 		t.Errorf("writes over ~4 refreshes: got %d, want at most %d (idle sessions rewritten)", got, 300+8)
+	}
+}
+
+// TestShortSessionsCostNoWrites: a session that ends before it is
+// PublishAfter old is never written (nor deleted); one that lives on is.
+func TestShortSessionsCostNoWrites(t *testing.T) {
+	_, cli := etcd.Start(t)
+	p := start(t, cli, "p1")
+	// The proxy's own record first: from then on the watch sees sessions only.
+	waitKey(t, cli, registry.ProxyKey("p1"), func(v []byte) bool { return v != nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := cli.Watch(ctx, registry.ProxySessionsPrefix("p1"), clientv3.WithPrefix())
+	for i := range 100 {
+		remove := p.Publish(registry.LiveSession{ID: fmt.Sprintf("short%d", i), InstanceUUID: instance}, nil)
+		remove()
+	}
+	p.Publish(registry.LiveSession{ID: "long", InstanceUUID: instance}, nil)
+	waitKey(t, cli, registry.SessionKey("p1", "long"), func(v []byte) bool { return v != nil })
+	for {
+		select {
+		case r := <-w:
+			for _, ev := range r.Events {
+				if k := string(ev.Kv.Key); k != registry.SessionKey("p1", "long") {
+					t.Fatalf("a session shorter than %v was written: %s %s", livesessions.PublishAfter, ev.Type, k)
+				}
+				return // the long session's write: everything before it was seen
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("the watch never saw the long session's write")
+		}
 	}
 }
 
