@@ -29,6 +29,7 @@ import (
 	"io"
 	"net/url"
 	"strings"
+	"sync"
 )
 
 // MaxSize caps a request head, empty line included.
@@ -61,12 +62,18 @@ type Head struct {
 	Token  string // the target's token query parameter
 }
 
+// buffers are Read's: a head is read into one and parsed into strings, so
+// a session does not keep (or allocate) MaxSize bytes for it.
+var buffers = sync.Pool{New: func() any { return new([MaxSize]byte) }}
+
 // Read reads one request head from r and parses it. It reads at most MaxSize
 // bytes; rest is what it read after the head, to be relayed. On a read
 // error (a deadline, say) the error wraps ErrIncomplete or ErrEmpty and the
 // read error.
 func Read(r io.Reader) (h Head, rest []byte, err error) {
-	buf := make([]byte, MaxSize)
+	pooled := buffers.Get().(*[MaxSize]byte)
+	defer buffers.Put(pooled)
+	buf := pooled[:]
 	n := 0
 	lineChecked := false
 	for {
@@ -88,7 +95,7 @@ func Read(r io.Reader) (h Head, rest []byte, err error) {
 			if err != nil {
 				return Head{}, nil, err
 			}
-			return h, buf[end:n:n], nil
+			return h, bytes.Clone(buf[end:n]), nil // buf goes back to the pool
 		}
 		if n == MaxSize {
 			return Head{}, nil, fmt.Errorf("%w: no empty line in %d bytes", ErrTooLong, MaxSize)
