@@ -26,7 +26,9 @@
 // Every etcd call runs under a timeout, and under a health probe
 // (health.go): a linearizable read every ProbeInterval, so that etcd
 // without a quorum (reachable, but answering nothing) is found within
-// ProbeInterval + ProbeTimeout. From then every call, in flight or new,
+// ProbeInterval + ProbeTimeout, and most members down (refusing
+// connections) within ProbeTimeout/10 of a probe, which a failed call
+// starts at once. From then every call, in flight or new,
 // fails at once with an error wrapping ErrStoreUnavailable, instead of each
 // waiting for its timeout; the outage is logged once, and its end once.
 // Token records kept in memory (tokencache.go) are used only while etcd is
