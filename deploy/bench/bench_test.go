@@ -155,6 +155,8 @@ func (r *report) print(out io.Writer) {
 		})
 		p("   novnc-proxy: TCP connect, HTTP upgrade, CheckToken, dial, first message. xvp-proxy: TCP connect, CONNECT head,\n")
 		p("   CheckToken, dial, 200, first byte. Baseline: TCP connect, dial, first byte. Steps, timed alone from this process:\n")
+		p("   The lean client (leanws_test.go) sends the upgrade request and reads frames with next to no work of its own, as the\n")
+		p("   baseline's client does; the coder/websocket row adds that library's client to the same path.\n")
 		p("   Every session and check has a token of its own, minted before the measurement. CheckToken is what both proxies\n")
 		p("   ask consoleauth: the token's record from consoleauth's watched copy of them (an etcd read when not there yet), the\n")
 		p("   instance's console from its agent's published claim; the etcd Get is one linearizable read of a token record.\n")
@@ -331,7 +333,7 @@ func printMintRows(tw *tabwriter.Writer, etcdName string, res *mintResult, withT
 func (r *report) printSetupTargets(p func(string, ...any)) {
 	find := r.setupFigures
 	base := find(pathBaseline)
-	for _, name := range []string{pathNoVNC, pathXVP} {
+	for _, name := range []string{pathNoVNC, pathNoVNCLean, pathXVP} {
 		if f := find(name); f != nil && base != nil {
 			ratio := float64(f.p99) / float64(base.p99)
 			p("   %s setup p99 vs the plain relay's: %.1fx; target <= %.0fx: %s\n", name, ratio, targetSetupVsBase,
@@ -373,7 +375,7 @@ func (r *report) printIssue11(p func(string, ...any), table func(func(*tabwriter
 
 		setupTarget := fmt.Sprintf("<= %.0fx", targetSetupVsBase)
 		base, check, get := r.setupFigures(pathBaseline), r.setupFigures(partCheckToken), r.setupFigures(partEtcdGet)
-		for _, name := range []string{pathNoVNC, pathXVP} {
+		for _, name := range []string{pathNoVNC, pathNoVNCLean, pathXVP} {
 			measure := "setup p99 / plain relay's: " + name
 			if f := r.setupFigures(name); f != nil && base != nil {
 				ratio := float64(f.p99) / float64(base.p99)

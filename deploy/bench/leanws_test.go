@@ -23,7 +23,8 @@ import (
 // with the all-zero key (a legal key, so the proxy still unmasks every
 // byte), and reads frames through a 64 KiB buffer. Control frames other
 // than close are skipped: rounds are far shorter than the proxies' ping
-// interval. For the throughput runs only.
+// interval. The throughput runs use it, and the setup runs beside
+// coder/websocket (a browser's handshake costs it next to nothing too).
 type leanWS struct {
 	net.Conn
 	br      *bufio.Reader
@@ -33,11 +34,13 @@ type leanWS struct {
 // leanPath reaches the stream server through a WebSocket proxy with leanWS.
 func leanPath(name, wsURL, origin, subprotocol string) relayPath {
 	return relayPath{name: name, dial: func(ctx context.Context) (net.Conn, error) {
-		return dialLeanWS(ctx, wsURL, origin, subprotocol)
+		return dialLeanWS(ctx, wsURL, origin, subprotocol, 64<<10)
 	}}
 }
 
-func dialLeanWS(ctx context.Context, wsURL, origin, subprotocol string) (*leanWS, error) {
+// dialLeanWS upgrades a connection to wsURL and reads frames through a
+// buffer of readSize bytes.
+func dialLeanWS(ctx context.Context, wsURL, origin, subprotocol string, readSize int) (*leanWS, error) {
 	u, err := url.Parse(wsURL)
 	if err != nil {
 		return nil, err
@@ -64,7 +67,7 @@ func dialLeanWS(ctx context.Context, wsURL, origin, subprotocol string) (*leanWS
 		c.Close()
 		return nil, err
 	}
-	br := bufio.NewReaderSize(c, 64<<10)
+	br := bufio.NewReaderSize(c, readSize)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		c.Close()

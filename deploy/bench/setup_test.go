@@ -77,6 +77,7 @@ func benchSetup(b *testing.B) *setupResult {
 	if err != nil {
 		b.Fatal(err)
 	}
+	novncLeanURLs := freshTokens(b, w, "novnc")
 	xvpTokens := freshTokens(b, w, "xvpvnc")
 	checkTokens := freshTokens(b, w, "novnc")
 	xvpAddr := w.Addr(w.Ports.XVP)
@@ -131,6 +132,22 @@ func benchSetup(b *testing.B) *setupResult {
 			}
 			return time.Since(start), nil
 		}},
+		{pathNoVNCLean, false, func(ctx context.Context) (time.Duration, error) {
+			wsURL, _, err := novncTarget(novncLeanURLs.next())
+			if err != nil {
+				return 0, err
+			}
+			start := time.Now()
+			ws, err := dialLeanWS(ctx, wsURL, origin, "", 4<<10)
+			if err != nil {
+				return 0, err
+			}
+			defer ws.Close()
+			if err := readVersion(ws); err != nil {
+				return 0, err
+			}
+			return time.Since(start), nil
+		}},
 		{pathXVP, false, func(ctx context.Context) (time.Duration, error) {
 			token := tokenOf(xvpTokens.next())
 			return tcpSession(ctx, xvpAddr, func(c net.Conn) error { return xvpConnect(c, token) })
@@ -162,7 +179,8 @@ func benchSetup(b *testing.B) *setupResult {
 
 	res := measureSetup(b, paths)
 	for _, f := range res.paths {
-		unit := map[string]string{pathBaseline: "base", pathNoVNC: "novnc", pathXVP: "xvp", partCheckToken: "checktoken", partEtcdGet: "etcdget"}[f.name]
+		unit := map[string]string{pathBaseline: "base", pathNoVNC: "novnc", pathNoVNCLean: "novnc-lean", pathXVP: "xvp",
+			partCheckToken: "checktoken", partEtcdGet: "etcdget"}[f.name]
 		b.ReportMetric(float64(f.p50)/1e6, unit+"-p50-ms")
 		b.ReportMetric(float64(f.p99)/1e6, unit+"-p99-ms")
 	}
