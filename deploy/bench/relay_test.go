@@ -307,7 +307,9 @@ const (
 // in interleaved rounds.
 func benchRelay(b *testing.B) *relayResult {
 	sink := streamServer(b)
-	w := startStack(b, instance(streamUUID, sink))
+	// The stream server waits for the client's command: the proxies must
+	// not wait for it to speak first.
+	w := startStackArgs(b, []string{"--server_greeting_timeout=0"}, instance(streamUUID, sink))
 	wsURL, origin, err := novncTarget(consoleURL(b, w, streamUUID, "novnc"))
 	if err != nil {
 		b.Fatal(err)

@@ -2,6 +2,12 @@
 // address a proxy ever dials (no open relay). When the token carries an
 // internal_access_path, it first sends "CONNECT {path} HTTP/1.1" and
 // requires a 200 answer (Nova accepted any status).
+//
+// With Dialer.GreetingTimeout set it also waits for the server's first
+// bytes (an RFB server speaks first), without reading them, and dials
+// again when none come: a listener whose accept queue overflowed (QEMU's
+// holds one connection) completes some handshakes with SYN cookies and then
+// drops them, leaving a connection that never carries a byte.
 package backend
 
 import (
@@ -9,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
@@ -28,19 +35,93 @@ type Dialer struct {
 	Timeout time.Duration
 	// KeepAlive is the TCP keep-alive period; 0 uses Go's default (15 s).
 	KeepAlive time.Duration
+	// GreetingTimeout is how long a new connection (after CONNECT, if any)
+	// may stay silent: past it, it is closed and dialled again, up to
+	// GreetingAttempts connections in all. 0 does not wait for the server
+	// to speak (for back ends that do not speak first).
+	GreetingTimeout time.Duration
 }
 
+// GreetingOption is the proxies' setting of Dialer.GreetingTimeout:
+// [vncgate] server_greeting_timeout, in seconds.
+const GreetingOption = "server_greeting_timeout"
+
+// DefaultGreetingTimeout is GreetingOption's default: a VNC server greets
+// within a millisecond on a healthy host, and 3 silent connections of 2 s
+// still end within the proxies' 10 s handshake_timeout.
+const DefaultGreetingTimeout = 2 * time.Second
+
+// GreetingHelp describes GreetingOption.
+const GreetingHelp = "how long a new VNC server connection may stay silent before the proxy closes it and connects again, 3 connections in all " +
+	"(an RFB server speaks first; a connection lost to the server's full accept queue never does) (0: do not wait)"
+
+// CheckGreetingTimeout refuses a GreetingOption that leaves no time within
+// the proxy's handshake_timeout to replace a silent connection.
+func CheckGreetingTimeout(greeting, handshake time.Duration) error {
+	if greeting > 0 && handshake > 0 && greeting >= handshake {
+		return fmt.Errorf("%s %v: want less than handshake_timeout (%v), or a silent connection can never be replaced (0 turns the wait off)",
+			GreetingOption, greeting, handshake)
+	}
+	return nil
+}
+
+// GreetingAttempts is how many connections Dial opens to a server that
+// accepts but stays silent before it gives up.
+const GreetingAttempts = 3
+
+// ErrSilent is the cause (wrapped with ErrUnreachable) when every attempt
+// was accepted but none got a byte within Dialer.GreetingTimeout.
+var ErrSilent = errors.New("the VNC server accepted the connection but never spoke")
+
+// retrySpread bounds the random pause before another attempt, so that the
+// silent connections of one burst do not all come back in the same instant
+// and overflow the same accept queue again.
+const retrySpread = 200 * time.Millisecond
+
 // Dial connects to host:port and, if path is not empty, performs the CONNECT
-// exchange. Bytes the back end sends after its 200 head are kept: the
-// returned conn reads them first.
+// exchange; with GreetingTimeout it then waits for the server's first
+// bytes. Bytes the back end sends after its 200 head are kept: the
+// returned conn reads them first, as it reads the greeting it waited for.
+// Every error wraps ErrUnreachable.
 func (d Dialer) Dial(ctx context.Context, host string, port int32, path string) (net.Conn, error) {
+	addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
+	if d.GreetingTimeout <= 0 {
+		return d.dial(ctx, addr, path)
+	}
+	for attempt := 1; ; attempt++ {
+		conn, err := d.dial(ctx, addr, path)
+		if err != nil {
+			return nil, err // refused or failed: not a silent server, no retry
+		}
+		err = awaitGreeting(ctx, conn, d.GreetingTimeout)
+		if err == nil {
+			return conn, nil
+		}
+		conn.Close()
+		if !errors.Is(err, ErrSilent) {
+			return nil, fmt.Errorf("%w: %s: waiting for the VNC server's first bytes: %v", ErrUnreachable, addr, err)
+		}
+		if attempt == GreetingAttempts {
+			return nil, fmt.Errorf("%w: %s: %w (no byte within %v, %d connections)", ErrUnreachable, addr, err, d.GreetingTimeout, attempt)
+		}
+		pause := time.NewTimer(rand.N(retrySpread))
+		select {
+		case <-ctx.Done():
+			pause.Stop()
+			return nil, fmt.Errorf("%w: %s: %w (no byte within %v on %d connections, then %v)", ErrUnreachable, addr, ErrSilent, d.GreetingTimeout, attempt, ctx.Err())
+		case <-pause.C:
+		}
+	}
+}
+
+// dial is one TCP connection to addr and its CONNECT exchange.
+func (d Dialer) dial(ctx context.Context, addr, path string) (net.Conn, error) {
 	timeout := d.Timeout
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
 	nd := net.Dialer{KeepAlive: d.KeepAlive}
 	conn, err := nd.DialContext(ctx, "tcp", addr)
 	if err != nil {

@@ -181,6 +181,7 @@ var catalog = map[key]entry{
 	{SectionVNCGate, "novnc_core_dir"}:            {kind: supported},
 	{SectionVNCGate, "handshake_timeout"}:         {kind: supported},
 	{SectionVNCGate, "dial_timeout"}:              {kind: supported},
+	{SectionVNCGate, "server_greeting_timeout"}:   {kind: supported},
 	{SectionVNCGate, "ping_interval"}:             {kind: supported},
 	{SectionVNCGate, "idle_timeout"}:              {kind: supported},
 	{SectionVNCGate, "max_session_length"}:        {kind: supported},

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vncgate/vncgate/pkg/admin"
+	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/grpcclient"
 	"github.com/vncgate/vncgate/pkg/livesessions"
@@ -54,6 +55,7 @@ type Config struct {
 
 	HandshakeTimeout       time.Duration
 	DialTimeout            time.Duration
+	ServerGreetingTimeout  time.Duration // [vncgate] server_greeting_timeout: backend.Dialer.GreetingTimeout
 	PingInterval           time.Duration
 	IdleTimeout            time.Duration
 	MaxSessionLength       time.Duration
@@ -110,6 +112,7 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.TLS(&c.Etcd, config.SectionVNCGate, "etcd", "the etcd client")
 	s.Seconds(&c.HandshakeTimeout, config.SectionVNCGate, "handshake_timeout", 10*time.Second, "limit for TLS, the HTTP request head, and the token check and dial of an upgrade")
 	s.Seconds(&c.DialTimeout, config.SectionVNCGate, "dial_timeout", 5*time.Second, "limit for connecting to the VNC server")
+	s.Seconds(&c.ServerGreetingTimeout, config.SectionVNCGate, backend.GreetingOption, backend.DefaultGreetingTimeout, backend.GreetingHelp)
 	s.Seconds(&c.PingInterval, config.SectionVNCGate, "ping_interval", 20*time.Second, "WebSocket ping period, keeping load balancers from dropping quiet consoles (0: off)")
 	s.Seconds(&c.IdleTimeout, config.SectionVNCGate, "idle_timeout", 0, "end a session when no byte moved for this long (0: never)")
 	s.Seconds(&c.MaxSessionLength, config.SectionVNCGate, "max_session_length", 0, "end sessions after this long (0: never)")
@@ -179,6 +182,9 @@ func (c Config) validate() error {
 		return fmt.Errorf("max_connections and max_connections_per_client must not be negative (0: no cap)")
 	}
 	if _, err := grpcclient.ParseEndpoints(tokencheck.Option, c.ConsoleAuthAddress); err != nil {
+		return err
+	}
+	if err := backend.CheckGreetingTimeout(c.ServerGreetingTimeout, c.HandshakeTimeout); err != nil {
 		return err
 	}
 	if err := admin.Validate(c.AdminListen); err != nil {

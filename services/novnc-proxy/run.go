@@ -108,7 +108,7 @@ func runAdmin(ctx context.Context, cfg Config, log *slog.Logger, listening, admi
 		RefusalCode:           proxy.RefusalCode,
 		ConsoleType:           proxy.ConsoleType,
 		Checker:               checker,
-		Dialer:                backend.Dialer{Timeout: cfg.DialTimeout},
+		Dialer:                backend.Dialer{Timeout: cfg.DialTimeout, GreetingTimeout: cfg.ServerGreetingTimeout},
 		FailBan:               failban.New(cfg.FailedTokenLimit, cfg.FailedTokenWindow),
 		MaxPerInstance:        cfg.MaxSessionsPerInstance,
 		Metrics:               counted,

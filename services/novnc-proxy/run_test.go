@@ -344,7 +344,7 @@ func defaults() Config {
 		Host: "0.0.0.0", Port: 6080, BaseURL: "http://127.0.0.1:6080/vnc_lite.html", VNCEnabled: true,
 		MaxConnections: 16384, MaxConnectionsPerClient: 100, EtcdEndpoints: []string{"127.0.0.1:2379"},
 		SSLMinimumVersion: "default", ConsoleAuthAddress: "127.0.0.1:6090",
-		HandshakeTimeout: 10 * time.Second, DialTimeout: 5 * time.Second, PingInterval: 20 * time.Second,
+		HandshakeTimeout: 10 * time.Second, DialTimeout: 5 * time.Second, ServerGreetingTimeout: 2 * time.Second, PingInterval: 20 * time.Second,
 		RevocationGrace: 3 * time.Second, FailedTokenLimit: 10, FailedTokenWindow: time.Minute, DrainTimeout: 30 * time.Second,
 		ShutdownDelay: 5 * time.Second, RFB: rfbproxy.Options{VerifyHostname: true}, AdminListen: "127.0.0.1:6180",
 		Log:  logging.Options{Level: slog.LevelInfo, Format: "json"},
@@ -381,6 +381,10 @@ func TestOptions(t *testing.T) {
 				c.HandshakeTimeout, c.DialTimeout, c.RevocationGrace = 7*time.Second, 3*time.Second, 0
 				c.FailedTokenWindow, c.DrainTimeout, c.ShutdownDelay = 2*time.Minute, 5*time.Second, 2*time.Second
 			}},
+		{Name: "server_greeting_timeout as long as handshake_timeout", Args: []string{"-handshake_timeout=3", "-server_greeting_timeout=3"},
+			Err: "server_greeting_timeout 3s: want less than handshake_timeout (3s)"},
+		{Name: "[vncgate] server_greeting_timeout = 0 turns the wait off", File: "[vncgate]\nserver_greeting_timeout = 0\n",
+			Want: func(c *Config) { c.ServerGreetingTimeout = 0 }},
 		{Name: "[vncgate] the rest", File: "[vncgate]\ntrusted_proxies = 10.0.0.0/8, 192.0.2.1\nnovnc_core_dir = /opt/novnc\nconsoleauth_address = ca:6090\n" +
 			"grpc_cert = g.pem\ngrpc_ca = ca.pem\netcd_endpoints = e:2379\netcd_ca = eca.pem\nmax_sessions_per_instance = 2\nfailed_token_limit = 0\nlog_format = text\n",
 			Want: func(c *Config) {

@@ -95,7 +95,8 @@ func TestListenerSurvivesFDExhaustion(t *testing.T) {
 	auth.Add("tok", "xvpvnc", "inst-a", loopback.Echo(t), "")
 	child := reexec.Start(t, childEnv, 32,
 		"-xvpvncproxy_host=127.0.0.1", "-xvpvncproxy_port=0", "-consoleauth_address="+auth.Addr,
-		"-etcd_endpoints=", "-handshake_timeout=60", "-drain_timeout=1", "-shutdown_delay=0", "-admin_listen=127.0.0.1:0")
+		"-etcd_endpoints=", "-handshake_timeout=60", "-drain_timeout=1", "-shutdown_delay=0", "-admin_listen=127.0.0.1:0",
+		"-server_greeting_timeout=0") // the echo back end never speaks first
 	addr, _ := child.WaitLog(t, "listening", 30*time.Second)["addr"].(string)
 
 	closeIdle := holdIdle(t, addr, "127.0.0.2", 60)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vncgate/vncgate/pkg/admin"
+	"github.com/vncgate/vncgate/pkg/backend"
 	"github.com/vncgate/vncgate/pkg/config"
 	"github.com/vncgate/vncgate/pkg/edge"
 	"github.com/vncgate/vncgate/pkg/grpcclient"
@@ -56,9 +57,10 @@ type Config struct {
 	// AdminAllowRemote is [vncgate] admin_allow_remote: AdminListen may be off loopback.
 	AdminAllowRemote bool
 
-	HandshakeTimeout time.Duration
-	IdleTimeout      time.Duration
-	MaxSessionLength time.Duration
+	HandshakeTimeout      time.Duration
+	ServerGreetingTimeout time.Duration // [vncgate] server_greeting_timeout: backend.Dialer.GreetingTimeout
+	IdleTimeout           time.Duration
+	MaxSessionLength      time.Duration
 	// TCPKeepAlive is the keep-alive period of client and VNC server
 	// connections, in Go's terms: negative is off (tcp_keepalive = 0).
 	TCPKeepAlive time.Duration
@@ -106,6 +108,7 @@ func loadConfig(args []string) (Config, config.Notes, error) {
 	s.String(&c.AdminListen, config.SectionVNCGate, admin.Option, DefaultAdminListen, admin.Help(DefaultAdminListen)+"; also serves /healthz for load balancers")
 	s.Bool(&c.AdminAllowRemote, config.SectionVNCGate, admin.AllowRemoteOption, false, admin.AllowRemoteHelp)
 	s.Seconds(&c.HandshakeTimeout, config.SectionVNCGate, "handshake_timeout", 10*time.Second, "time from accept to the 200 answer: request head, token check, VNC dial")
+	s.Seconds(&c.ServerGreetingTimeout, config.SectionVNCGate, backend.GreetingOption, backend.DefaultGreetingTimeout, backend.GreetingHelp)
 	s.Seconds(&c.IdleTimeout, config.SectionVNCGate, "idle_timeout", 0, "end a session after this long without a byte either way (0: never)")
 	s.Seconds(&c.MaxSessionLength, config.SectionVNCGate, "max_session_length", 0, "end a session after this long (0: never)")
 	s.Seconds(&keepAlive, config.SectionVNCGate, "tcp_keepalive", 30*time.Second, "TCP keep-alive period on client and VNC connections (0: off)")
@@ -164,6 +167,9 @@ func (c Config) validate() error {
 		return fmt.Errorf("max_connections and max_connections_per_client: want >= 0 (0: no cap)")
 	}
 	if _, err := grpcclient.ParseEndpoints(tokencheck.Option, c.ConsoleAuthAddress); err != nil {
+		return err
+	}
+	if err := backend.CheckGreetingTimeout(c.ServerGreetingTimeout, c.HandshakeTimeout); err != nil {
 		return err
 	}
 	if _, err := edge.ParseTrust(c.TrustedProxies); err != nil {

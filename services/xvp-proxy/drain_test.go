@@ -25,7 +25,8 @@ func TestSIGTERMDrain(t *testing.T) {
 	auth.Add("tok", "xvpvnc", "inst-a", loopback.Echo(t), "")
 	child := reexec.Start(t, childEnv, 0,
 		"-xvpvncproxy_host=127.0.0.1", "-xvpvncproxy_port=0", "-consoleauth_address="+auth.Addr,
-		"-etcd_endpoints=", "-admin_listen=127.0.0.1:0", "-shutdown_delay=3", "-drain_timeout=2")
+		"-etcd_endpoints=", "-admin_listen=127.0.0.1:0", "-shutdown_delay=3", "-drain_timeout=2",
+		"-server_greeting_timeout=0") // the echo back end never speaks first
 	admin, _ := child.WaitLog(t, "admin listening", 30*time.Second)["addr"].(string)
 	addr, _ := child.WaitLog(t, "listening", 30*time.Second)["addr"].(string)
 	waitHealth(t, admin, http.StatusOK, "ok")

@@ -30,10 +30,13 @@ import (
 	"github.com/vncgate/vncgate/testkit/testlog"
 )
 
-// testConfig is the default configuration on loopback, port 0.
+// testConfig is the default configuration on loopback, port 0, without
+// the wait for the VNC server's greeting: these tests' back ends echo
+// (loopback.Echo) and never speak first (greeting_test.go has it on).
 func testConfig(t *testing.T, authAddr string) Config {
 	t.Helper()
-	cfg, _, err := loadConfig([]string{"-xvpvncproxy_host=127.0.0.1", "-xvpvncproxy_port=0", "-consoleauth_address=" + authAddr, "-drain_timeout=1s", "-shutdown_delay=0", "-etcd_endpoints=", "-admin_listen="})
+	cfg, _, err := loadConfig([]string{"-xvpvncproxy_host=127.0.0.1", "-xvpvncproxy_port=0", "-consoleauth_address=" + authAddr, "-drain_timeout=1s", "-shutdown_delay=0", "-etcd_endpoints=", "-admin_listen=",
+		"-server_greeting_timeout=0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +208,7 @@ func defaults() Config {
 	return Config{
 		Host: "0.0.0.0", Port: 6081, VNCEnabled: true, SSLMinimumVersion: "default", ConsoleAuthAddress: "127.0.0.1:6090",
 		MaxConnections: 16384, MaxConnectionsPerClient: 100, EtcdEndpoints: []string{"127.0.0.1:2379"},
-		HandshakeTimeout: 10 * time.Second, TCPKeepAlive: 30 * time.Second, DrainTimeout: 30 * time.Second,
+		HandshakeTimeout: 10 * time.Second, ServerGreetingTimeout: 2 * time.Second, TCPKeepAlive: 30 * time.Second, DrainTimeout: 30 * time.Second,
 		ShutdownDelay: 5 * time.Second, AdminListen: "127.0.0.1:6181",
 		FailedTokenLimit: 10, FailedTokenWindow: time.Minute,
 		RFB:  rfbproxy.Options{VerifyHostname: true},
@@ -249,6 +252,10 @@ func TestOptions(t *testing.T) {
 			Want: func(c *Config) {
 				c.HandshakeTimeout, c.MaxSessionLength, c.DrainTimeout, c.FailedTokenWindow = 4*time.Second, 2*time.Hour, 0, 30*time.Second
 			}},
+		{Name: "server_greeting_timeout as long as handshake_timeout", Args: []string{"-handshake_timeout=3", "-server_greeting_timeout=3"},
+			Err: "server_greeting_timeout 3s: want less than handshake_timeout (3s)"},
+		{Name: "[vncgate] server_greeting_timeout = 0 turns the wait off", File: "[vncgate]\nserver_greeting_timeout = 0\n",
+			Want: func(c *Config) { c.ServerGreetingTimeout = 0 }},
 		{Name: "[vncgate] tcp_keepalive = 0 turns it off", File: "[vncgate]\ntcp_keepalive = 0\n",
 			Want: func(c *Config) { c.TCPKeepAlive = -1 }},
 		{Name: "[vncgate] the rest", File: "[vncgate]\nconsoleauth_address = ca:6090\ngrpc_cert = g.pem\ngrpc_key = gk.pem\ngrpc_ca = ca.pem\n" +
@@ -333,6 +340,7 @@ func TestNovaConf(t *testing.T) {
 	}
 
 	cfg.AdminListen = "127.0.0.1:0"
+	cfg.ServerGreetingTimeout = 0 // the echo back end never speaks first
 	addr := startRun(t, cfg, slog.New(slog.DiscardHandler))
 	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool})
 	if err != nil {
