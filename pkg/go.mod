@@ -3,7 +3,6 @@ module github.com/vncgate/vncgate/pkg
 go 1.26.0
 
 require (
-	github.com/bytedance/gopkg v0.1.4
 	github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus v1.1.1
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.33.0
 	github.com/prometheus/client_golang v1.23.2

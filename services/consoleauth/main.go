@@ -23,7 +23,6 @@ import (
 	"syscall"
 
 	"github.com/vncgate/vncgate/pkg/authn"
-	"github.com/vncgate/vncgate/pkg/gctune"
 	"github.com/vncgate/vncgate/pkg/logging"
 )
 
@@ -44,7 +43,6 @@ func main() {
 		os.Exit(2)
 	}
 	log := logging.New(os.Stderr, "consoleauth", cfg.Log)
-	gctune.Start()
 	notes.Log(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

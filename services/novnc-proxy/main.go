@@ -17,7 +17,6 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/vncgate/vncgate/pkg/gctune"
 	"github.com/vncgate/vncgate/pkg/logging"
 )
 
@@ -31,7 +30,6 @@ func main() {
 		os.Exit(2)
 	}
 	log := logging.New(os.Stderr, "novnc-proxy", cfg.Log)
-	gctune.Start()
 	notes.Log(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
