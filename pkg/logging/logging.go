@@ -150,8 +150,10 @@ func capAttr(a slog.Attr, text bool) slog.Attr {
 		}
 	case slog.KindAny:
 		v := a.Value.Any()
-		if _, ok := v.(slog.Level); ok {
-			return a // every record's level: short, and not worth a json.Marshal
+		if l, ok := v.(slog.Level); ok {
+			// Every record's level: as a string, or the JSON handler would
+			// json.Marshal it (reflection, on every line).
+			return slog.String(a.Key, l.String())
 		}
 		if err, ok := v.(error); ok {
 			if s := err.Error(); len(s) > MaxValueLen {
