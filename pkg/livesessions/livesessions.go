@@ -116,6 +116,7 @@ type Publisher struct {
 	slotsOut map[string]struct{}         // slot keys to re-take on a new lease
 	freed    map[string]clientv3.LeaseID // slot keys to delete if still on that lease
 	failing  bool                        // the last flush failed (logged once)
+	due      time.Time                   // when serve next writes young sessions unasked (zero: none waits)
 }
 
 type session struct {
@@ -216,12 +217,19 @@ func (p *Publisher) Publish(rec registry.LiveSession, bytes func() (toClient, to
 		return func() {}
 	}
 	rec.Proxy = p.name
+	now := time.Now()
 	p.mu.Lock()
-	p.sessions[rec.ID] = &session{rec: rec, bytes: bytes, queued: time.Now()}
+	p.sessions[rec.ID] = &session{rec: rec, bytes: bytes, queued: now}
 	p.dirty[rec.ID] = struct{}{}
 	delete(p.gone, rec.ID)
+	// Waking the writer for every new session would cost each a goroutine
+	// switch on its way to the first byte; it only needs to know of one
+	// that is due before the write it has planned.
+	wake := p.due.IsZero() || p.due.After(now.Add(PublishAfter))
 	p.mu.Unlock()
-	p.wake()
+	if wake {
+		p.wake()
+	}
 	var once sync.Once
 	return func() {
 		once.Do(func() {
@@ -457,6 +465,7 @@ func (p *Publisher) flush(ctx context.Context) (due time.Time, err error) {
 	p.mu.Lock()
 	lease := p.lease
 	if lease == 0 {
+		p.due = time.Time{}
 		p.mu.Unlock()
 		return time.Time{}, nil
 	}
@@ -510,6 +519,7 @@ func (p *Publisher) flush(ctx context.Context) (due time.Time, err error) {
 	}
 	clear(p.slotsOut)
 	slotValues := maps.Clone(p.slots)
+	p.due = due
 	p.mu.Unlock()
 
 	var failed error
