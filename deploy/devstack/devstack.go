@@ -93,6 +93,10 @@ type Options struct {
 	// Logs receives every service's output, each line prefixed by its name
 	// and cut at MaxShownLine bytes. Dir/logs/<service>.log keeps it whole.
 	Logs io.Writer
+	// LogFilesOnly has each service write Dir/logs/<service>.log itself,
+	// copying nothing to Logs: a benchmark's process, which shares the
+	// CPUs with what it measures, then spends none on the services' logs.
+	LogFilesOnly bool
 	// TLS puts TLS on both proxies' public ports (novnc-proxy with
 	// ssl_only) and on consoleauth's REST API, with https base URLs; the
 	// REST API then also asks for a client certificate, which RESTClient
@@ -241,9 +245,11 @@ func (w *World) GRPCFlags(service string) []string {
 
 // LogPath is the file holding everything a service wrote (stdout and
 // stderr), whole lines however long.
-func (w *World) LogPath(service string) string {
-	return filepath.Join(w.Dir, "logs", service+".log")
-}
+func (w *World) LogPath(service string) string { return LogPath(w.Dir, service) }
+
+// LogPath is a service's log file in a stack whose Options.Dir is dir,
+// known before the stack starts.
+func LogPath(dir, service string) string { return filepath.Join(dir, "logs", service+".log") }
 
 // Start runs a stack and returns when every service is ready.
 func Start(ctx context.Context, opts Options) (*World, error) {
@@ -584,6 +590,9 @@ func (w *World) startProc(service, name string, args []string) (*proc, error) {
 	// its copy never stops on a long line (a service must never block on
 	// its own log).
 	cmd.Stdout = io.MultiWriter(log, p.out)
+	if w.LogFilesOnly {
+		cmd.Stdout = log // an *os.File: the service's own descriptor, no pipe
+	}
 	cmd.Stderr = cmd.Stdout
 	// Own process group: a Ctrl-C in the terminal reaches devstack, which
 	// stops the services in order.
