@@ -340,6 +340,14 @@ func (r *report) printSetupTargets(p func(string, ...any)) {
 				verdict(ratio <= targetSetupVsBase))
 		}
 	}
+	if c := find(partCheckToken); c != nil && base != nil {
+		// What the check alone costs against the relay's whole session: a
+		// proxy doing nothing but the relay's work and the check could not
+		// go below 1 plus this.
+		p("   CheckToken alone vs the plain relay's whole session: %.1fx at p50, %.1fx at p99; a proxy with no cost of its own\n"+
+			"   besides the check would be near %.1fx at p50.\n",
+			float64(c.p50)/float64(base.p50), float64(c.p99)/float64(base.p99), 1+float64(c.p50)/float64(base.p50))
+	}
 	if c, g := find(partCheckToken), find(partEtcdGet); c != nil && g != nil {
 		ratio := float64(c.p50) / float64(g.p50)
 		p("   CheckToken p50 vs one etcd Get p50 (same etcd): %.1fx; target <= %.0fx: %s\n", ratio, targetCheckVsGet,
