@@ -286,17 +286,23 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	ip := s.opts.Trust.ClientIP(r)
 	log := s.log.With("client", ip)
+	release := func() {}
 	if peer := forwarded.Peer(r); s.opts.Trust.Contains(peer) {
 		// The listener could not tell this client from the proxy's others.
 		client, _ := netip.ParseAddr(ip)
-		release, err := s.opts.Caps.Client(client)
-		if err != nil {
+		var err error
+		if release, err = s.opts.Caps.Client(client); err != nil {
 			log.Debug("console refused", "reason", "max_connections_per_client", "error", err) // counted; a flood must not flood the log
 			writeError(w, http.StatusServiceUnavailable, err.Error())
 			return
 		}
-		defer release()
 	}
+	running := false
+	defer func() {
+		if !running {
+			release()
+		}
+	}()
 	if err := checkUpgrade(r); err != nil {
 		s.core.Refuse(log, &sessions.Refusal{Why: proxymetrics.RefusedBadRequest, Message: err.Error(), Err: err, Client: ip})
 		writeError(w, http.StatusBadRequest, err.Error())
@@ -321,12 +327,26 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cancel()
+	// The session runs on a goroutine of its own and the handler returns:
+	// net/http then lets go of what it keeps for a connection until then
+	// (its buffered writers, the request), which an idle console would
+	// hold for hours.
+	running = true
+	remote := r.RemoteAddr
+	go func() {
+		defer release()
+		s.run(ws, sess, remote)
+	}()
+}
+
+// run relays a session whose upgrade is done, until it ends.
+func (s *Server) run(ws *websocket.Conn, sess *sessions.Session, remote string) {
 	sess.Log = sess.Log.With("subprotocol", ws.Subprotocol())
-	client := newWSConn(ws, r.RemoteAddr, s.opts.RevocationGrace)
+	client := newWSConn(ws, remote, s.opts.RevocationGrace)
 	client.onText = func() { sess.End(proxymetrics.EndProtocolError, "binary frames only") }
 	stopPings := s.startPings(ws, sess)
 	defer stopPings()
-	ref = sess.Run(client, func(why proxymetrics.EndReason, message string) {
+	ref := sess.Run(client, func(why proxymetrics.EndReason, message string) {
 		if why == proxymetrics.EndPingTimeout { // nobody left to tell
 			client.setClose(closecode.Normal, "")
 			ws.CloseNow()
