@@ -25,7 +25,6 @@ import (
 	"github.com/vncgate/vncgate/pkg/proxymetrics"
 	"github.com/vncgate/vncgate/pkg/sessions"
 	"github.com/vncgate/vncgate/pkg/tokencheck"
-	"github.com/vncgate/vncgate/services/novnc-proxy/internal/closecode"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/forwarded"
 	"github.com/vncgate/vncgate/services/novnc-proxy/internal/origin"
 	"github.com/vncgate/vncgate/testkit/fakeconsoleauth"
@@ -322,4 +321,3 @@ func checkNoLeak(t *testing.T) {
 	})
 }
 
-var _ = closecode.Normal
