@@ -86,3 +86,8 @@ run: deps build ## run the whole system on this machine (embedded etcd, demo VM)
 .PHONY: tidy
 tidy: ## go mod tidy every module
 	for m in $(MODULES); do ($(IN) go mod tidy) || exit 1; done
+# Tidy drops pkg's requirement of the current monolithic genproto (none of its
+# packages is imported); without it an old dependency of go-grpc-middleware's
+# Prometheus provider brings the 2020 one, whose googleapis packages clash with
+# the split modules ("ambiguous import"). It is kept at the split modules' version.
+	cd pkg && go get google.golang.org/genproto@$$(go list -m -f '{{.Version}}' google.golang.org/genproto/googleapis/api)

@@ -47,16 +47,10 @@ require (
 	golang.org/x/net v0.61.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
+	google.golang.org/genproto v0.0.0-20261026165753-2ffab32bce7e // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20261026165753-2ffab32bce7e // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20261019180522-ce908d29299b // indirect
 )
-
-// In the workspace (go.work) an old dependency of go-grpc-middleware's
-// Prometheus provider pulls in the 2020 monolithic genproto, whose
-// googleapis packages then clash with the split modules; requiring the
-// current one (which no longer holds them) resolves it. go mod tidy drops
-// this line: put it back if builds fail with "ambiguous import".
-require google.golang.org/genproto v0.0.0-20261026165753-2ffab32bce7e // indirect
 
 // The test kit (testkit/) lives in this repository; the replace keeps
 // builds working without the workspace (GOWORK=off). Only tests import it.
