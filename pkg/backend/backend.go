@@ -40,6 +40,9 @@ type Dialer struct {
 	// GreetingAttempts connections in all. 0 does not wait for the server
 	// to speak (for back ends that do not speak first).
 	GreetingTimeout time.Duration
+	// OnSilent, if set, is called each time a connection stayed silent
+	// for GreetingTimeout and was closed (attempt counts from 1).
+	OnSilent func(attempt int)
 }
 
 // GreetingOption is the proxies' setting of Dialer.GreetingTimeout:
@@ -100,6 +103,9 @@ func (d Dialer) Dial(ctx context.Context, host string, port int32, path string) 
 		conn.Close()
 		if !errors.Is(err, ErrSilent) {
 			return nil, fmt.Errorf("%w: %s: waiting for the VNC server's first bytes: %v", ErrUnreachable, addr, err)
+		}
+		if d.OnSilent != nil {
+			d.OnSilent(attempt)
 		}
 		if attempt == GreetingAttempts {
 			return nil, fmt.Errorf("%w: %s: %w (no byte within %v, %d connections)", ErrUnreachable, addr, err, d.GreetingTimeout, attempt)

@@ -204,6 +204,7 @@ type Metrics struct {
 	connsRefused *prometheus.CounterVec
 	acceptErrors prometheus.Counter
 	throttled    prometheus.Counter
+	silent       prometheus.Counter
 
 	// Children resolved once, so counting takes no label lookup.
 	relayed              prometheus.Counter
@@ -262,6 +263,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: ns, Subsystem: sub, Name: "token_checks_throttled_total",
 			Help: "Token checks delayed because their client address and token prefix had too many invalid tokens (checked all the same).",
 		}),
+		silent: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "vnc_silent_connections_total",
+			Help: "Connections to VNC servers closed because the server sent nothing within server_greeting_timeout; each but a session's last is dialled again.",
+		}),
 	}
 	m.relayed = m.sessions.WithLabelValues(resultRelayed)
 	for r := RefusedBadRequest; r < numRefusals; r++ {
@@ -277,7 +282,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.active, m.sessions, m.ended, m.bytes, m.setup, m.duration,
-			m.connsOpen, m.connsRefused, m.acceptErrors, m.throttled)
+			m.connsOpen, m.connsRefused, m.acceptErrors, m.throttled, m.silent)
 	}
 	return m
 }
@@ -308,6 +313,9 @@ func (m *Metrics) AcceptError() { m.acceptErrors.Inc() }
 
 // TokenCheckThrottled counts a token check the failed-token limit delayed.
 func (m *Metrics) TokenCheckThrottled() { m.throttled.Inc() }
+
+// VNCSilent counts a VNC server connection closed for its silence.
+func (m *Metrics) VNCSilent() { m.silent.Inc() }
 
 // Start counts a session whose relay starts now, setup after the proxy
 // accepted it, and returns its handle. The caller must call End on it when

@@ -280,7 +280,15 @@ func (c *Core) Admit(ctx context.Context, a Attempt) (*Session, *Refusal) {
 		return refuse(r)
 	}
 
-	vnc, err := c.cfg.Dialer.Dial(ctx, info.GetHost(), info.GetPort(), info.GetInternalAccessPath())
+	dialer := c.cfg.Dialer
+	if dialer.GreetingTimeout > 0 {
+		dialer.OnSilent = func(attempt int) {
+			c.cfg.Metrics.VNCSilent()
+			log.Info("VNC server sent nothing: connection closed", "connection", attempt, "of", backend.GreetingAttempts,
+				"waited", dialer.GreetingTimeout.String())
+		}
+	}
+	vnc, err := dialer.Dial(ctx, info.GetHost(), info.GetPort(), info.GetInternalAccessPath())
 	if r := s.endedEarly(); r != nil { // ended during the dial: its reason wins
 		if vnc != nil {
 			vnc.Close()

@@ -26,7 +26,7 @@ const rfbVersion = "RFB 003.008\n"
 // TestSilentVNCServer: a VNC server connection that never carries a byte
 // (as one lost to a full accept queue) is dropped for a new one, and the
 // console works; a server that never speaks gets the client a 502 and the
-// log says why.
+// log says why. Every silent connection is counted and logged.
 func TestSilentVNCServer(t *testing.T) {
 	auth := fakeconsoleauth.Start(t)
 	var accepts atomic.Int32
@@ -43,8 +43,10 @@ func TestSilentVNCServer(t *testing.T) {
 	auth.Add("tok-silent", "xvpvnc", "inst-b", silent, "")
 	cfg := testConfig(t, auth.Addr)
 	cfg.ServerGreetingTimeout = 300 * time.Millisecond // short: the silent server's 3 connections wait it out
+	cfg.AdminListen = "127.0.0.1:0"
 	logs := &testlog.Buffer{}
-	addr := startRun(t, cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	addr, metrics := startRunAddrs(t, cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	const silentSeries = "vncgate_proxy_vnc_silent_connections_total"
 
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
@@ -59,6 +61,9 @@ func TestSilentVNCServer(t *testing.T) {
 	echoOver(t, c, br, "after the greeting")
 	if n := accepts.Load(); n != 2 {
 		t.Errorf("connections to the VNC server: got %d, want 2 (the silent one, then the one that spoke)", n)
+	}
+	if got := metricValue(t, metrics, silentSeries); got != 1 {
+		t.Errorf("%s: got %v, want 1", silentSeries, got)
 	}
 
 	s, err := net.DialTimeout("tcp", addr, 5*time.Second)
@@ -76,6 +81,12 @@ func TestSilentVNCServer(t *testing.T) {
 	defer cancel()
 	if !logs.WaitFor(ctx, "the VNC server accepted the connection but never spoke (no byte within 300ms, 3 connections)") {
 		t.Errorf("log does not name the silent server:\n%s", logs.String())
+	}
+	if got := metricValue(t, metrics, silentSeries); got != 4 {
+		t.Errorf("%s: got %v, want 4 (1, then the silent server's 3)", silentSeries, got)
+	}
+	if n := strings.Count(logs.String(), "VNC server sent nothing: connection closed"); n != 4 {
+		t.Errorf("log lines of silent connections: got %d, want 4:\n%s", n, logs.String())
 	}
 }
 
