@@ -7,12 +7,12 @@ import (
 	"net"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/vncgate/vncgate/testkit/otlp"
+
 	"github.com/prometheus/client_golang/prometheus"
-	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -213,38 +213,6 @@ func TestTracingBadEndpoint(t *testing.T) {
 	}
 }
 
-// collector is an in-process OTLP/gRPC trace receiver.
-type collector struct {
-	collectortrace.UnimplementedTraceServiceServer
-	mu    sync.Mutex
-	spans []*tracepb.Span
-}
-
-func (c *collector) Export(_ context.Context, req *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
-	c.mu.Lock()
-	for _, rs := range req.GetResourceSpans() {
-		for _, ss := range rs.GetScopeSpans() {
-			c.spans = append(c.spans, ss.GetSpans()...)
-		}
-	}
-	c.mu.Unlock()
-	return &collectortrace.ExportTraceServiceResponse{}, nil
-}
-
-func startCollector(t *testing.T) (*collector, string) {
-	t.Helper()
-	c := &collector{}
-	srv := grpc.NewServer()
-	collectortrace.RegisterTraceServiceServer(srv, c)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(srv.Stop)
-	return c, "http://" + l.Addr().String()
-}
-
 func TestTracingOn(t *testing.T) {
 	for _, viaEnv := range []bool{false, true} {
 		name := "otlp_endpoint"
@@ -252,7 +220,8 @@ func TestTracingOn(t *testing.T) {
 			name = envEndpoint
 		}
 		t.Run(name, func(t *testing.T) {
-			c, url := startCollector(t)
+			c := otlp.Start(t)
+			url := c.URL
 			o := TracingOptions{Endpoint: url}
 			t.Setenv(envTracesEndpoint, "")
 			t.Setenv(envEndpoint, "")
@@ -280,17 +249,15 @@ func TestTracingOn(t *testing.T) {
 			if err := tr.Shutdown(ctx); err != nil {
 				t.Fatal(err)
 			}
-			c.mu.Lock()
-			defer c.mu.Unlock()
 			kinds := map[tracepb.Span_SpanKind][]byte{}
-			for _, s := range c.spans {
+			for _, s := range c.Spans() {
 				if s.GetName() == "grpc.health.v1.Health/Check" {
 					kinds[s.GetKind()] = s.GetTraceId()
 				}
 			}
 			server, client := kinds[tracepb.Span_SPAN_KIND_SERVER], kinds[tracepb.Span_SPAN_KIND_CLIENT]
 			if server == nil || client == nil {
-				t.Fatalf("got spans %v, want a client and a server span of the call", c.spans)
+				t.Fatalf("got spans %v, want a client and a server span of the call", c.Spans())
 			}
 			if !bytes.Equal(server, client) {
 				t.Errorf("the server span's trace %x is not the client's %x: no propagation", server, client)

@@ -8,16 +8,18 @@
 // client certificate, a bearer key or a Keystone token; otherwise 401
 // {"unauthorized": ...} with WWW-Authenticate. The caller reaches the gRPC
 // server as metadata only the gateway can write (no client header is
-// forwarded), and the server's guard answers 403 {"forbidden": ...} for a
-// role that may not call the route. A Host header that does not name the
-// API is 400 (DNS rebinding), a POST or PUT body that is not
-// application/json 415 (cross-site form posts).
+// forwarded but those below), and the server's guard answers 403
+// {"forbidden": ...} for a role that may not call the route. A Host header
+// that does not name the API is 400 (DNS rebinding), a POST or PUT body
+// that is not application/json 415 (cross-site form posts).
 //
 // Every request gets an id: the caller's X-Request-Id when valid
 // (requestid.Valid), else a new one. It is answered in X-Request-Id, sent to
-// the gRPC server as x-request-id metadata (the one header that goes on, and
-// only after validation) and logged with every line of the request, here, in
-// consoleauth's rpc line and in the compute agent's.
+// the gRPC server as x-request-id metadata (only after validation) and
+// logged with every line of the request, here, in consoleauth's rpc line and
+// in the compute agent's. A caller's W3C traceparent and tracestate go on
+// as they are, so that with tracing on (otlp_endpoint) the call's spans join
+// the caller's trace.
 //
 // The error handler here is the one place that maps gRPC codes to HTTP.
 package gateway
@@ -30,6 +32,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -69,9 +72,16 @@ func New(ctx context.Context, conn *grpc.ClientConn, opts Options) (http.Handler
 	}
 	handleError := errorHandler(opts.Log, opts.Auth.challenges())
 	gw := runtime.NewServeMux(
-		// No client header becomes metadata: the caller is what
-		// Auth.metadataOf says, nothing else.
-		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		// No client header becomes metadata but W3C trace context: the
+		// caller is what Auth.metadataOf says, nothing else, and the gRPC
+		// server's span of the call joins the caller's trace.
+		runtime.WithIncomingHeaderMatcher(func(h string) (string, bool) {
+			switch h = strings.ToLower(h); h {
+			case "traceparent", "tracestate":
+				return h, true
+			}
+			return "", false
+		}),
 		runtime.WithMetadata(opts.Auth.metadataOf),
 		// The request id (requestid.HTTP below) goes on as x-request-id.
 		runtime.WithMetadata(requestid.Metadata),
