@@ -284,8 +284,7 @@ func (c *Core) Admit(ctx context.Context, a Attempt) (*Session, *Refusal) {
 	if dialer.GreetingTimeout > 0 {
 		dialer.OnSilent = func(attempt int) {
 			c.cfg.Metrics.VNCSilent()
-			log.Info("VNC server sent nothing: connection closed", "connection", attempt, "of", backend.GreetingAttempts,
-				"waited", dialer.GreetingTimeout.String())
+			log.Info("VNC server sent nothing: connection closed", "attempt", attempt, "waited", dialer.GreetingTimeout.String())
 		}
 	}
 	vnc, err := dialer.Dial(ctx, info.GetHost(), info.GetPort(), info.GetInternalAccessPath())
