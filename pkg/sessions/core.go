@@ -507,8 +507,9 @@ type Session struct {
 
 	unregistered sync.Once
 
-	mu       sync.Mutex
-	releases []func() // slot and live record, released by unregister
+	mu        sync.Mutex
+	releases  []func() // slot and live record, released by unregister
+	unpublish func()   // the live record's removal, also run as the proxy ends the session
 	vnc      net.Conn
 	why      proxymetrics.EndReason // why the proxy ended the session; 0 while it runs
 	message  string
@@ -562,7 +563,7 @@ func (s *Session) end(why proxymetrics.EndReason, message string) {
 		return
 	}
 	s.why, s.message = why, message
-	rl, goodbye, vnc := s.relay, s.goodbye, s.vnc
+	rl, goodbye, vnc, unpublish := s.relay, s.goodbye, s.vnc, s.unpublish
 	s.mu.Unlock()
 	if rl == nil { // not relaying yet: Admit or Run sees why
 		if vnc != nil {
@@ -572,6 +573,11 @@ func (s *Session) end(why proxymetrics.EndReason, message string) {
 	}
 	if goodbye != nil {
 		goodbye(why, message)
+	}
+	if unpublish != nil {
+		// Over for operators now (a kill is confirmed by this), however
+		// long the client takes to answer the goodbye.
+		unpublish()
 	}
 	go rl.Close() // a protocol's goodbye may wait for the client
 }
@@ -643,6 +649,7 @@ func (s *Session) Run(client net.Conn, goodbye func(why proxymetrics.EndReason, 
 		})
 		s.mu.Lock()
 		s.releases = append(s.releases, remove)
+		s.unpublish = remove
 		s.mu.Unlock()
 	}
 	s.mu.Lock()

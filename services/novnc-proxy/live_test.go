@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -213,6 +215,55 @@ func TestLiveSessionKillAndAudit(t *testing.T) {
 		if refusal[k] != want {
 			t.Errorf("refusal %s: got %v, want %v", k, refusal[k], want)
 		}
+	}
+}
+
+// TestKillConfirmedWhileClientSilent: a killed session's record goes as
+// the proxy ends it, not once a client that never answers the close frame
+// is given up on: the kill's confirmation (the record's delete) does not
+// wait for the client.
+func TestKillConfirmedWhileClientSilent(t *testing.T) {
+	etcdSrv, cli := etcd.Start(t)
+	auth := fakeconsoleauth.Start(t)
+	_, host, port := startDemoVNC(t)
+	s := startRun(t, liveConfig(t, auth, etcdSrv.Endpoint, "np1"))
+	tok := auth.Mint(instance, "novnc", host, port, time.Minute)
+
+	// A client that upgrades, then reads nothing more.
+	c, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /websockify?token=%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://127.0.0.1:6080\r\n\r\n", tok, s.addr)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	var id string
+	waitUntil(t, "the session published", func() bool {
+		l := liveSessions(t, cli, "np1")
+		if len(l) == 1 {
+			id = l[0].ID
+		}
+		return len(l) == 1
+	})
+	kill, _ := json.Marshal(registry.SessionKill{Reason: "admin", By: "operator"})
+	if _, err := cli.Put(context.Background(), registry.SessionKillKey("np1", id), string(kill)); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the record gone", func() bool { return len(liveSessions(t, cli, "np1")) == 0 })
+	// The relay still waits for the client's close frame: the session has
+	// not ended in the table yet, only for operators.
+	resp, err := http.Get("http://" + s.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if got := metricValue(string(text), "vncgate_proxy_sessions_active"); got != 1 {
+		t.Errorf("sessions_active once the record went: got %v, want 1 (the relay waiting on the silent client)", got)
 	}
 }
 
