@@ -510,11 +510,11 @@ type Session struct {
 	mu        sync.Mutex
 	releases  []func() // slot and live record, released by unregister
 	unpublish func()   // the live record's removal, also run as the proxy ends the session
-	vnc      net.Conn
-	why      proxymetrics.EndReason // why the proxy ended the session; 0 while it runs
-	message  string
-	relay    *relay.Relay
-	goodbye  func(proxymetrics.EndReason, string)
+	vnc       net.Conn
+	why       proxymetrics.EndReason // why the proxy ended the session; 0 while it runs
+	message   string
+	relay     *relay.Relay
+	goodbye   func(proxymetrics.EndReason, string)
 }
 
 // Server is the VNC server's connection, for bytes the edge must send

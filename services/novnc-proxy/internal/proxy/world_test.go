@@ -320,4 +320,3 @@ func checkNoLeak(t *testing.T) {
 		}
 	})
 }
-
