@@ -508,8 +508,8 @@ type Session struct {
 	unregistered sync.Once
 
 	mu        sync.Mutex
-	releases  []func() // slot and live record, released by unregister
-	unpublish func()   // the live record's removal, also run as the proxy ends the session
+	releases  []func() // instance slots, released by unregister
+	unpublish func()   // the live record's removal: by unregister, or as the proxy ends the session
 	vnc       net.Conn
 	why       proxymetrics.EndReason // why the proxy ended the session; 0 while it runs
 	message   string
@@ -544,7 +544,10 @@ func (s *Session) unregister() {
 		s.core.table.Remove(s.entry)
 		s.mu.Lock()
 		releases := s.releases
-		s.releases = nil
+		if s.unpublish != nil {
+			releases = append(releases, s.unpublish)
+		}
+		s.releases, s.unpublish = nil, nil
 		s.mu.Unlock()
 		for _, release := range releases {
 			release()
@@ -648,7 +651,6 @@ func (s *Session) Run(client net.Conn, goodbye func(why proxymetrics.EndReason, 
 			return toClient, toServer
 		})
 		s.mu.Lock()
-		s.releases = append(s.releases, remove)
 		s.unpublish = remove
 		s.mu.Unlock()
 	}
